@@ -1,0 +1,40 @@
+// fastladder._C: owns the `fastladder` operator namespace and reports what was built.
+// The operators themselves are registered by csrc/ops/*.cpp (schemas) and the cpu/ and cuda/
+// kernel files (implementations); loading this module runs those registrations.
+#include <torch/extension.h>
+
+#ifdef FASTLADDER_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+// Written by setup.py (a fingerprint of csrc/, so that an import can tell a stale build).
+#if __has_include("fastladder_build_hash.h")
+#include "fastladder_build_hash.h"
+#else
+#define FASTLADDER_SOURCE_HASH "unknown"
+#endif
+
+TORCH_LIBRARY(fastladder, m) {}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["source_hash"] = FASTLADDER_SOURCE_HASH;
+  info["torch_version"] = TORCH_VERSION;
+#ifdef FASTLADDER_WITH_CUDA
+  info["with_cuda"] = true;
+  info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string((CUDART_VERSION % 1000) / 10);
+#else
+  info["with_cuda"] = false;
+  info["cuda_version"] = pybind11::none();
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "fastladder's compiled operators (registered under torch.ops.fastladder)";
+  module.def("build_info", &build_info, "What this build of fastladder._C contains");
+}

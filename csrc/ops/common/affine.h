@@ -1,0 +1,24 @@
+// Per-channel affine (inference BatchNorm folded to y = x * scale + shift) and ReLU, with the
+// gradient rules that the backward kernels share.
+#pragma once
+
+#include "ops/common/macros.h"
+
+namespace fastladder {
+namespace common {
+
+template <typename acc_t>
+FL_INLINE acc_t affine_relu(acc_t x, acc_t scale, acc_t shift, bool relu) {
+  const acc_t y = x * scale + shift;
+  return (relu && y < acc_t(0)) ? acc_t(0) : y;  // NaN passes through, as in torch.relu
+}
+
+// d loss / d pre-activation, given d loss / d output and the recomputed pre-activation y. As
+// torch's threshold_backward: the gradient passes only where the output is > 0.
+template <typename acc_t>
+FL_INLINE acc_t relu_grad(acc_t grad_out, acc_t y, bool relu) {
+  return (relu && !(y > acc_t(0))) ? acc_t(0) : grad_out;
+}
+
+}  // namespace common
+}  // namespace fastladder

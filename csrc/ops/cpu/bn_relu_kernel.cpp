@@ -1,0 +1,196 @@
+// CPU kernels of fastladder::bn_relu. x is read in place when each (n, c) plane is contiguous
+// (NCHW, or a channel slice of a larger buffer) or when it is channels_last.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/Resize.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "ops/bn_relu.h"
+#include "ops/common/affine.h"
+
+namespace fastladder {
+namespace ops {
+
+namespace {
+
+bool is_channels_last(const at::Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+}
+
+// x in a layout the kernels read in place: channels_last, or (n, c) planes each contiguous.
+at::Tensor readable(const at::Tensor& x) {
+  if (is_channels_last(x) || planes_contiguous(x)) return x;
+  return x.contiguous();
+}
+
+template <typename scalar_t>
+std::vector<at::opmath_type<scalar_t>> as_acc(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  const scalar_t* p = c.data_ptr<scalar_t>();
+  return std::vector<at::opmath_type<scalar_t>>(p, p + c.numel());
+}
+
+// NCHW-like x: calls body(n, c, x_run, y_run) for every (n, c) plane of H*W contiguous elements.
+template <typename scalar_t, typename Body>
+void for_each_plane(const at::Tensor& x, const at::Tensor& y, Body body) {
+  const int64_t C = x.size(1);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  scalar_t* yp = y.data_ptr<scalar_t>();
+  at::parallel_for(0, x.size(0) * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      body(n, c, xp + n * x.stride(0) + c * x.stride(1), yp + n * y.stride(0) + c * y.stride(1));
+    }
+  });
+}
+
+// channels_last x: calls body(chunk, first_pixel, end_pixel) over fixed chunks of pixels (all
+// channels of a pixel are adjacent). The chunking does not depend on the thread count, so
+// per-chunk partial sums reduce to the same bits on every run.
+constexpr int64_t kPixelChunk = 512;
+
+template <typename Body>
+void for_each_pixel_chunk(const at::Tensor& x, Body body) {
+  const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) body(k, k * kPixelChunk, std::min(pixels, (k + 1) * kPixelChunk));
+  });
+}
+
+at::Tensor result_like(const at::Tensor& x) {
+  return at::empty(x.sizes(), x.options().memory_format(is_channels_last(x) ? at::MemoryFormat::ChannelsLast
+                                                                            : at::MemoryFormat::Contiguous));
+}
+
+at::Tensor bn_relu_cpu(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift) {
+  check_bn_relu(x_in, scale, shift);
+  const at::Tensor x = readable(x_in);
+  at::Tensor y = result_like(x);
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_relu_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto sc = as_acc<scalar_t>(scale), sh = as_acc<scalar_t>(shift);
+    const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
+    if (is_channels_last(x)) {
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      scalar_t* yp = y.data_ptr<scalar_t>();
+      for_each_pixel_chunk(x, [&](int64_t, int64_t first, int64_t last) {
+        for (int64_t p = first; p < last; ++p)
+          for (int64_t c = 0; c < C; ++c)
+            yp[p * C + c] = static_cast<scalar_t>(
+                common::affine_relu<acc_t>(static_cast<acc_t>(xp[p * C + c]), sc[c], sh[c], true));
+      });
+    } else {
+      for_each_plane<scalar_t>(x, y, [&](int64_t, int64_t c, const scalar_t* xr, scalar_t* yr) {
+        const acc_t a = sc[c], b = sh[c];
+        for (int64_t k = 0; k < HW; ++k)
+          yr[k] = static_cast<scalar_t>(common::affine_relu<acc_t>(static_cast<acc_t>(xr[k]), a, b, true));
+      });
+    }
+  });
+  return y;
+}
+
+at::Tensor& bn_relu_out_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, at::Tensor& out) {
+  TORCH_CHECK_VALUE(out.scalar_type() == x.scalar_type() && out.device() == x.device(),
+                    "out must have x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
+                    out.scalar_type(), ", ", out.device());
+  at::Tensor y = bn_relu_cpu(x, scale, shift);
+  at::native::resize_output(out, y.sizes());
+  out.copy_(y);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                                    const at::Tensor& scale, const at::Tensor& shift,
+                                                                    bool need_affine_grad) {
+  check_bn_relu(x_in, scale, shift);
+  TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes() && grad_in.scalar_type() == x_in.scalar_type(),
+                    "grad_out must have x's shape and dtype ", x_in.sizes(), ", got ", grad_in.sizes(), " ",
+                    grad_in.scalar_type());
+  const at::Tensor x = readable(x_in);
+  // grad_out in x's layout, so that one (n, c) run indexes both
+  const at::Tensor grad_out = grad_in.contiguous(is_channels_last(x) ? at::MemoryFormat::ChannelsLast
+                                                                     : at::MemoryFormat::Contiguous);
+  const at::Tensor xs = planes_contiguous(x) && !x.is_contiguous() && !is_channels_last(x) ? x.contiguous() : x;
+  at::Tensor grad_x = result_like(xs);
+  const int64_t C = x.size(1);
+  at::Tensor grad_scale = at::zeros({need_affine_grad ? C : 0}, x.options());
+  at::Tensor grad_shift = at::zeros({need_affine_grad ? C : 0}, x.options());
+  if (x.numel() == 0) return {grad_x, grad_scale, grad_shift};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_relu_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto sc = as_acc<scalar_t>(scale), sh = as_acc<scalar_t>(shift);
+    const int64_t N = x.size(0), HW = x.size(2) * x.size(3);
+    const scalar_t* gp = grad_out.data_ptr<scalar_t>();
+    // Partial sums per (n, c) plane, or per (pixel chunk, c): reduced below in a fixed order.
+    const bool channels_last = is_channels_last(xs);
+    const int64_t parts = channels_last ? (N * HW + kPixelChunk - 1) / kPixelChunk : N;
+    std::vector<acc_t> part_scale(need_affine_grad ? parts * C : 0), part_shift(need_affine_grad ? parts * C : 0);
+    if (channels_last) {
+      const scalar_t* xp = xs.data_ptr<scalar_t>();
+      scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+      for_each_pixel_chunk(xs, [&](int64_t chunk, int64_t first, int64_t last) {
+        for (int64_t p = first; p < last; ++p) {
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t xv = static_cast<acc_t>(xp[p * C + c]);
+            const acc_t g = common::relu_grad<acc_t>(static_cast<acc_t>(gp[p * C + c]), xv * sc[c] + sh[c], true);
+            gxp[p * C + c] = static_cast<scalar_t>(g * sc[c]);
+            if (need_affine_grad) {
+              part_scale[chunk * C + c] += g * xv;
+              part_shift[chunk * C + c] += g;
+            }
+          }
+        }
+      });
+    } else {
+      const scalar_t* xbase = xs.data_ptr<scalar_t>();
+      for_each_plane<scalar_t>(xs, grad_x, [&](int64_t n, int64_t c, const scalar_t* xr, scalar_t* gxr) {
+        // grad_out and grad_x share xs's dense layout, so the same offset indexes all three
+        const scalar_t* gr = gp + (xr - xbase);
+        const acc_t a = sc[c], b = sh[c];
+        acc_t sum_scale = acc_t(0), sum_shift = acc_t(0);
+        for (int64_t k = 0; k < HW; ++k) {
+          const acc_t xv = static_cast<acc_t>(xr[k]);
+          const acc_t g = common::relu_grad<acc_t>(static_cast<acc_t>(gr[k]), xv * a + b, true);
+          gxr[k] = static_cast<scalar_t>(g * a);
+          sum_scale += g * xv;
+          sum_shift += g;
+        }
+        if (need_affine_grad) {
+          part_scale[n * C + c] = sum_scale;
+          part_shift[n * C + c] = sum_shift;
+        }
+      });
+    }
+    if (need_affine_grad) {
+      scalar_t* gsc = grad_scale.data_ptr<scalar_t>();
+      scalar_t* gsh = grad_shift.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) {
+        acc_t s1 = acc_t(0), s2 = acc_t(0);
+        for (int64_t k = 0; k < parts; ++k) {
+          s1 += part_scale[k * C + c];
+          s2 += part_shift[k * C + c];
+        }
+        gsc[c] = static_cast<scalar_t>(s1);
+        gsh[c] = static_cast<scalar_t>(s2);
+      }
+    }
+  });
+  return {grad_x, grad_scale, grad_shift};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastladder, CPU, m) {
+  m.impl("bn_relu", &bn_relu_cpu);
+  m.impl("bn_relu.out", &bn_relu_out_cpu);
+  m.impl("bn_relu_backward", &bn_relu_backward_cpu);
+}
+
+}  // namespace ops
+}  // namespace fastladder

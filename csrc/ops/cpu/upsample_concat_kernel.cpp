@@ -1,0 +1,348 @@
+// CPU kernels of fastladder::upsample_concat: index loops over rows; the arithmetic is in
+// common/bilinear.h and common/affine.h, shared with the CUDA kernels.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "ops/common/affine.h"
+#include "ops/common/bilinear.h"
+#include "ops/upsample_concat.h"
+
+namespace fastladder {
+namespace ops {
+
+namespace {
+
+using common::AxisTap;
+
+// Per-channel affine parameters as acc_t arrays; identity when the op has none.
+template <typename scalar_t, typename acc_t>
+void affine_params(const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                   int64_t channels, std::vector<acc_t>& scale_out, std::vector<acc_t>& shift_out) {
+  scale_out.assign(channels, acc_t(1));
+  shift_out.assign(channels, acc_t(0));
+  if (!scale.has_value() || !scale->defined()) return;
+  const at::Tensor s = scale->contiguous(), b = shift->contiguous();
+  const scalar_t* sp = s.data_ptr<scalar_t>();
+  const scalar_t* bp = b.data_ptr<scalar_t>();
+  for (int64_t c = 0; c < channels; ++c) {
+    scale_out[c] = static_cast<acc_t>(sp[c]);
+    shift_out[c] = static_cast<acc_t>(bp[c]);
+  }
+}
+
+template <typename acc_t>
+std::vector<AxisTap<acc_t>> axis_taps(int64_t in_size, int64_t out_size, bool align_corners) {
+  const acc_t scale = common::bilinear_scale<acc_t>(in_size, out_size, align_corners);
+  std::vector<AxisTap<acc_t>> taps(out_size);
+  for (int64_t o = 0; o < out_size; ++o) taps[o] = common::bilinear_tap<acc_t>(o, in_size, out_size, scale, align_corners);
+  return taps;
+}
+
+// All loops see the same view of the problem: element (n, c, y, x) of a tensor with `channels`
+// channels lives at offset(n, c, y, x), in NCHW or NHWC order.
+struct Layout {
+  bool channels_last;
+  int64_t height, width;
+  int64_t offset(int64_t n, int64_t c, int64_t y, int64_t x, int64_t channels) const {
+    return channels_last ? ((n * height + y) * width + x) * channels + c
+                         : ((n * channels + c) * height + y) * width + x;
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+acc_t upsampled(const scalar_t* low, const Layout& in, int64_t n, int64_t c, int64_t channels,
+                const AxisTap<acc_t>& th, const AxisTap<acc_t>& tw) {
+  return common::bilinear_combine<acc_t>(th, tw, static_cast<acc_t>(low[in.offset(n, c, th.i0, tw.i0, channels)]),
+                                         static_cast<acc_t>(low[in.offset(n, c, th.i0, tw.i1, channels)]),
+                                         static_cast<acc_t>(low[in.offset(n, c, th.i1, tw.i0, channels)]),
+                                         static_cast<acc_t>(low[in.offset(n, c, th.i1, tw.i1, channels)]));
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& low, const at::Tensor& skip, at::Tensor& out, const UpsampleConcatShape& s,
+                    const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu,
+                    bool align_corners, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<acc_t> sc, sh;
+  affine_params<scalar_t, acc_t>(scale, shift, s.out_channels, sc, sh);
+  const auto htaps = axis_taps<acc_t>(s.low_height, s.height, align_corners);
+  const auto wtaps = axis_taps<acc_t>(s.low_width, s.width, align_corners);
+  const scalar_t* lp = low.data_ptr<scalar_t>();
+  const scalar_t* sp = skip.data_ptr<scalar_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  const Layout in{channels_last, s.low_height, s.low_width};
+  const Layout io{channels_last, s.height, s.width};
+  const bool concat = s.mode == JoinMode::kConcat;
+  const int64_t Cl = s.low_channels, Cs = s.skip_channels, Co = s.out_channels, W = s.width;
+
+  if (channels_last) {
+    // One output row (n, y) at a time; inner loops run over contiguous channels.
+    at::parallel_for(0, s.batch * s.height, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / s.height, y = row % s.height;
+        const AxisTap<acc_t>& th = htaps[y];
+        for (int64_t x = 0; x < W; ++x) {
+          const AxisTap<acc_t>& tw = wtaps[x];
+          const scalar_t* p00 = lp + in.offset(n, 0, th.i0, tw.i0, Cl);
+          const scalar_t* p01 = lp + in.offset(n, 0, th.i0, tw.i1, Cl);
+          const scalar_t* p10 = lp + in.offset(n, 0, th.i1, tw.i0, Cl);
+          const scalar_t* p11 = lp + in.offset(n, 0, th.i1, tw.i1, Cl);
+          const scalar_t* ps = sp + io.offset(n, 0, y, x, Cs);
+          scalar_t* po = op + io.offset(n, 0, y, x, Co);
+          if (concat) {
+            for (int64_t c = 0; c < Cl; ++c) {
+              const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[c], p01[c], p10[c], p11[c]);
+              po[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, sc[c], sh[c], relu));
+            }
+            for (int64_t c = 0; c < Cs; ++c) {
+              po[Cl + c] = static_cast<scalar_t>(
+                  common::affine_relu<acc_t>(static_cast<acc_t>(ps[c]), sc[Cl + c], sh[Cl + c], relu));
+            }
+          } else {
+            for (int64_t c = 0; c < Co; ++c) {
+              const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[c], p01[c], p10[c], p11[c]) +
+                              static_cast<acc_t>(ps[c]);
+              po[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, sc[c], sh[c], relu));
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  // NCHW: one output row (n, c, y) at a time; inner loops run over contiguous x.
+  at::parallel_for(0, s.batch * Co * s.height, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t y = row % s.height, c = (row / s.height) % Co, n = row / (s.height * Co);
+      scalar_t* po = op + io.offset(n, c, y, 0, Co);
+      const acc_t a = sc[c], b = sh[c];
+      const bool from_low = !concat || c < Cl;
+      const bool from_skip = !concat || c >= Cl;
+      const scalar_t* ps = from_skip ? sp + io.offset(n, concat ? c - Cl : c, y, 0, Cs) : nullptr;
+      if (!from_low) {
+        for (int64_t x = 0; x < W; ++x) po[x] = static_cast<scalar_t>(common::affine_relu<acc_t>(ps[x], a, b, relu));
+        continue;
+      }
+      const AxisTap<acc_t>& th = htaps[y];
+      const scalar_t* r0 = lp + in.offset(n, c, th.i0, 0, Cl);
+      const scalar_t* r1 = lp + in.offset(n, c, th.i1, 0, Cl);
+      for (int64_t x = 0; x < W; ++x) {
+        const AxisTap<acc_t>& tw = wtaps[x];
+        acc_t v = common::bilinear_combine<acc_t>(th, tw, r0[tw.i0], r0[tw.i1], r1[tw.i0], r1[tw.i1]);
+        if (from_skip) v += static_cast<acc_t>(ps[x]);
+        po[x] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, a, b, relu));
+      }
+    }
+  });
+}
+
+// Backward, pass 1 (over outputs): the gradient with respect to the pre-affine join x, split into its
+// skip part (written to grad_skip) and its upsampled part (written to grad_up, [N, Cl, H, W]); with
+// need_affine_grad also the per-row partial sums of d/dscale and d/dshift, reduced in a fixed order.
+template <typename scalar_t>
+void backward_join_kernel(const at::Tensor& grad_out, const at::Tensor& low, const at::Tensor& skip,
+                          const UpsampleConcatShape& s, const c10::optional<at::Tensor>& scale,
+                          const c10::optional<at::Tensor>& shift, bool relu, bool align_corners, bool channels_last,
+                          at::Tensor& grad_skip, at::Tensor& grad_up, bool need_affine_grad, at::Tensor& grad_scale,
+                          at::Tensor& grad_shift) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<acc_t> sc, sh;
+  affine_params<scalar_t, acc_t>(scale, shift, s.out_channels, sc, sh);
+  const auto htaps = axis_taps<acc_t>(s.low_height, s.height, align_corners);
+  const auto wtaps = axis_taps<acc_t>(s.low_width, s.width, align_corners);
+  const scalar_t* lp = low.data_ptr<scalar_t>();
+  const scalar_t* sp = skip.data_ptr<scalar_t>();
+  const scalar_t* gp = grad_out.data_ptr<scalar_t>();
+  scalar_t* gsp = grad_skip.data_ptr<scalar_t>();
+  // add mode: the upsampled part's gradient is grad_skip itself
+  scalar_t* gup = s.mode == JoinMode::kAdd ? gsp : grad_up.data_ptr<scalar_t>();
+  const Layout in{channels_last, s.low_height, s.low_width};
+  const Layout io{channels_last, s.height, s.width};
+  const bool concat = s.mode == JoinMode::kConcat;
+  const int64_t Cl = s.low_channels, Cs = s.skip_channels, Co = s.out_channels, W = s.width;
+  const bool need_x = relu || need_affine_grad;
+  const int64_t rows = channels_last ? s.batch * s.height : s.batch * Co * s.height;
+  // channels_last rows hold every channel; NCHW rows one channel
+  const int64_t partial_width = channels_last ? Co : 1;
+  std::vector<acc_t> partial_scale(need_affine_grad ? rows * partial_width : 0, acc_t(0));
+  std::vector<acc_t> partial_shift(need_affine_grad ? rows * partial_width : 0, acc_t(0));
+
+  auto element = [&](int64_t n, int64_t c, int64_t y, int64_t x, int64_t row, int64_t slot) {
+    const acc_t g = static_cast<acc_t>(gp[io.offset(n, c, y, x, Co)]);
+    acc_t pre = acc_t(0);  // the join x before the affine, recomputed only where it is needed
+    const bool from_low = !concat || c < Cl;
+    const bool from_skip = !concat || c >= Cl;
+    const int64_t cs = concat ? c - Cl : c;
+    if (need_x) {
+      if (from_low) pre = upsampled<scalar_t, acc_t>(lp, in, n, c, Cl, htaps[y], wtaps[x]);
+      if (from_skip) pre += static_cast<acc_t>(sp[io.offset(n, cs, y, x, Cs)]);
+    }
+    const acc_t g_pre_affine = common::relu_grad<acc_t>(g, pre * sc[c] + sh[c], relu);
+    if (need_affine_grad) {
+      partial_scale[row * partial_width + slot] += g_pre_affine * pre;
+      partial_shift[row * partial_width + slot] += g_pre_affine;
+    }
+    const scalar_t gx = static_cast<scalar_t>(g_pre_affine * sc[c]);
+    if (from_skip) gsp[io.offset(n, cs, y, x, Cs)] = gx;
+    if (concat && from_low) gup[io.offset(n, c, y, x, Cl)] = gx;
+  };
+
+  if (channels_last) {
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / s.height, y = row % s.height;
+        for (int64_t x = 0; x < W; ++x)
+          for (int64_t c = 0; c < Co; ++c) element(n, c, y, x, row, c);
+      }
+    });
+  } else {
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t y = row % s.height, c = (row / s.height) % Co, n = row / (s.height * Co);
+        for (int64_t x = 0; x < W; ++x) element(n, c, y, x, row, 0);
+      }
+    });
+  }
+  if (!need_affine_grad) return;
+  // Fixed-order reduction of the row partials: deterministic whatever the thread count.
+  std::vector<acc_t> sum_scale(Co, acc_t(0)), sum_shift(Co, acc_t(0));
+  for (int64_t row = 0; row < rows; ++row) {
+    if (channels_last) {
+      for (int64_t c = 0; c < Co; ++c) {
+        sum_scale[c] += partial_scale[row * Co + c];
+        sum_shift[c] += partial_shift[row * Co + c];
+      }
+    } else {
+      const int64_t c = (row / s.height) % Co;
+      sum_scale[c] += partial_scale[row];
+      sum_shift[c] += partial_shift[row];
+    }
+  }
+  scalar_t* gsc = grad_scale.data_ptr<scalar_t>();
+  scalar_t* gsh = grad_shift.data_ptr<scalar_t>();
+  for (int64_t c = 0; c < Co; ++c) {
+    gsc[c] = static_cast<scalar_t>(sum_scale[c]);
+    gsh[c] = static_cast<scalar_t>(sum_shift[c]);
+  }
+}
+
+// Backward, pass 2 (over inputs): each low pixel gathers the gradients of the outputs that read it.
+template <typename scalar_t>
+void backward_gather_kernel(const at::Tensor& grad_up, at::Tensor& grad_low, const UpsampleConcatShape& s,
+                            bool align_corners, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto th = common::bilinear_transpose<acc_t>(s.low_height, s.height, align_corners);
+  const auto tw = common::bilinear_transpose<acc_t>(s.low_width, s.width, align_corners);
+  const scalar_t* gp = grad_up.data_ptr<scalar_t>();
+  scalar_t* glp = grad_low.data_ptr<scalar_t>();
+  const Layout in{channels_last, s.low_height, s.low_width};
+  const Layout io{channels_last, s.height, s.width};
+  // grad_up has the up part's channels (Cl) in concat mode and all channels (== Cl) in add mode
+  const int64_t Cl = s.low_channels, w = s.low_width;
+  if (channels_last) {
+    at::parallel_for(0, s.batch * s.low_height, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(Cl);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / s.low_height, i = row % s.low_height;
+        for (int64_t j = 0; j < w; ++j) {
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for (int64_t a = th.offsets[i]; a < th.offsets[i + 1]; ++a) {
+            for (int64_t b = tw.offsets[j]; b < tw.offsets[j + 1]; ++b) {
+              const acc_t weight = th.weights[a] * tw.weights[b];
+              const scalar_t* g = gp + io.offset(n, 0, th.outputs[a], tw.outputs[b], Cl);
+              for (int64_t c = 0; c < Cl; ++c) acc[c] += weight * static_cast<acc_t>(g[c]);
+            }
+          }
+          scalar_t* out = glp + in.offset(n, 0, i, j, Cl);
+          for (int64_t c = 0; c < Cl; ++c) out[c] = static_cast<scalar_t>(acc[c]);
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, s.batch * Cl * s.low_height, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row % s.low_height, c = (row / s.low_height) % Cl, n = row / (s.low_height * Cl);
+      scalar_t* out = glp + in.offset(n, c, i, 0, Cl);
+      for (int64_t j = 0; j < w; ++j) {
+        acc_t total = acc_t(0);
+        for (int64_t a = th.offsets[i]; a < th.offsets[i + 1]; ++a) {
+          const scalar_t* g = gp + io.offset(n, c, th.outputs[a], 0, Cl);
+          acc_t along_row = acc_t(0);
+          for (int64_t b = tw.offsets[j]; b < tw.offsets[j + 1]; ++b)
+            along_row += tw.weights[b] * static_cast<acc_t>(g[tw.outputs[b]]);
+          total += th.weights[a] * along_row;
+        }
+        out[j] = static_cast<scalar_t>(total);
+      }
+    }
+  });
+}
+
+at::MemoryFormat output_format(const at::Tensor& skip) {
+  return skip.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
+                                                                        : at::MemoryFormat::Contiguous;
+}
+
+at::Tensor upsample_concat_cpu(const at::Tensor& low_in, const at::Tensor& skip_in, c10::string_view mode,
+                               const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                               bool relu, bool align_corners) {
+  const UpsampleConcatShape s = check_upsample_concat(low_in, skip_in, std::string(mode), scale, shift);
+  const at::MemoryFormat format = output_format(skip_in);
+  at::Tensor out = at::empty({s.batch, s.out_channels, s.height, s.width}, skip_in.options().memory_format(format));
+  if (out.numel() == 0) return out;
+  const at::Tensor low = low_in.contiguous(format), skip = skip_in.contiguous(format);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, low.scalar_type(), "upsample_concat_cpu", [&] {
+    forward_kernel<scalar_t>(low, skip, out, s, scale, shift, relu, align_corners,
+                             format == at::MemoryFormat::ChannelsLast);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& low_in, const at::Tensor& skip_in, c10::string_view mode,
+    const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu, bool align_corners,
+    bool need_affine_grad) {
+  const UpsampleConcatShape s = check_upsample_concat(low_in, skip_in, std::string(mode), scale, shift);
+  check_upsample_concat_grad(grad_in, s, skip_in);
+  TORCH_CHECK_VALUE(!need_affine_grad || s.has_affine, "need_affine_grad needs scale and shift");
+  const at::MemoryFormat format = output_format(skip_in);
+  const bool channels_last = format == at::MemoryFormat::ChannelsLast;
+  const at::Tensor low = low_in.contiguous(format), skip = skip_in.contiguous(format);
+  const at::Tensor grad_out = grad_in.contiguous(format);
+  at::Tensor grad_low = at::empty_like(low, low.options().memory_format(format));
+  at::Tensor grad_skip = at::empty_like(skip, skip.options().memory_format(format));
+  const int64_t affine_len = need_affine_grad ? s.out_channels : 0;
+  at::Tensor grad_scale = at::zeros({affine_len}, low.options());
+  at::Tensor grad_shift = at::zeros({affine_len}, low.options());
+  if (grad_out.numel() == 0) {
+    grad_low.zero_();
+    grad_skip.zero_();
+    return {grad_low, grad_skip, grad_scale, grad_shift};
+  }
+  at::Tensor grad_up;
+  if (s.mode == JoinMode::kConcat) {
+    grad_up = at::empty({s.batch, s.low_channels, s.height, s.width}, low.options().memory_format(format));
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, low.scalar_type(), "upsample_concat_backward_cpu", [&] {
+    backward_join_kernel<scalar_t>(grad_out, low, skip, s, scale, shift, relu, align_corners, channels_last,
+                                   grad_skip, grad_up, need_affine_grad, grad_scale, grad_shift);
+    backward_gather_kernel<scalar_t>(s.mode == JoinMode::kConcat ? grad_up : grad_skip, grad_low, s, align_corners,
+                                     channels_last);
+  });
+  return {grad_low, grad_skip, grad_scale, grad_shift};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastladder, CPU, m) {
+  m.impl("upsample_concat", &upsample_concat_cpu);
+  m.impl("upsample_concat_backward", &upsample_concat_backward_cpu);
+}
+
+}  // namespace ops
+}  // namespace fastladder

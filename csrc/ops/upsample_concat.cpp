@@ -1,0 +1,90 @@
+// Schema and argument checks of fastladder::upsample_concat (kernels: cpu/ and cuda/).
+#include "ops/upsample_concat.h"
+
+#include <torch/library.h>
+
+namespace fastladder {
+namespace ops {
+
+namespace {
+
+void check_per_channel(const c10::optional<at::Tensor>& param, const char* name, int64_t channels,
+                       const at::Tensor& like) {
+  if (!param.has_value() || !param->defined()) return;
+  TORCH_CHECK_VALUE(param->dim() == 1 && param->size(0) == channels, name, " must be a 1-D tensor of length ",
+                    channels, " (the output channels), got shape ", param->sizes());
+  TORCH_CHECK_VALUE(param->scalar_type() == like.scalar_type(), name, " must have the dtype of the inputs (",
+                    like.scalar_type(), "), got ", param->scalar_type());
+  TORCH_CHECK_VALUE(param->device() == like.device(), name, " must be on the inputs' device (", like.device(),
+                    "), got ", param->device());
+}
+
+}  // namespace
+
+UpsampleConcatShape check_upsample_concat(const at::Tensor& low, const at::Tensor& skip, const std::string& mode,
+                                          const c10::optional<at::Tensor>& scale,
+                                          const c10::optional<at::Tensor>& shift) {
+  TORCH_CHECK_VALUE(low.dim() == 4, "low must be a 4-D [N, C, h, w] tensor, got shape ", low.sizes());
+  TORCH_CHECK_VALUE(skip.dim() == 4, "skip must be a 4-D [N, C, H, W] tensor, got shape ", skip.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(low.scalar_type()), "low must be floating point, got ", low.scalar_type());
+  TORCH_CHECK_VALUE(low.scalar_type() == skip.scalar_type(), "low and skip must have the same dtype, got ",
+                    low.scalar_type(), " and ", skip.scalar_type());
+  TORCH_CHECK_VALUE(low.device() == skip.device(), "low and skip must be on the same device, got ", low.device(),
+                    " and ", skip.device());
+  TORCH_CHECK_VALUE(low.size(0) == skip.size(0), "low and skip must have the same batch size, got low ",
+                    low.sizes(), " and skip ", skip.sizes());
+  TORCH_CHECK_VALUE(low.size(2) > 0 && low.size(3) > 0 && skip.size(2) > 0 && skip.size(3) > 0,
+                    "low and skip must have non-empty spatial sizes, got low ", low.sizes(), " and skip ",
+                    skip.sizes());
+  UpsampleConcatShape shape;
+  if (mode == "concat") {
+    shape.mode = JoinMode::kConcat;
+  } else if (mode == "add") {
+    shape.mode = JoinMode::kAdd;
+    TORCH_CHECK_VALUE(low.size(1) == skip.size(1), "mode='add' needs low and skip with the same channels, got low ",
+                      low.sizes(), " and skip ", skip.sizes());
+  } else {
+    TORCH_CHECK_VALUE(false, "mode must be 'concat' or 'add', got '", mode, "'");
+  }
+  shape.batch = low.size(0);
+  shape.low_channels = low.size(1);
+  shape.low_height = low.size(2);
+  shape.low_width = low.size(3);
+  shape.skip_channels = skip.size(1);
+  shape.height = skip.size(2);
+  shape.width = skip.size(3);
+  shape.out_channels = shape.mode == JoinMode::kConcat ? shape.low_channels + shape.skip_channels
+                                                       : shape.skip_channels;
+  const bool has_scale = scale.has_value() && scale->defined();
+  const bool has_shift = shift.has_value() && shift->defined();
+  TORCH_CHECK_VALUE(has_scale == has_shift, "scale and shift must be given together (or neither)");
+  check_per_channel(scale, "scale", shape.out_channels, low);
+  check_per_channel(shift, "shift", shape.out_channels, low);
+  shape.has_affine = has_scale;
+  return shape;
+}
+
+void check_upsample_concat_grad(const at::Tensor& grad_out, const UpsampleConcatShape& shape,
+                                const at::Tensor& skip) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == shape.batch && grad_out.size(1) == shape.out_channels &&
+                        grad_out.size(2) == shape.height && grad_out.size(3) == shape.width,
+                    "grad_out must have the output's shape [", shape.batch, ", ", shape.out_channels, ", ",
+                    shape.height, ", ", shape.width, "], got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.scalar_type() == skip.scalar_type() && grad_out.device() == skip.device(),
+                    "grad_out must match skip's dtype and device, got ", grad_out.scalar_type(), " on ",
+                    grad_out.device());
+}
+
+}  // namespace ops
+}  // namespace fastladder
+
+TORCH_LIBRARY_FRAGMENT(fastladder, m) {
+  m.def(
+      "upsample_concat(Tensor low, Tensor skip, str mode, Tensor? scale, Tensor? shift, bool relu, "
+      "bool align_corners) -> Tensor");
+  // Gradients to (low, skip, scale, shift). scale/shift gradients are [C] when need_affine_grad
+  // and empty [0] otherwise. Deterministic: a gather over the outputs each input feeds, no atomics.
+  m.def(
+      "upsample_concat_backward(Tensor grad_out, Tensor low, Tensor skip, str mode, Tensor? scale, "
+      "Tensor? shift, bool relu, bool align_corners, bool need_affine_grad) -> (Tensor, Tensor, Tensor, Tensor)");
+}

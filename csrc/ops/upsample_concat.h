@@ -1,0 +1,34 @@
+// upsample_concat: bilinear upsample of `low` to skip's size, joined with `skip` (channel concat or
+// sum), then an optional per-channel affine and ReLU. Declarations shared by the CPU and CUDA files.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <tuple>
+
+namespace fastladder {
+namespace ops {
+
+enum class JoinMode { kConcat, kAdd };
+
+// Validated arguments: the shapes every backend needs.
+struct UpsampleConcatShape {
+  JoinMode mode;
+  int64_t batch, low_channels, low_height, low_width;
+  int64_t skip_channels, height, width;
+  int64_t out_channels;
+  bool has_affine;
+};
+
+// Checks every argument (rank, batch, channels, dtype, device, scale/shift length) and raises an
+// error that names the argument and the shapes seen. Returns the shapes.
+UpsampleConcatShape check_upsample_concat(const at::Tensor& low, const at::Tensor& skip, const std::string& mode,
+                                          const c10::optional<at::Tensor>& scale,
+                                          const c10::optional<at::Tensor>& shift);
+
+void check_upsample_concat_grad(const at::Tensor& grad_out, const UpsampleConcatShape& shape,
+                                const at::Tensor& skip);
+
+}  // namespace ops
+}  // namespace fastladder

@@ -1,0 +1,4 @@
+"""Drop-in torch.nn modules built on fastladder's fused operators."""
+from fastladder.nn.ladder_upsample import LadderUpsample
+
+__all__ = ["LadderUpsample"]

@@ -1,0 +1,9 @@
+"""Pure-PyTorch implementations of fastladder's operators and modules.
+
+They are the specification: tests compare the compiled operators against them, and benchmarks
+use them (eager and under torch.compile) as the baseline. They never call fastladder._C.
+"""
+from fastladder.reference.ops import bn_relu, ladder_blend, upsample_concat
+from fastladder.reference.nn import LadderUpsampleReference
+
+__all__ = ["upsample_concat", "ladder_blend", "bn_relu", "LadderUpsampleReference"]
