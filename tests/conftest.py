@@ -42,6 +42,3 @@ def generator(seed):
     """A torch.Generator seeded from the test's fresh seed."""
     return torch.Generator().manual_seed(seed)
 
-
-CUDA_PARAM = pytest.param("cuda", marks=pytest.mark.cuda)
-DEVICES = ["cpu", CUDA_PARAM]
