@@ -1,0 +1,143 @@
+"""fastladder.ops.bn_relu against relu(x * scale + shift)."""
+import pytest
+import torch
+
+from fastladder import ops, reference
+from fastladder.testing import DEVICES, assert_close_to_reference
+
+
+def make(shape, dtype=torch.float32, device="cpu", requires_grad=False):
+    x = torch.randn(*shape, dtype=dtype, device=device)
+    scale = torch.rand(shape[1], dtype=dtype, device=device) + 0.5
+    shift = torch.randn(shape[1], dtype=dtype, device=device) * 0.5
+    return [t.requires_grad_(requires_grad) for t in (x, scale, shift)]
+
+
+LAYOUTS = {
+    "nchw": lambda x: x,
+    "channels_last": lambda x: x.contiguous(memory_format=torch.channels_last),
+    # the DenseNet case: the first channels of a larger NCHW buffer, read in place
+    "buffer_prefix": lambda x: torch.cat([x, torch.randn_like(x)], dim=1)[:, : x.shape[1]],
+    "transposed": lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 3, 1, 1), (3, 1, 4, 6), (1, 64, 17, 3)])
+def test_matches_reference(seed, layout, shape):
+    x, scale, shift = make(shape)
+    x = LAYOUTS[layout](x)
+    assert_close_to_reference(ops.bn_relu(x, scale, shift), reference.bn_relu(x, scale, shift), seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("device", DEVICES)
+def test_dtypes(seed, dtype, device):
+    x, scale, shift = make((2, 6, 5, 5), dtype=dtype, device=device)
+    expected = reference.bn_relu(x.double(), scale.double(), shift.double()).to(dtype)
+    assert_close_to_reference(ops.bn_relu(x, scale, shift), expected, seed=seed)
+
+
+def test_channels_last_is_kept(seed):
+    x, scale, shift = make((2, 6, 5, 5))
+    y = ops.bn_relu(x.contiguous(memory_format=torch.channels_last), scale, shift)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_out_variant(seed):
+    x, scale, shift = make((2, 4, 3, 5))
+    out = torch.empty(0)
+    result = ops.bn_relu(x, scale, shift, out=out)
+    assert result is out
+    torch.testing.assert_close(out, reference.bn_relu(x, scale, shift))
+    x.requires_grad_()
+    with pytest.raises(RuntimeError, match="does not support automatic differentiation"):
+        ops.bn_relu(x, scale, shift, out=out)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_backward_matches_reference(seed, layout):
+    x, scale, shift = make((3, 5, 6, 7), requires_grad=True)
+    xl = LAYOUTS[layout](x)
+    grad_out = torch.randn(3, 5, 6, 7)
+    actual = torch.autograd.grad(ops.bn_relu(xl, scale, shift), (x, scale, shift), grad_out)
+    expected = torch.autograd.grad(reference.bn_relu(xl, scale, shift), (x, scale, shift), grad_out)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck_float64(seed):
+    x, scale, shift = make((2, 3, 4, 5), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.bn_relu, (x, scale, shift))
+    cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(ops.bn_relu, (cl, scale, shift))
+
+
+def test_backward_is_deterministic(seed):
+    x, scale, shift = make((2, 16, 33, 35), requires_grad=True)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    for inp in (x, x_cl):
+        y = ops.bn_relu(inp, scale, shift)
+        g = torch.randn_like(y)
+        first = torch.autograd.grad(y, (inp, scale, shift), g, retain_graph=True)
+        again = torch.autograd.grad(y, (inp, scale, shift), g, retain_graph=True)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_empty():
+    x, scale, shift = make((0, 3, 4, 4))
+    assert ops.bn_relu(x, scale, shift).shape == (0, 3, 4, 4)
+
+
+def test_opcheck(seed):
+    x, scale, shift = make((2, 3, 4, 5), requires_grad=True)
+    torch.library.opcheck(torch.ops.fastladder.bn_relu.default, (x, scale, shift))
+    cl = x.detach().contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.fastladder.bn_relu.default, (cl, scale.detach(), shift.detach()))
+
+
+def test_torch_compile_fullgraph(seed):
+    x, scale, shift = make((2, 3, 4, 5), requires_grad=True)
+    fn = lambda x, s, b: ops.bn_relu(x, s, b).sum()  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, scale, shift), fn(x, scale, shift))
+    torch.testing.assert_close(torch.autograd.grad(compiled(x, scale, shift), x)[0],
+                               torch.autograd.grad(fn(x, scale, shift), x)[0])
+
+
+def test_fold_batch_norm_matches_eval_batchnorm(seed):
+    norm = torch.nn.BatchNorm2d(4)
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2)
+    norm.weight.data.normal_()
+    norm.bias.data.normal_()
+    norm.eval()
+    x = torch.randn(2, 4, 5, 5)
+    scale, shift = ops.fold_batch_norm(norm)
+    torch.testing.assert_close(ops.bn_relu(x, scale.detach(), shift.detach()), torch.relu(norm(x)))
+
+
+@pytest.mark.parametrize("args,match", [
+    (lambda: (torch.randn(2, 3, 4), torch.ones(3), torch.ones(3)), r"x must be a 4-D .*\[2, 3, 4\]"),
+    (lambda: (torch.randn(2, 3, 4, 4), torch.ones(4), torch.ones(3)), r"scale must be a 1-D tensor of length C = 3.*\[4\]"),
+    (lambda: (torch.randn(2, 3, 4, 4), torch.ones(3), torch.ones(3).double()), r"shift must have x's dtype"),
+    (lambda: (torch.randint(0, 3, (2, 3, 4, 4)), torch.ones(3), torch.ones(3)), r"floating point"),
+])
+def test_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        ops.bn_relu(*args())
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(seed):
+    x, scale, shift = make((2, 8, 9, 11), requires_grad=True)
+    for layout in LAYOUTS.values():
+        xl = layout(x)
+        cuda_in = [xl.detach().cuda().requires_grad_(), scale.detach().cuda().requires_grad_(),
+                   shift.detach().cuda().requires_grad_()]
+        cpu_in = [xl.detach().requires_grad_(), scale.detach().requires_grad_(), shift.detach().requires_grad_()]
+        y_cpu, y_cuda = ops.bn_relu(*cpu_in), ops.bn_relu(*cuda_in)
+        torch.testing.assert_close(y_cuda.cpu(), y_cpu)
+        g = torch.randn_like(y_cpu)
+        for a, e in zip(torch.autograd.grad(y_cuda, cuda_in, g.cuda()), torch.autograd.grad(y_cpu, cpu_in, g)):
+            torch.testing.assert_close(a.cpu(), e, rtol=1e-5, atol=1e-5)
