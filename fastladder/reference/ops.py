@@ -15,9 +15,11 @@ def upsample_concat(low: torch.Tensor, skip: torch.Tensor, *, mode: str = "conca
     """F.interpolate (bilinear, size=skip's) + cat or add + affine + ReLU, each step materialized."""
     up = F.interpolate(low, size=skip.shape[-2:], mode="bilinear", align_corners=align_corners)
     joined = torch.cat([up, skip], dim=1) if mode == "concat" else up + skip
-    if scale is not None:
+    if scale is not None and shift is not None:
+        joined = torch.addcmul(_per_channel(shift), joined, _per_channel(scale))  # one pass, as F.batch_norm
+    elif scale is not None:
         joined = joined * _per_channel(scale)
-    if shift is not None:
+    elif shift is not None:
         joined = joined + _per_channel(shift)
     return F.relu(joined) if relu else joined
 
