@@ -14,6 +14,7 @@ REBUILD_COMMAND = "CUDA_HOME=/usr/local/cuda pip install --no-build-isolation ."
 REQUIRED_OPS = (
     "upsample_concat",
     "upsample_concat_backward",
+    "upsample_concat_rows",
     "bn_relu",
     "bn_relu_backward",
 )

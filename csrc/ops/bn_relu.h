@@ -3,6 +3,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "ops/layout.h"
+
 namespace fastladder {
 namespace ops {
 

@@ -64,6 +64,12 @@ UpsampleConcatShape check_upsample_concat(const at::Tensor& low, const at::Tenso
   return shape;
 }
 
+void check_row_window(const UpsampleConcatShape& shape, int64_t row_begin, int64_t row_count) {
+  TORCH_CHECK_VALUE(row_count >= 0 && row_begin >= -1 && row_begin + row_count <= shape.height + 1,
+                    "rows [", row_begin, ", ", row_begin + row_count, ") must lie within [-1, ", shape.height + 1,
+                    "] for an output of height ", shape.height);
+}
+
 void check_upsample_concat_grad(const at::Tensor& grad_out, const UpsampleConcatShape& shape,
                                 const at::Tensor& skip) {
   TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == shape.batch && grad_out.size(1) == shape.out_channels &&
@@ -82,6 +88,12 @@ TORCH_LIBRARY_FRAGMENT(fastladder, m) {
   m.def(
       "upsample_concat(Tensor low, Tensor skip, str mode, Tensor? scale, Tensor? shift, bool relu, "
       "bool align_corners) -> Tensor");
+  // Rows [row_begin, row_begin + row_count) of upsample_concat's output in the requested layout; rows
+  // just outside the image are zeros. Inference only (no autograd): ladder_blend runs its 3×3
+  // convolution band by band on these, so the joined tensor is never stored whole.
+  m.def(
+      "upsample_concat_rows(Tensor low, Tensor skip, str mode, Tensor? scale, Tensor? shift, bool relu, "
+      "bool align_corners, int row_begin, int row_count, bool channels_last) -> Tensor");
   // Gradients to (low, skip, scale, shift). scale/shift gradients are [C] when need_affine_grad
   // and empty [0] otherwise. Deterministic: a gather over the outputs each input feeds, no atomics.
   m.def(

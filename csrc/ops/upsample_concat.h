@@ -7,6 +7,8 @@
 #include <string>
 #include <tuple>
 
+#include "ops/layout.h"
+
 namespace fastladder {
 namespace ops {
 
@@ -26,6 +28,10 @@ struct UpsampleConcatShape {
 UpsampleConcatShape check_upsample_concat(const at::Tensor& low, const at::Tensor& skip, const std::string& mode,
                                           const c10::optional<at::Tensor>& scale,
                                           const c10::optional<at::Tensor>& shift);
+
+// The row window of upsample_concat_rows: rows [row_begin, row_begin + row_count) of the full
+// output, at most one row beyond either border (the convolution's zero padding).
+void check_row_window(const UpsampleConcatShape& shape, int64_t row_begin, int64_t row_count);
 
 void check_upsample_concat_grad(const at::Tensor& grad_out, const UpsampleConcatShape& shape,
                                 const at::Tensor& skip);

@@ -92,11 +92,50 @@ def ladder_blend(
                 f"(mode={mode!r}, low {tuple(low.shape)}, skip {tuple(skip.shape)})")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"bias must be a [{weight.shape[0]}] tensor, got shape {tuple(bias.shape)}")
+    cast = autocast_dtype(low, skip)
+    if cast is None and weight.dtype != skip.dtype:
+        raise ValueError(f"weight must have the inputs' dtype {skip.dtype}, got {weight.dtype}")
+    if _use_bands(low, skip, weight, bias, scale, shift):
+        return _ladder_blend_in_bands(low, skip, weight, bias, mode, scale, shift, relu, align_corners)
     joined = upsample_concat(low, skip, mode=mode, scale=scale, shift=shift, relu=relu, align_corners=align_corners)
-    cast = autocast_dtype(joined)
-    if cast is None and weight.dtype != joined.dtype:
-        raise ValueError(f"weight must have the inputs' dtype {joined.dtype}, got {weight.dtype}")
     return F.conv2d(joined, weight, bias, padding=1)
+
+
+# The joined input of one band's convolution stays below this size: small enough that the whole
+# joined tensor is never stored (peak memory ≈ the output), large enough that each band's
+# convolution runs at full speed.
+BAND_BYTES = 32 * 2**20
+
+
+def _use_bands(low, skip, weight, bias, scale, shift):
+    """Inference on CPU: no gradient will be asked for, so the blend can run band by band."""
+    tensors = [t for t in (low, skip, weight, bias, scale, shift) if t is not None]
+    if skip.device.type != "cpu" or low.dim() != 4 or skip.dim() != 4 or autocast_dtype(skip) is not None:
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _ladder_blend_in_bands(low, skip, weight, bias, mode, scale, shift, relu, align_corners):
+    """conv2d(upsample_concat(...), padding=1) one horizontal band of output rows at a time.
+
+    Each band's joined input (with a one-row halo; rows beyond the image are the convolution's zero
+    padding) is written channels_last, the layout oneDNN convolves fastest, then convolved with
+    padding only along x; the result lands in its rows of the output, which keeps skip's layout."""
+    scale, shift = _complete_affine(scale, shift, low, skip, mode)
+    batch, _, height, width = skip.shape
+    joined_channels = weight.shape[1]
+    out = skip.new_empty((batch, weight.shape[0], height, width)).contiguous(
+        memory_format=output_memory_format(skip))
+    if out.numel() == 0:
+        return out
+    row_bytes = batch * joined_channels * width * skip.element_size()
+    rows = max(8, BAND_BYTES // max(1, row_bytes))
+    for first in range(0, height, rows):
+        count = min(rows, height - first)
+        band = torch.ops.fastladder.upsample_concat_rows(low, skip, mode, scale, shift, relu, align_corners,
+                                                         first - 1, count + 2, True)
+        out[:, :, first:first + count].copy_(F.conv2d(band, weight, bias, padding=(0, 1)))
+    return out
 
 
 def _complete_affine(scale, shift, low, skip, mode):
@@ -119,6 +158,14 @@ def _upsample_concat_fake(low, skip, mode, scale, shift, relu, align_corners):
     channels = low.shape[1] + skip.shape[1] if mode == "concat" else skip.shape[1]
     return skip.new_empty((skip.shape[0], channels, skip.shape[2], skip.shape[3])).contiguous(
         memory_format=output_memory_format(skip))
+
+
+@torch.library.register_fake("fastladder::upsample_concat_rows")
+def _upsample_concat_rows_fake(low, skip, mode, scale, shift, relu, align_corners, row_begin, row_count,
+                               channels_last):
+    channels = low.shape[1] + skip.shape[1] if mode == "concat" else skip.shape[1]
+    return skip.new_empty((skip.shape[0], channels, row_count, skip.shape[3])).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 @torch.library.register_fake("fastladder::upsample_concat_backward")

@@ -91,3 +91,54 @@ def test_bad_input(change, match):
     t.update(change)
     with pytest.raises(ValueError, match=match):
         call(ops.ladder_blend, t)
+
+
+@pytest.mark.parametrize("mode", ["concat", "add"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("band_bytes", [1, 3000, 10**9])
+def test_inference_in_bands_matches_reference(seed, monkeypatch, mode, channels_last, band_bytes):
+    # no gradient: ladder_blend convolves band by band; tiny band sizes force many bands (8 rows,
+    # the minimum, with a last band of a different height)
+    from fastladder.ops import upsample
+    monkeypatch.setattr(upsample, "BAND_BYTES", band_bytes)
+    t = make(mode, low_size=(6, 7), skip_size=(19, 13))
+    if channels_last:
+        t["skip"] = t["skip"].contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        actual = call(ops.ladder_blend, t, mode=mode)
+    expected = call(reference.ladder_blend, t, mode=mode)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed {seed}: {m}")
+    expected_format = torch.channels_last if channels_last else torch.contiguous_format
+    assert actual.is_contiguous(memory_format=expected_format)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_concat_rows_is_a_window_of_the_full_result(seed, channels_last):
+    t = make(low_size=(4, 5), skip_size=(9, 11))
+    full = ops.upsample_concat(t["low"], t["skip"], scale=t["scale"], shift=t["shift"], relu=True)
+    for begin, count in [(-1, 11), (-1, 3), (0, 9), (4, 2), (7, 3), (9, 1), (2, 0)]:
+        rows = torch.ops.fastladder.upsample_concat_rows(t["low"], t["skip"], "concat", t["scale"], t["shift"], True,
+                                                         False, begin, count, channels_last)
+        assert rows.shape == (2, 10, count, 11)
+        assert rows.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        for k in range(count):
+            y = begin + k
+            expected = full[:, :, y] if 0 <= y < 9 else torch.zeros_like(full[:, :, 0])
+            torch.testing.assert_close(rows[:, :, k], expected, msg=lambda m: f"row {y} (seed {seed}): {m}")
+    with pytest.raises(ValueError, match=r"rows \[-2, 3\) must lie within \[-1, 10\]"):
+        torch.ops.fastladder.upsample_concat_rows(t["low"], t["skip"], "concat", None, None, False, False, -2, 5, True)
+
+
+def test_upsample_concat_rows_opcheck(seed):
+    t = make(low_size=(4, 5), skip_size=(9, 11))
+    for channels_last in (False, True):
+        args = (t["low"], t["skip"], "concat", t["scale"], t["shift"], True, False, -1, 6, channels_last)
+        torch.library.opcheck(torch.ops.fastladder.upsample_concat_rows.default, args)
+
+
+def test_torch_compile_inference_in_bands(seed):
+    t = make()
+    fn = lambda **kw: call(ops.ladder_blend, kw)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**t), fn(**t))

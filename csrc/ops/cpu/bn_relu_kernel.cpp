@@ -16,10 +16,6 @@ namespace ops {
 
 namespace {
 
-bool is_channels_last(const at::Tensor& x) {
-  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
-}
-
 // x in a layout the kernels read in place: channels_last, or (n, c) planes each contiguous.
 at::Tensor readable(const at::Tensor& x) {
   if (is_channels_last(x) || planes_contiguous(x)) return x;
@@ -61,10 +57,7 @@ void for_each_pixel_chunk(const at::Tensor& x, Body body) {
   });
 }
 
-at::Tensor result_like(const at::Tensor& x) {
-  return at::empty(x.sizes(), x.options().memory_format(is_channels_last(x) ? at::MemoryFormat::ChannelsLast
-                                                                            : at::MemoryFormat::Contiguous));
-}
+at::Tensor result_like(const at::Tensor& x) { return at::empty(x.sizes(), x.options().memory_format(output_format(x))); }
 
 at::Tensor bn_relu_cpu(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift) {
   check_bn_relu(x_in, scale, shift);
@@ -114,8 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cpu(const at::Te
                     grad_in.scalar_type());
   const at::Tensor x = readable(x_in);
   // grad_out in x's layout, so that one (n, c) run indexes both
-  const at::Tensor grad_out = grad_in.contiguous(is_channels_last(x) ? at::MemoryFormat::ChannelsLast
-                                                                     : at::MemoryFormat::Contiguous);
+  const at::Tensor grad_out = grad_in.contiguous(output_format(x));
   const at::Tensor xs = planes_contiguous(x) && !x.is_contiguous() && !is_channels_last(x) ? x.contiguous() : x;
   at::Tensor grad_x = result_like(xs);
   const int64_t C = x.size(1);

@@ -62,67 +62,104 @@ acc_t upsampled(const scalar_t* low, const Layout& in, int64_t n, int64_t c, int
                                          static_cast<acc_t>(low[in.offset(n, c, th.i1, tw.i1, channels)]));
 }
 
-template <typename scalar_t>
-void forward_kernel(const at::Tensor& low, const at::Tensor& skip, at::Tensor& out, const UpsampleConcatShape& s,
-                    const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu,
-                    bool align_corners, bool channels_last) {
+// Output rows [row_begin, row_begin + rows) of the full H (rows outside [0, H) are written as zeros:
+// the zero padding a following 3×3 convolution needs at the image border).
+struct RowWindow {
+  int64_t begin;
+  int64_t count;
+};
+
+// channels_last output: one output row (n, y) at a time, channels innermost. The inputs are NCHW
+// or channels_last (kInputChannelsLast, so that the channel stride is a compile-time 1 and the
+// channel loops vectorize).
+template <typename scalar_t, bool kInputChannelsLast>
+void forward_channels_last_out(const at::Tensor& low, const at::Tensor& skip, at::Tensor& out,
+                               const UpsampleConcatShape& s, const std::vector<at::opmath_type<scalar_t>>& sc,
+                               const std::vector<at::opmath_type<scalar_t>>& sh, bool relu, bool align_corners,
+                               RowWindow window) {
   using acc_t = at::opmath_type<scalar_t>;
-  std::vector<acc_t> sc, sh;
-  affine_params<scalar_t, acc_t>(scale, shift, s.out_channels, sc, sh);
   const auto htaps = axis_taps<acc_t>(s.low_height, s.height, align_corners);
   const auto wtaps = axis_taps<acc_t>(s.low_width, s.width, align_corners);
   const scalar_t* lp = low.data_ptr<scalar_t>();
   const scalar_t* sp = skip.data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
-  const Layout in{channels_last, s.low_height, s.low_width};
-  const Layout io{channels_last, s.height, s.width};
+  const Layout in{kInputChannelsLast, s.low_height, s.low_width};
+  const Layout is{kInputChannelsLast, s.height, s.width};
+  const Layout io{true, window.count, s.width};
   const bool concat = s.mode == JoinMode::kConcat;
   const int64_t Cl = s.low_channels, Cs = s.skip_channels, Co = s.out_channels, W = s.width;
-
-  if (channels_last) {
-    // One output row (n, y) at a time; inner loops run over contiguous channels.
-    at::parallel_for(0, s.batch * s.height, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / s.height, y = row % s.height;
-        const AxisTap<acc_t>& th = htaps[y];
-        for (int64_t x = 0; x < W; ++x) {
-          const AxisTap<acc_t>& tw = wtaps[x];
-          const scalar_t* p00 = lp + in.offset(n, 0, th.i0, tw.i0, Cl);
-          const scalar_t* p01 = lp + in.offset(n, 0, th.i0, tw.i1, Cl);
-          const scalar_t* p10 = lp + in.offset(n, 0, th.i1, tw.i0, Cl);
-          const scalar_t* p11 = lp + in.offset(n, 0, th.i1, tw.i1, Cl);
-          const scalar_t* ps = sp + io.offset(n, 0, y, x, Cs);
-          scalar_t* po = op + io.offset(n, 0, y, x, Co);
-          if (concat) {
-            for (int64_t c = 0; c < Cl; ++c) {
-              const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[c], p01[c], p10[c], p11[c]);
-              po[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, sc[c], sh[c], relu));
-            }
-            for (int64_t c = 0; c < Cs; ++c) {
-              po[Cl + c] = static_cast<scalar_t>(
-                  common::affine_relu<acc_t>(static_cast<acc_t>(ps[c]), sc[Cl + c], sh[Cl + c], relu));
-            }
-          } else {
-            for (int64_t c = 0; c < Co; ++c) {
-              const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[c], p01[c], p10[c], p11[c]) +
-                              static_cast<acc_t>(ps[c]);
-              po[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, sc[c], sh[c], relu));
-            }
+  const int64_t low_cstride = kInputChannelsLast ? 1 : s.low_height * s.low_width;
+  const int64_t skip_cstride = kInputChannelsLast ? 1 : s.height * s.width;
+  at::parallel_for(0, s.batch * window.count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / window.count, y_out = row % window.count, y = window.begin + y_out;
+      scalar_t* po_row = op + io.offset(n, 0, y_out, 0, Co);
+      if (y < 0 || y >= s.height) {
+        std::fill(po_row, po_row + W * Co, scalar_t(0));
+        continue;
+      }
+      const AxisTap<acc_t>& th = htaps[y];
+      for (int64_t x = 0; x < W; ++x) {
+        const AxisTap<acc_t>& tw = wtaps[x];
+        const scalar_t* p00 = lp + in.offset(n, 0, th.i0, tw.i0, Cl);
+        const scalar_t* p01 = lp + in.offset(n, 0, th.i0, tw.i1, Cl);
+        const scalar_t* p10 = lp + in.offset(n, 0, th.i1, tw.i0, Cl);
+        const scalar_t* p11 = lp + in.offset(n, 0, th.i1, tw.i1, Cl);
+        const scalar_t* ps = sp + is.offset(n, 0, y, x, Cs);
+        scalar_t* po = po_row + x * Co;
+        if (concat) {
+          for (int64_t c = 0; c < Cl; ++c) {
+            const int64_t k = c * low_cstride;
+            const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[k], p01[k], p10[k], p11[k]);
+            po[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, sc[c], sh[c], relu));
+          }
+          for (int64_t c = 0; c < Cs; ++c) {
+            po[Cl + c] = static_cast<scalar_t>(common::affine_relu<acc_t>(
+                static_cast<acc_t>(ps[c * skip_cstride]), sc[Cl + c], sh[Cl + c], relu));
+          }
+        } else {
+          for (int64_t c = 0; c < Co; ++c) {
+            const int64_t k = c * low_cstride;
+            const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[k], p01[k], p10[k], p11[k]) +
+                            static_cast<acc_t>(ps[c * skip_cstride]);
+            po[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, sc[c], sh[c], relu));
           }
         }
       }
-    });
-    return;
-  }
-  // NCHW: one output row (n, c, y) at a time; inner loops run over contiguous x.
-  at::parallel_for(0, s.batch * Co * s.height, 16, [&](int64_t begin, int64_t end) {
+    }
+  });
+}
+
+// NCHW output from NCHW inputs: one output row (n, c, y) at a time, x innermost.
+template <typename scalar_t>
+void forward_nchw_out(const at::Tensor& low, const at::Tensor& skip, at::Tensor& out, const UpsampleConcatShape& s,
+                      const std::vector<at::opmath_type<scalar_t>>& sc,
+                      const std::vector<at::opmath_type<scalar_t>>& sh, bool relu, bool align_corners,
+                      RowWindow window) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto htaps = axis_taps<acc_t>(s.low_height, s.height, align_corners);
+  const auto wtaps = axis_taps<acc_t>(s.low_width, s.width, align_corners);
+  const scalar_t* lp = low.data_ptr<scalar_t>();
+  const scalar_t* sp = skip.data_ptr<scalar_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  const Layout in{false, s.low_height, s.low_width};
+  const Layout is{false, s.height, s.width};
+  const Layout io{false, window.count, s.width};
+  const bool concat = s.mode == JoinMode::kConcat;
+  const int64_t Cl = s.low_channels, Cs = s.skip_channels, Co = s.out_channels, W = s.width;
+  at::parallel_for(0, s.batch * Co * window.count, 16, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t y = row % s.height, c = (row / s.height) % Co, n = row / (s.height * Co);
-      scalar_t* po = op + io.offset(n, c, y, 0, Co);
+      const int64_t y_out = row % window.count, c = (row / window.count) % Co, n = row / (window.count * Co);
+      const int64_t y = window.begin + y_out;
+      scalar_t* po = op + io.offset(n, c, y_out, 0, Co);
+      if (y < 0 || y >= s.height) {
+        std::fill(po, po + W, scalar_t(0));
+        continue;
+      }
       const acc_t a = sc[c], b = sh[c];
       const bool from_low = !concat || c < Cl;
       const bool from_skip = !concat || c >= Cl;
-      const scalar_t* ps = from_skip ? sp + io.offset(n, concat ? c - Cl : c, y, 0, Cs) : nullptr;
+      const scalar_t* ps = from_skip ? sp + is.offset(n, concat ? c - Cl : c, y, 0, Cs) : nullptr;
       if (!from_low) {
         for (int64_t x = 0; x < W; ++x) po[x] = static_cast<scalar_t>(common::affine_relu<acc_t>(ps[x], a, b, relu));
         continue;
@@ -138,6 +175,33 @@ void forward_kernel(const at::Tensor& low, const at::Tensor& skip, at::Tensor& o
       }
     }
   });
+}
+
+// Rows `window` of the result in the requested layout, from inputs in any layout.
+at::Tensor forward(const at::Tensor& low_in, const at::Tensor& skip_in, const UpsampleConcatShape& s,
+                   const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu,
+                   bool align_corners, RowWindow window, bool channels_last_out) {
+  const at::MemoryFormat format = channels_last_out ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor out = at::empty({s.batch, s.out_channels, window.count, s.width}, skip_in.options().memory_format(format));
+  if (out.numel() == 0) return out;
+  // channels_last output reads NCHW or channels_last inputs in place; NCHW output reads NCHW
+  const bool inputs_channels_last = channels_last_out && is_channels_last(skip_in);
+  const at::MemoryFormat input_format =
+      inputs_channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor low = low_in.contiguous(input_format), skip = skip_in.contiguous(input_format);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, low.scalar_type(), "upsample_concat_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> sc, sh;
+    affine_params<scalar_t, acc_t>(scale, shift, s.out_channels, sc, sh);
+    if (!channels_last_out) {
+      forward_nchw_out<scalar_t>(low, skip, out, s, sc, sh, relu, align_corners, window);
+    } else if (inputs_channels_last) {
+      forward_channels_last_out<scalar_t, true>(low, skip, out, s, sc, sh, relu, align_corners, window);
+    } else {
+      forward_channels_last_out<scalar_t, false>(low, skip, out, s, sc, sh, relu, align_corners, window);
+    }
+  });
+  return out;
 }
 
 // Backward, pass 1 (over outputs): the gradient with respect to the pre-affine join x, split into its
@@ -283,24 +347,20 @@ void backward_gather_kernel(const at::Tensor& grad_up, at::Tensor& grad_low, con
   });
 }
 
-at::MemoryFormat output_format(const at::Tensor& skip) {
-  return skip.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
-                                                                        : at::MemoryFormat::Contiguous;
-}
-
-at::Tensor upsample_concat_cpu(const at::Tensor& low_in, const at::Tensor& skip_in, c10::string_view mode,
+at::Tensor upsample_concat_cpu(const at::Tensor& low, const at::Tensor& skip, c10::string_view mode,
                                const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
                                bool relu, bool align_corners) {
-  const UpsampleConcatShape s = check_upsample_concat(low_in, skip_in, std::string(mode), scale, shift);
-  const at::MemoryFormat format = output_format(skip_in);
-  at::Tensor out = at::empty({s.batch, s.out_channels, s.height, s.width}, skip_in.options().memory_format(format));
-  if (out.numel() == 0) return out;
-  const at::Tensor low = low_in.contiguous(format), skip = skip_in.contiguous(format);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, low.scalar_type(), "upsample_concat_cpu", [&] {
-    forward_kernel<scalar_t>(low, skip, out, s, scale, shift, relu, align_corners,
-                             format == at::MemoryFormat::ChannelsLast);
-  });
-  return out;
+  const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
+  return forward(low, skip, s, scale, shift, relu, align_corners, RowWindow{0, s.height}, is_channels_last(skip));
+}
+
+at::Tensor upsample_concat_rows_cpu(const at::Tensor& low, const at::Tensor& skip, c10::string_view mode,
+                                    const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                                    bool relu, bool align_corners, int64_t row_begin, int64_t row_count,
+                                    bool channels_last) {
+  const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
+  check_row_window(s, row_begin, row_count);
+  return forward(low, skip, s, scale, shift, relu, align_corners, RowWindow{row_begin, row_count}, channels_last);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backward_cpu(
@@ -341,6 +401,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backw
 
 TORCH_LIBRARY_IMPL(fastladder, CPU, m) {
   m.impl("upsample_concat", &upsample_concat_cpu);
+  m.impl("upsample_concat_rows", &upsample_concat_rows_cpu);
   m.impl("upsample_concat_backward", &upsample_concat_backward_cpu);
 }
 

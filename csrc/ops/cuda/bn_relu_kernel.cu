@@ -98,11 +98,7 @@ __global__ void backward_affine_kernel(const scalar_t* __restrict__ grad_out, St
   }
 }
 
-at::Tensor result_like(const at::Tensor& x) {
-  const bool channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
-  return at::empty(x.sizes(), x.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
-                                                                      : at::MemoryFormat::Contiguous));
-}
+at::Tensor result_like(const at::Tensor& x) { return at::empty(x.sizes(), x.options().memory_format(output_format(x))); }
 
 at::Tensor bn_relu_cuda(const at::Tensor& x, const at::Tensor& scale_in, const at::Tensor& shift_in) {
   check_bn_relu(x, scale_in, shift_in);

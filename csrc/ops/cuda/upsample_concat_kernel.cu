@@ -22,28 +22,32 @@ struct Params {
   int64_t batch, low_channels, low_height, low_width, skip_channels, height, width, out_channels;
   acc_t scale_h, scale_w;
   bool concat, channels_last, relu, align_corners, has_affine;
+  // The output: rows [row_begin, row_begin + out_height) of the full height, in its own layout.
+  int64_t row_begin, out_height;
+  bool out_channels_last;
 
   __device__ int64_t offset(int64_t n, int64_t c, int64_t y, int64_t x, int64_t channels, int64_t h,
                             int64_t w) const {
     return channels_last ? ((n * h + y) * w + x) * channels + c : ((n * channels + c) * h + y) * w + x;
   }
-  __device__ int64_t out_offset(int64_t n, int64_t c, int64_t y, int64_t x, int64_t channels) const {
+  // element (n, c, y, x) of a full-size [N, channels, H, W] tensor in the inputs' layout
+  __device__ int64_t full_offset(int64_t n, int64_t c, int64_t y, int64_t x, int64_t channels) const {
     return offset(n, c, y, x, channels, height, width);
   }
-  // (n, c, y, x) of output element `index` in this layout
+  // (n, c, y_out, x) of output element `index` in the output's layout
   __device__ void decode(int64_t index, int64_t& n, int64_t& c, int64_t& y, int64_t& x) const {
-    if (channels_last) {
+    if (out_channels_last) {
       c = index % out_channels;
       index /= out_channels;
       x = index % width;
       index /= width;
-      y = index % height;
-      n = index / height;
+      y = index % out_height;
+      n = index / out_height;
     } else {
       x = index % width;
       index /= width;
-      y = index % height;
-      index /= height;
+      y = index % out_height;
+      index /= out_height;
       c = index % out_channels;
       n = index / out_channels;
     }
@@ -68,9 +72,9 @@ __device__ acc_t joined(const scalar_t* low, const scalar_t* skip, const Params<
                         int64_t y, int64_t x) {
   if (p.concat) {
     if (c < p.low_channels) return upsampled(low, p, n, c, y, x);
-    return static_cast<acc_t>(skip[p.out_offset(n, c - p.low_channels, y, x, p.skip_channels)]);
+    return static_cast<acc_t>(skip[p.full_offset(n, c - p.low_channels, y, x, p.skip_channels)]);
   }
-  return upsampled(low, p, n, c, y, x) + static_cast<acc_t>(skip[p.out_offset(n, c, y, x, p.skip_channels)]);
+  return upsampled(low, p, n, c, y, x) + static_cast<acc_t>(skip[p.full_offset(n, c, y, x, p.skip_channels)]);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -79,8 +83,13 @@ __global__ void forward_kernel(const scalar_t* __restrict__ low, const scalar_t*
                                scalar_t* __restrict__ out, Params<acc_t> p, int64_t total) {
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
        index += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    int64_t n, c, y, x;
-    p.decode(index, n, c, y, x);
+    int64_t n, c, y_out, x;
+    p.decode(index, n, c, y_out, x);
+    const int64_t y = p.row_begin + y_out;
+    if (y < 0 || y >= p.height) {  // the zero rows of the convolution padding (upsample_concat_rows)
+      out[index] = scalar_t(0);
+      continue;
+    }
     const acc_t a = p.has_affine ? static_cast<acc_t>(scale[c]) : acc_t(1);
     const acc_t b = p.has_affine ? static_cast<acc_t>(shift[c]) : acc_t(0);
     out[index] = static_cast<scalar_t>(common::affine_relu<acc_t>(joined(low, skip, p, n, c, y, x), a, b, p.relu));
@@ -105,9 +114,9 @@ __global__ void backward_join_kernel(const scalar_t* __restrict__ grad_out, cons
     if (!p.concat) {
       grad_skip[index] = gx;  // add mode: grad_up is grad_skip
     } else if (c < p.low_channels) {
-      grad_up[p.out_offset(n, c, y, x, p.low_channels)] = gx;
+      grad_up[p.full_offset(n, c, y, x, p.low_channels)] = gx;
     } else {
-      grad_skip[p.out_offset(n, c - p.low_channels, y, x, p.skip_channels)] = gx;
+      grad_skip[p.full_offset(n, c - p.low_channels, y, x, p.skip_channels)] = gx;
     }
   }
 }
@@ -126,7 +135,7 @@ __global__ void backward_affine_kernel(const scalar_t* __restrict__ grad_out, co
   for (int64_t k = threadIdx.x; k < per_channel; k += blockDim.x) {
     const int64_t x = k % p.width, y = (k / p.width) % p.height, n = k / (p.width * p.height);
     const acc_t pre = joined(low, skip, p, n, c, y, x);
-    const acc_t g = common::relu_grad<acc_t>(static_cast<acc_t>(grad_out[p.out_offset(n, c, y, x, p.out_channels)]),
+    const acc_t g = common::relu_grad<acc_t>(static_cast<acc_t>(grad_out[p.full_offset(n, c, y, x, p.out_channels)]),
                                              pre * a + b, p.relu);
     sum_scale += g * pre;
     sum_shift += g;
@@ -169,7 +178,7 @@ __global__ void backward_gather_kernel(const scalar_t* __restrict__ grad_up, sca
     for (int64_t a = h_offsets[i]; a < h_offsets[i + 1]; ++a) {
       acc_t along_row = acc_t(0);
       for (int64_t b = w_offsets[j]; b < w_offsets[j + 1]; ++b)
-        along_row += w_weights[b] * static_cast<acc_t>(grad_up[p.out_offset(n, c, h_outputs[a], w_outputs[b], C)]);
+        along_row += w_weights[b] * static_cast<acc_t>(grad_up[p.full_offset(n, c, h_outputs[a], w_outputs[b], C)]);
       total_grad += h_weights[a] * along_row;
     }
     grad_low[index] = static_cast<scalar_t>(total_grad);
@@ -194,6 +203,9 @@ Params<acc_t> make_params(const UpsampleConcatShape& s, bool channels_last, bool
   p.relu = relu;
   p.align_corners = align_corners;
   p.has_affine = s.has_affine;
+  p.row_begin = 0;
+  p.out_height = s.height;
+  p.out_channels_last = channels_last;
   return p;
 }
 
@@ -210,11 +222,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> device_transpose(int64_t in_size,
   return {offsets, outputs, weights};
 }
 
-at::MemoryFormat output_format(const at::Tensor& skip) {
-  return skip.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
-                                                                        : at::MemoryFormat::Contiguous;
-}
-
 template <typename scalar_t>
 const scalar_t* optional_ptr(const c10::optional<at::Tensor>& t, at::Tensor& holder) {
   if (!t.has_value() || !t->defined()) return nullptr;
@@ -222,27 +229,49 @@ const scalar_t* optional_ptr(const c10::optional<at::Tensor>& t, at::Tensor& hol
   return holder.data_ptr<scalar_t>();
 }
 
-at::Tensor upsample_concat_cuda(const at::Tensor& low_in, const at::Tensor& skip_in, c10::string_view mode,
-                                const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
-                                bool relu, bool align_corners) {
-  const UpsampleConcatShape s = check_upsample_concat(low_in, skip_in, std::string(mode), scale, shift);
+// Rows [row_begin, row_begin + row_count) of the result, channels_last or NCHW; the inputs are read
+// in skip's layout.
+at::Tensor forward(const at::Tensor& low_in, const at::Tensor& skip_in, const UpsampleConcatShape& s,
+                   const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu,
+                   bool align_corners, int64_t row_begin, int64_t row_count, bool channels_last_out) {
   const c10::cuda::CUDAGuard guard(low_in.device());
-  const at::MemoryFormat format = output_format(skip_in);
-  at::Tensor out = at::empty({s.batch, s.out_channels, s.height, s.width}, skip_in.options().memory_format(format));
+  at::Tensor out = at::empty({s.batch, s.out_channels, row_count, s.width},
+                             skip_in.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
+                                                                               : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
-  const at::Tensor low = low_in.contiguous(format), skip = skip_in.contiguous(format);
+  const at::MemoryFormat input_format = output_format(skip_in);
+  const at::Tensor low = low_in.contiguous(input_format), skip = skip_in.contiguous(input_format);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, low.scalar_type(), "upsample_concat_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     at::Tensor scale_c, shift_c;
     const scalar_t* sp = optional_ptr<scalar_t>(scale, scale_c);
     const scalar_t* bp = optional_ptr<scalar_t>(shift, shift_c);
-    const auto p = make_params<acc_t>(s, format == at::MemoryFormat::ChannelsLast, relu, align_corners);
+    auto p = make_params<acc_t>(s, input_format == at::MemoryFormat::ChannelsLast, relu, align_corners);
+    p.row_begin = row_begin;
+    p.out_height = row_count;
+    p.out_channels_last = channels_last_out;
     forward_kernel<scalar_t, acc_t><<<cuda::blocks_for(out.numel()), cuda::kThreads, 0, stream>>>(
         low.data_ptr<scalar_t>(), skip.data_ptr<scalar_t>(), sp, bp, out.data_ptr<scalar_t>(), p, out.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
+}
+
+at::Tensor upsample_concat_cuda(const at::Tensor& low, const at::Tensor& skip, c10::string_view mode,
+                                const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                                bool relu, bool align_corners) {
+  const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
+  return forward(low, skip, s, scale, shift, relu, align_corners, 0, s.height, is_channels_last(skip));
+}
+
+at::Tensor upsample_concat_rows_cuda(const at::Tensor& low, const at::Tensor& skip, c10::string_view mode,
+                                     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                                     bool relu, bool align_corners, int64_t row_begin, int64_t row_count,
+                                     bool channels_last) {
+  const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
+  check_row_window(s, row_begin, row_count);
+  return forward(low, skip, s, scale, shift, relu, align_corners, row_begin, row_count, channels_last);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backward_cuda(
@@ -303,6 +332,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backw
 
 TORCH_LIBRARY_IMPL(fastladder, CUDA, m) {
   m.impl("upsample_concat", &upsample_concat_cuda);
+  m.impl("upsample_concat_rows", &upsample_concat_rows_cuda);
   m.impl("upsample_concat_backward", &upsample_concat_backward_cuda);
 }
 
