@@ -13,6 +13,10 @@ import sys
 
 from setuptools import find_packages, setup
 
+# torch.utils.cpp_extension reads CUDA_HOME when it is imported: set the default before that.
+if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
 try:
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
@@ -57,14 +61,12 @@ def want_cuda():
         return forced == "1"
     if torch.version.cuda is None:
         return False
-    os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
-    return os.path.exists(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
+    return os.path.exists(os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"))
 
 
 def extension():
     with_cuda = want_cuda()
     if with_cuda:
-        os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc"), write_hash_header()]

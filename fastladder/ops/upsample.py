@@ -101,10 +101,11 @@ def ladder_blend(
     return F.conv2d(joined, weight, bias, padding=1)
 
 
-# The joined input of one band's convolution stays below this size: small enough that the whole
-# joined tensor is never stored (peak memory ≈ the output), large enough that each band's
-# convolution runs at full speed.
+# The joined input of one band's convolution stays below this size and below a quarter of the
+# whole: small enough that the joined tensor is never stored whole (peak memory ≈ the output),
+# large enough (and at least MIN_BAND_ROWS rows) that each band's convolution runs at full speed.
 BAND_BYTES = 32 * 2**20
+MIN_BAND_ROWS = 8
 
 
 def _use_bands(low, skip, weight, bias, scale, shift):
@@ -129,7 +130,7 @@ def _ladder_blend_in_bands(low, skip, weight, bias, mode, scale, shift, relu, al
     if out.numel() == 0:
         return out
     row_bytes = batch * joined_channels * width * skip.element_size()
-    rows = max(8, BAND_BYTES // max(1, row_bytes))
+    rows = max(MIN_BAND_ROWS, min(-(-height // 4), BAND_BYTES // max(1, row_bytes)))
     for first in range(0, height, rows):
         count = min(rows, height - first)
         band = torch.ops.fastladder.upsample_concat_rows(low, skip, mode, scale, shift, relu, align_corners,

@@ -1,0 +1,107 @@
+"""The ``fastladder`` command.
+
+    fastladder demo                 the main job on a fresh machine, on built-in data
+    fastladder bench ladder-blend   ladder_blend vs its baselines (time and memory ratios)
+    fastladder info                 what this build contains
+"""
+import argparse
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def _device_default():
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run_ladder_blend_bench(height, width, *, device, channels_last, with_compile, memory, repeats, json_path):
+    import torch
+    from tqdm import tqdm
+
+    from fastladder.benchmark import ladder_blend_cases, format_table, run_ladder_blend_benchmark
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    cases = ladder_blend_cases(height, width)
+    with tqdm(total=len(cases), desc=f"ladder_blend {height}x{width} {device}", unit="shape") as bar:
+        def progress(name):
+            bar.set_postfix_str(name)
+            bar.update(1)
+        rows = run_ladder_blend_benchmark(height, width, device=device, dtype=dtype, channels_last=channels_last,
+                                          with_compile=with_compile, memory=memory, repeats=repeats,
+                                          progress=progress)
+    layout = "channels_last" if channels_last else "NCHW"
+    print(f"\nladder_blend: the four LDN-121 transition-up shapes for a {height}x{width} input, batch 1, "
+          f"{str(dtype).replace('torch.', '')}, {layout}, {device}")
+    print("(ratios are fastladder / baseline: below 1.00x fastladder is faster or uses less memory)\n")
+    print(format_table(rows))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(dict(device=device, dtype=str(dtype), layout=layout, height=height, width=width, rows=rows),
+                      f, indent=2)
+        print(f"\nwrote {json_path}")
+    return rows
+
+
+def cmd_demo(args):
+    import fastladder
+    info = fastladder.build_info()
+    print(f"fastladder {fastladder.__version__}: compiled extension built against torch {info['torch_version']}, "
+          f"CUDA kernels {'compiled' if info['with_cuda'] else 'not compiled'}, "
+          f"CUDA device {'available' if info['cuda_available'] else 'not available'}")
+    size = (256, 512) if args.quick else (512, 1024)
+    _run_ladder_blend_bench(*size, device=args.device, channels_last=False, with_compile=not args.quick,
+                            memory=True, repeats=3, json_path=None)
+    return 0
+
+
+def cmd_bench(args):
+    _run_ladder_blend_bench(args.height, args.width, device=args.device, channels_last=args.channels_last,
+                            with_compile=not args.no_compile, memory=not args.no_memory, repeats=args.repeats,
+                            json_path=args.json)
+    return 0
+
+
+def cmd_info(args):
+    import fastladder
+    print(json.dumps(fastladder.build_info(), indent=2))
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastladder", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the built-in demo (no data or weights to download)")
+    demo.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
+    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="speed and memory of fastladder vs its baselines")
+    bench.add_argument("suite", choices=["ladder-blend"])
+    bench.add_argument("--height", type=int, default=1024)
+    bench.add_argument("--width", type=int, default=2048)
+    bench.add_argument("--device", default=None)
+    bench.add_argument("--channels-last", action="store_true")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--json", help="also write the results to this JSON file")
+    bench.set_defaults(func=cmd_bench)
+
+    info = sub.add_parser("info", help="what this build of fastladder contains")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "device", "cpu") is None:
+        args.device = _device_default()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
