@@ -131,6 +131,8 @@ def _ladder_blend_in_bands(low, skip, weight, bias, mode, scale, shift, relu, al
         return out
     row_bytes = batch * joined_channels * width * skip.element_size()
     rows = max(MIN_BAND_ROWS, min(-(-height // 4), BAND_BYTES // max(1, row_bytes)))
+    # in the bands' layout once, rather than once per band inside conv2d
+    weight = weight.contiguous(memory_format=torch.channels_last)
     for first in range(0, height, rows):
         count = min(rows, height - first)
         band = torch.ops.fastladder.upsample_concat_rows(low, skip, mode, scale, shift, relu, align_corners,
