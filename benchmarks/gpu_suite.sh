@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu_suite.sh [OUTPUT_DIR]      (default: benchmarks/results)
 set -uo pipefail
+# (python -P: the installed fastladder, not the source folder, which has no compiled _C)
 cd "$(dirname "$0")/.."
 out_dir="${1:-benchmarks/results}"
 mkdir -p "$out_dir"
@@ -16,19 +17,19 @@ export MAX_JOBS="${MAX_JOBS:-16}" FASTLADDER_CUDA=1 PYTHONUNBUFFERED=1
 echo "== build"
 "$python" -m pip install --no-build-isolation --no-deps . 2>&1 | tail -3
 build_rc=${PIPESTATUS[0]}
-"$python" -c "import fastladder, json; print(json.dumps(fastladder.build_info()))" || exit 1
+"$python" -P -c "import fastladder, json; print(json.dumps(fastladder.build_info()))" || exit 1
 
 echo "== CUDA tests"
-"$python" -m pytest tests -m cuda -q -rs -p no:cacheprovider --junitxml="$out_dir/gpu-tests-$stamp.xml" 2>&1 \
+"$python" -P -m pytest tests -m cuda -q -rs -p no:cacheprovider --junitxml="$out_dir/gpu-tests-$stamp.xml" 2>&1 \
   | tee "$out_dir/gpu-tests-$stamp.log" | tail -30
 tests_rc=${PIPESTATUS[0]}
 
 echo "== GPU benchmarks"
-"$python" -m pytest benchmarks --benchmark-enable --bench-device cuda -q -p no:cacheprovider \
+"$python" -P -m pytest benchmarks --benchmark-enable --bench-device cuda -q -p no:cacheprovider \
   --ratios-json="$out_dir/gpu-benchmarks-$stamp.json" 2>&1 | tail -40
 bench_rc=${PIPESTATUS[0]}
 
-"$python" - "$out_dir" "$stamp" "$build_rc" "$tests_rc" "$bench_rc" <<'PY'
+"$python" -P - "$out_dir" "$stamp" "$build_rc" "$tests_rc" "$bench_rc" <<'PY'
 import json, sys, torch, fastladder
 out_dir, stamp, build_rc, tests_rc, bench_rc = sys.argv[1:]
 path = f"{out_dir}/gpu-suite-{stamp}.json"
