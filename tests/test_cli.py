@@ -1,0 +1,44 @@
+"""The fastladder command and the benchmark harness behind it."""
+import json
+
+import pytest
+
+from fastladder import benchmark, cli
+
+
+def test_info(capsys):
+    assert cli.main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "with_cuda" in info
+
+
+def test_bench_ladder_blend_small(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert cli.main(["bench", "ladder-blend", "--height", "64", "--width", "128", "--no-compile", "--repeats", "1",
+                     "--device", "cpu", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "time vs reference" in out and "memory vs reference" in out
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["case"] for r in rows] == ["1/64->1/32", "1/32->1/16", "1/16->1/8", "1/8->1/4", "total"]
+    for row in rows:
+        assert row["seconds"]["fastladder"] > 0 and row["time_ratio"]["reference"] > 0
+        assert row["peak_bytes"]["reference"] > 0
+
+
+def test_ladder_blend_cases_follow_the_ldn_strides():
+    cases = benchmark.ladder_blend_cases(1024, 2048)
+    assert [(c.low_size, c.skip_size) for c in cases] == [
+        ((16, 32), (32, 64)), ((32, 64), (64, 128)), ((64, 128), (128, 256)), ((128, 256), (256, 512))]
+
+
+def test_time_side_by_side_interleaves_and_reports_medians():
+    calls = []
+    medians = benchmark.time_side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                          repeats=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
+
+
+def test_unknown_command_is_an_error():
+    with pytest.raises(SystemExit):
+        cli.main(["frobnicate"])
