@@ -47,7 +47,7 @@ def upsample_concat(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    scale, shift = _complete_affine(scale, shift, low, skip, mode)
+    scale, shift = _complete_affine(scale, shift)
     cast = autocast_dtype(low, skip)
     if cast is not None:
         low, skip = low.to(cast), skip.to(cast)
@@ -82,6 +82,8 @@ def ladder_blend(
     Returns:
         Tensor[N, C_out, H, W]. Differentiable.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if weight.dim() != 4 or weight.shape[-2:] != (3, 3):
         raise ValueError(f"weight must be a [C_out, C_join, 3, 3] tensor, got shape {tuple(weight.shape)}")
     if low.dim() == 4 and skip.dim() == 4:
@@ -122,7 +124,7 @@ def _ladder_blend_in_bands(low, skip, weight, bias, mode, scale, shift, relu, al
     Each band's joined input (with a one-row halo; rows beyond the image are the convolution's zero
     padding) is written channels_last, the layout oneDNN convolves fastest, then convolved with
     padding only along x; the result lands in its rows of the output, which keeps skip's layout."""
-    scale, shift = _complete_affine(scale, shift, low, skip, mode)
+    scale, shift = _complete_affine(scale, shift)
     batch, _, height, width = skip.shape
     joined_channels = weight.shape[1]
     out = skip.new_empty((batch, weight.shape[0], height, width)).contiguous(
@@ -141,7 +143,7 @@ def _ladder_blend_in_bands(low, skip, weight, bias, mode, scale, shift, relu, al
     return out
 
 
-def _complete_affine(scale, shift, low, skip, mode):
+def _complete_affine(scale, shift):
     """Fills in the missing half of (scale, shift) so that the kernel sees both or neither."""
     if scale is None and shift is None:
         return None, None
