@@ -146,7 +146,8 @@ def peak_extra_memory(case: LadderBlendCase, impl: str, device: str = "cpu") -> 
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     spec = json.dumps(dict(name=case.name, low_size=case.low_size, skip_size=case.skip_size,
                            channels=case.channels, batch=case.batch, impl=impl))
-    result = subprocess.run([sys.executable, "-m", "fastladder.benchmark", "--memory-child", spec],
+    # -P: import the fastladder this process uses, not a source folder that happens to be the cwd
+    result = subprocess.run([sys.executable, "-P", "-m", "fastladder.benchmark", "--memory-child", spec],
                             env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {impl} on {case.name} failed:\n{result.stderr[-2000:]}")
