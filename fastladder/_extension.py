@@ -15,6 +15,7 @@ REQUIRED_OPS = (
     "upsample_concat",
     "upsample_concat_backward",
     "upsample_concat_rows",
+    "ladder_blend_bands",
     "bn_relu",
     "bn_relu_backward",
 )

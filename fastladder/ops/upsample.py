@@ -119,28 +119,14 @@ def _use_bands(low, skip, weight, bias, scale, shift):
 
 
 def _ladder_blend_in_bands(low, skip, weight, bias, mode, scale, shift, relu, align_corners):
-    """conv2d(upsample_concat(...), padding=1) one horizontal band of output rows at a time.
-
-    Each band's joined input (with a one-row halo; rows beyond the image are the convolution's zero
-    padding) is written channels_last, the layout oneDNN convolves fastest, then convolved with
-    padding only along x; the result lands in its rows of the output, which keeps skip's layout."""
+    """conv2d(upsample_concat(...), padding=1) one horizontal band of output rows at a time
+    (fastladder::ladder_blend_bands, csrc/ops/ladder_blend.cpp)."""
     scale, shift = _complete_affine(scale, shift)
-    batch, _, height, width = skip.shape
-    joined_channels = weight.shape[1]
-    out = skip.new_empty((batch, weight.shape[0], height, width)).contiguous(
-        memory_format=output_memory_format(skip))
-    if out.numel() == 0:
-        return out
-    row_bytes = batch * joined_channels * width * skip.element_size()
-    rows = max(MIN_BAND_ROWS, min(-(-height // 4), BAND_BYTES // max(1, row_bytes)))
-    # in the bands' layout once, rather than once per band inside conv2d
-    weight = weight.contiguous(memory_format=torch.channels_last)
-    for first in range(0, height, rows):
-        count = min(rows, height - first)
-        band = torch.ops.fastladder.upsample_concat_rows(low, skip, mode, scale, shift, relu, align_corners,
-                                                         first - 1, count + 2, True)
-        out[:, :, first:first + count].copy_(F.conv2d(band, weight, bias, padding=(0, 1)))
-    return out
+    height, width = skip.shape[-2:]
+    row_bytes = skip.shape[0] * weight.shape[1] * width * skip.element_size()
+    band_rows = max(MIN_BAND_ROWS, min(-(-height // 4), BAND_BYTES // max(1, row_bytes)))
+    return torch.ops.fastladder.ladder_blend_bands(low, skip, weight, bias, mode, scale, shift, relu, align_corners,
+                                                   band_rows)
 
 
 def _complete_affine(scale, shift):
@@ -171,6 +157,12 @@ def _upsample_concat_rows_fake(low, skip, mode, scale, shift, relu, align_corner
     channels = low.shape[1] + skip.shape[1] if mode == "concat" else skip.shape[1]
     return skip.new_empty((skip.shape[0], channels, row_count, skip.shape[3])).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@torch.library.register_fake("fastladder::ladder_blend_bands")
+def _ladder_blend_bands_fake(low, skip, weight, bias, mode, scale, shift, relu, align_corners, band_rows):
+    return skip.new_empty((skip.shape[0], weight.shape[0], skip.shape[2], skip.shape[3])).contiguous(
+        memory_format=output_memory_format(skip))
 
 
 @torch.library.register_fake("fastladder::upsample_concat_backward")

@@ -142,3 +142,21 @@ def test_torch_compile_inference_in_bands(seed):
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(**t), fn(**t))
+
+
+def test_ladder_blend_bands_opcheck(seed):
+    t = make(low_size=(4, 5), skip_size=(9, 11))
+    for skip in (t["skip"], t["skip"].contiguous(memory_format=torch.channels_last)):
+        args = (t["low"], skip, t["weight"], t["bias"], "concat", t["scale"], t["shift"], True, False, 4)
+        torch.library.opcheck(torch.ops.fastladder.ladder_blend_bands.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_ladder_blend_bands_checks_its_arguments():
+    t = make()
+    with pytest.raises(ValueError, match=r"weight must be a \[C_out, 10, 3, 3\] tensor for the joined input"):
+        torch.ops.fastladder.ladder_blend_bands(t["low"], t["skip"], t["weight"][:, :9], None, "concat", None, None,
+                                                True, False, 8)
+    with pytest.raises(ValueError, match=r"band_rows must be positive, got 0"):
+        torch.ops.fastladder.ladder_blend_bands(t["low"], t["skip"], t["weight"], None, "concat", None, None, True,
+                                                False, 0)

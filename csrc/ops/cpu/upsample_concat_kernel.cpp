@@ -69,10 +69,9 @@ struct RowWindow {
   int64_t count;
 };
 
-// channels_last output: one output row (n, y) at a time, channels innermost. The inputs are NCHW
-// or channels_last (kInputChannelsLast, so that the channel stride is a compile-time 1 and the
-// channel loops vectorize).
-template <typename scalar_t, bool kInputChannelsLast>
+// channels_last output from channels_last inputs: one output row (n, y) at a time, channels
+// innermost (contiguous on both sides, so the channel loops vectorize).
+template <typename scalar_t>
 void forward_channels_last_out(const at::Tensor& low, const at::Tensor& skip, at::Tensor& out,
                                const UpsampleConcatShape& s, const std::vector<at::opmath_type<scalar_t>>& sc,
                                const std::vector<at::opmath_type<scalar_t>>& sh, bool relu, bool align_corners,
@@ -83,13 +82,11 @@ void forward_channels_last_out(const at::Tensor& low, const at::Tensor& skip, at
   const scalar_t* lp = low.data_ptr<scalar_t>();
   const scalar_t* sp = skip.data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
-  const Layout in{kInputChannelsLast, s.low_height, s.low_width};
-  const Layout is{kInputChannelsLast, s.height, s.width};
+  const Layout in{true, s.low_height, s.low_width};
+  const Layout is{true, s.height, s.width};
   const Layout io{true, window.count, s.width};
   const bool concat = s.mode == JoinMode::kConcat;
   const int64_t Cl = s.low_channels, Cs = s.skip_channels, Co = s.out_channels, W = s.width;
-  const int64_t low_cstride = kInputChannelsLast ? 1 : s.low_height * s.low_width;
-  const int64_t skip_cstride = kInputChannelsLast ? 1 : s.height * s.width;
   at::parallel_for(0, s.batch * window.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / window.count, y_out = row % window.count, y = window.begin + y_out;
@@ -109,22 +106,76 @@ void forward_channels_last_out(const at::Tensor& low, const at::Tensor& skip, at
         scalar_t* po = po_row + x * Co;
         if (concat) {
           for (int64_t c = 0; c < Cl; ++c) {
-            const int64_t k = c * low_cstride;
-            const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[k], p01[k], p10[k], p11[k]);
+            const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[c], p01[c], p10[c], p11[c]);
             po[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, sc[c], sh[c], relu));
           }
           for (int64_t c = 0; c < Cs; ++c) {
-            po[Cl + c] = static_cast<scalar_t>(common::affine_relu<acc_t>(
-                static_cast<acc_t>(ps[c * skip_cstride]), sc[Cl + c], sh[Cl + c], relu));
+            po[Cl + c] = static_cast<scalar_t>(
+                common::affine_relu<acc_t>(static_cast<acc_t>(ps[c]), sc[Cl + c], sh[Cl + c], relu));
           }
         } else {
           for (int64_t c = 0; c < Co; ++c) {
-            const int64_t k = c * low_cstride;
-            const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[k], p01[k], p10[k], p11[k]) +
-                            static_cast<acc_t>(ps[c * skip_cstride]);
+            const acc_t v = common::bilinear_combine<acc_t>(th, tw, p00[c], p01[c], p10[c], p11[c]) +
+                            static_cast<acc_t>(ps[c]);
             po[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, sc[c], sh[c], relu));
           }
         }
+      }
+    }
+  });
+}
+
+// channels_last output from NCHW inputs (the layout change for free): tiles of kTile pixels of one
+// output row; per channel, the interpolation runs along contiguous input rows and the results go to
+// the tile's channel slots. A tile (kTile × C_out values) stays in L1, so the strided stores are cheap.
+template <typename scalar_t>
+void forward_nchw_in_channels_last_out(const at::Tensor& low, const at::Tensor& skip, at::Tensor& out,
+                                       const UpsampleConcatShape& s,
+                                       const std::vector<at::opmath_type<scalar_t>>& sc,
+                                       const std::vector<at::opmath_type<scalar_t>>& sh, bool relu,
+                                       bool align_corners, RowWindow window) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kTile = 32;
+  const auto htaps = axis_taps<acc_t>(s.low_height, s.height, align_corners);
+  const auto wtaps = axis_taps<acc_t>(s.low_width, s.width, align_corners);
+  const scalar_t* lp = low.data_ptr<scalar_t>();
+  const scalar_t* sp = skip.data_ptr<scalar_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  const Layout in{false, s.low_height, s.low_width};
+  const Layout is{false, s.height, s.width};
+  const Layout io{true, window.count, s.width};
+  const bool concat = s.mode == JoinMode::kConcat;
+  const int64_t Cl = s.low_channels, Cs = s.skip_channels, Co = s.out_channels, W = s.width;
+  const int64_t tiles = (W + kTile - 1) / kTile;
+  at::parallel_for(0, s.batch * window.count * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tile = task % tiles, y_out = (task / tiles) % window.count, n = task / (tiles * window.count);
+      const int64_t y = window.begin + y_out, x0 = tile * kTile, x1 = std::min(W, x0 + kTile);
+      scalar_t* po = op + io.offset(n, 0, y_out, x0, Co);  // the tile: (x1 - x0) pixels × Co channels
+      if (y < 0 || y >= s.height) {
+        std::fill(po, po + (x1 - x0) * Co, scalar_t(0));
+        continue;
+      }
+      const AxisTap<acc_t>& th = htaps[y];
+      const int64_t low_to = concat ? Cl : Co;
+      for (int64_t c = 0; c < low_to; ++c) {
+        const scalar_t* r0 = lp + in.offset(n, c, th.i0, 0, Cl);
+        const scalar_t* r1 = lp + in.offset(n, c, th.i1, 0, Cl);
+        const scalar_t* ps = concat ? nullptr : sp + is.offset(n, c, y, 0, Cs);
+        for (int64_t x = x0; x < x1; ++x) {
+          const AxisTap<acc_t>& tw = wtaps[x];
+          acc_t v = common::bilinear_combine<acc_t>(th, tw, r0[tw.i0], r0[tw.i1], r1[tw.i0], r1[tw.i1]);
+          if (!concat) v += static_cast<acc_t>(ps[x]);
+          po[(x - x0) * Co + c] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, sc[c], sh[c], relu));
+        }
+      }
+      if (!concat) continue;
+      for (int64_t c = 0; c < Cs; ++c) {
+        const scalar_t* ps = sp + is.offset(n, c, y, 0, Cs);
+        const acc_t a = sc[Cl + c], b = sh[Cl + c];
+        for (int64_t x = x0; x < x1; ++x)
+          po[(x - x0) * Co + Cl + c] =
+              static_cast<scalar_t>(common::affine_relu<acc_t>(static_cast<acc_t>(ps[x]), a, b, relu));
       }
     }
   });
@@ -196,9 +247,9 @@ at::Tensor forward(const at::Tensor& low_in, const at::Tensor& skip_in, const Up
     if (!channels_last_out) {
       forward_nchw_out<scalar_t>(low, skip, out, s, sc, sh, relu, align_corners, window);
     } else if (inputs_channels_last) {
-      forward_channels_last_out<scalar_t, true>(low, skip, out, s, sc, sh, relu, align_corners, window);
+      forward_channels_last_out<scalar_t>(low, skip, out, s, sc, sh, relu, align_corners, window);
     } else {
-      forward_channels_last_out<scalar_t, false>(low, skip, out, s, sc, sh, relu, align_corners, window);
+      forward_nchw_in_channels_last_out<scalar_t>(low, skip, out, s, sc, sh, relu, align_corners, window);
     }
   });
   return out;
