@@ -40,6 +40,11 @@ def _load():
         if "undefined symbol" in text or "version" in text.lower():
             _fail(f"does not match the installed torch {torch.__version__} (it was built against another "
                   f"release): {text}")
+        if os.path.isdir(os.path.join(_SOURCE_ROOT, "csrc")) and not any(
+                name.startswith("_C.") for name in os.listdir(_PACKAGE_DIR)):
+            _fail(f"is missing: this is the source folder {_PACKAGE_DIR}, which holds no build. Either run from "
+                  "another folder (so that the installed fastladder is imported), or build in place with "
+                  "`python setup.py build_ext --inplace`. ({text})")
         _fail(f"is missing or cannot be loaded: {text}")
     info = _C.build_info()
     running = torch.__version__.split("+")[0]
