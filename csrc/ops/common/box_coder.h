@@ -1,0 +1,69 @@
+// SSD center-size box coding (Liu et al. 2016), shared by encode_boxes, decode_boxes and
+// ssd_postprocess on CPU and CUDA.
+//
+// Priors are (cx, cy, w, h); boxes are (x1, y1, x2, y2); offsets are
+//   dx = (cx - prior_cx) / prior_w / v_center      dw = log(w / prior_w) / v_size
+//   dy = (cy - prior_cy) / prior_h / v_center      dh = log(h / prior_h) / v_size
+// with variances (v_center, v_size) = (0.1, 0.2) in SSD. Decoding equals torchvision's BoxCoder
+// with weights (1/v_center, 1/v_center, 1/v_size, 1/v_size) = (10, 10, 5, 5), including its clamp
+// of dw, dh at log(1000 / 16) (which keeps exp() finite for wild regressions; the original SSD has
+// no clamp).
+#pragma once
+
+#include <math.h>
+
+#include "ops/common/macros.h"
+
+namespace fastladder {
+namespace common {
+
+// log(1000 / 16): torchvision's BoxCoder bbox_xform_clip.
+constexpr double kBoxScaleClip = 4.135166556742356;
+
+FL_INLINE float fl_exp(float x) { return expf(x); }
+FL_INLINE double fl_exp(double x) { return exp(x); }
+FL_INLINE float fl_log(float x) { return logf(x); }
+FL_INLINE double fl_log(double x) { return log(x); }
+
+template <typename T>
+struct Box {
+  T x1, y1, x2, y2;
+};
+
+// Offsets (dx, dy, dw, dh) of a prior -> an (x1, y1, x2, y2) box. A NaN offset gives a NaN box (the
+// clamp is written so that NaN passes through it, as torch.clamp does), +inf in dw/dh is clamped,
+// -inf gives a zero-size box.
+template <typename T>
+FL_INLINE Box<T> decode_box(T dx, T dy, T dw, T dh, T prior_cx, T prior_cy, T prior_w, T prior_h, T v_center,
+                            T v_size) {
+  const T clip = static_cast<T>(kBoxScaleClip);
+  T sw = dw * v_size, sh = dh * v_size;
+  if (sw > clip) sw = clip;
+  if (sh > clip) sh = clip;
+  const T cx = dx * v_center * prior_w + prior_cx;
+  const T cy = dy * v_center * prior_h + prior_cy;
+  const T half_w = T(0.5) * (fl_exp(sw) * prior_w);
+  const T half_h = T(0.5) * (fl_exp(sh) * prior_h);
+  return Box<T>{cx - half_w, cy - half_h, cx + half_w, cy + half_h};
+}
+
+// An (x1, y1, x2, y2) box -> its offsets from a prior, stored as a Box (dx, dy, dw, dh). A box of
+// zero width or height has dw or dh = -inf (log 0), as in torchvision's BoxCoder.encode.
+template <typename T>
+FL_INLINE Box<T> encode_box(T x1, T y1, T x2, T y2, T prior_cx, T prior_cy, T prior_w, T prior_h, T v_center,
+                            T v_size) {
+  const T w = x2 - x1, h = y2 - y1;
+  const T cx = x1 + T(0.5) * w, cy = y1 + T(0.5) * h;
+  return Box<T>{(cx - prior_cx) / prior_w / v_center, (cy - prior_cy) / prior_h / v_center,
+                fl_log(w / prior_w) / v_size, fl_log(h / prior_h) / v_size};
+}
+
+// Clamp each coordinate to [lo, hi] (torchvision's clip_boxes_to_image with lo = 0, hi = the size).
+template <typename T>
+FL_INLINE Box<T> clip_box(Box<T> b, T lo, T hi) {
+  auto clamp = [lo, hi](T v) { return v < lo ? lo : (v > hi ? hi : v); };
+  return Box<T>{clamp(b.x1), clamp(b.y1), clamp(b.x2), clamp(b.y2)};
+}
+
+}  // namespace common
+}  // namespace fastladder
