@@ -16,6 +16,12 @@ REQUIRED_OPS = (
     "upsample_concat_backward",
     "bn_relu",
     "bn_relu_backward",
+    "box_iou",
+    "nms",
+    "batched_nms",
+    "encode_boxes",
+    "decode_boxes",
+    "ssd_postprocess",
 )
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
