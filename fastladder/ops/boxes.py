@@ -283,7 +283,7 @@ def _decode_boxes_backward(ctx, grad):
     v_center, v_size = ctx.variances
     g = grad.float()
     p = priors.float()
-    scaled = loc.float()[..., 2:] * v_size
+    scaled = loc.float()[..., 2:] / (1.0 / v_size)
     # the clamp at BOX_SCALE_CLIP passes no gradient beyond it (as torch.clamp)
     half = 0.5 * torch.exp(scaled.clamp(max=BOX_SCALE_CLIP)) * p[:, 2:] * (scaled <= BOX_SCALE_CLIP)
     grad_center = (g[..., :2] + g[..., 2:]) * v_center * p[:, 2:]

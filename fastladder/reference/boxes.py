@@ -79,21 +79,22 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 def decode_boxes(loc: torch.Tensor, priors: torch.Tensor, variances: Sequence[float] = (0.1, 0.2)) -> torch.Tensor:
     """Tensor[..., P, 4] offsets and Tensor[P, 4] (cx, cy, w, h) priors -> Tensor[..., P, 4] xyxy."""
     d, p = _opmath(loc), _opmath(priors)
-    v_center, v_size = variances
-    center = d[..., :2] * v_center * p[:, 2:] + p[:, :2]
+    # torchvision's BoxCoder form: divide by the weights 1 / variance
+    w_center, w_size = 1.0 / variances[0], 1.0 / variances[1]
+    center = d[..., :2] / w_center * p[:, 2:] + p[:, :2]
     # clamp(max=) propagates NaN, as the kernels' clamp does
-    half = 0.5 * (torch.exp((d[..., 2:] * v_size).clamp(max=BOX_SCALE_CLIP)) * p[:, 2:])
+    half = 0.5 * (torch.exp((d[..., 2:] / w_size).clamp(max=BOX_SCALE_CLIP)) * p[:, 2:])
     return torch.cat([center - half, center + half], dim=-1).to(loc.dtype)
 
 
 def encode_boxes(boxes: torch.Tensor, priors: torch.Tensor, variances: Sequence[float] = (0.1, 0.2)) -> torch.Tensor:
     """Tensor[..., P, 4] xyxy boxes and Tensor[P, 4] priors -> Tensor[..., P, 4] (dx, dy, dw, dh)."""
     b, p = _opmath(boxes), _opmath(priors)
-    v_center, v_size = variances
+    w_center, w_size = 1.0 / variances[0], 1.0 / variances[1]
     size = b[..., 2:] - b[..., :2]
     center = b[..., :2] + 0.5 * size
-    offsets = (center - p[:, :2]) / p[:, 2:] / v_center
-    scales = torch.log(size / p[:, 2:]) / v_size
+    offsets = w_center * (center - p[:, :2]) / p[:, 2:]
+    scales = w_size * torch.log(size / p[:, 2:])
     return torch.cat([offsets, scales], dim=-1).to(boxes.dtype)
 
 

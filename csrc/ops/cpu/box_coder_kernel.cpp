@@ -23,7 +23,8 @@ void box_coder_kernel(const at::Tensor& in, const at::Tensor& priors, at::Tensor
   const scalar_t* pp = priors.data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
   const int64_t num_priors = priors.size(0), total = in.numel() / 4;
-  const acc_t v_center = static_cast<acc_t>(v_center_d), v_size = static_cast<acc_t>(v_size_d);
+  const acc_t w_center = static_cast<acc_t>(common::box_coder_weight(v_center_d));
+  const acc_t w_size = static_cast<acc_t>(common::box_coder_weight(v_size_d));
   at::parallel_for(0, total, 2048, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const scalar_t* v = ip + 4 * k;
@@ -33,8 +34,8 @@ void box_coder_kernel(const at::Tensor& in, const at::Tensor& priors, at::Tensor
       const acc_t cx = static_cast<acc_t>(p[0]), cy = static_cast<acc_t>(p[1]), w = static_cast<acc_t>(p[2]),
                   h = static_cast<acc_t>(p[3]);
       const common::Box<acc_t> r = direction == Direction::kDecode
-                                       ? common::decode_box(a, b, c, d, cx, cy, w, h, v_center, v_size)
-                                       : common::encode_box(a, b, c, d, cx, cy, w, h, v_center, v_size);
+                                       ? common::decode_box(a, b, c, d, cx, cy, w, h, w_center, w_size)
+                                       : common::encode_box(a, b, c, d, cx, cy, w, h, w_center, w_size);
       scalar_t* o = op + 4 * k;
       o[0] = static_cast<scalar_t>(r.x1);
       o[1] = static_cast<scalar_t>(r.y1);

@@ -62,7 +62,8 @@ void ssd_postprocess_kernel(const at::Tensor& loc_t, const at::Tensor& conf_t, c
   const scalar_t* priors = priors_t.data_ptr<scalar_t>();
   // compared as torchvision does (`score > score_thresh` on a tensor of the scores' dtype)
   const acc_t score_thresh = static_cast<acc_t>(score_thresh_d);
-  const acc_t v_center = static_cast<acc_t>(s.v_center), v_size = static_cast<acc_t>(s.v_size);
+  const acc_t w_center = static_cast<acc_t>(common::box_coder_weight(s.v_center));
+  const acc_t w_size = static_cast<acc_t>(common::box_coder_weight(s.v_size));
 
   // Phase 1. probability[b][r][p] for the reported classes (class-major: phase 2 scans one class);
   // NaN where the prior's box is not finite, so that it never passes the threshold.
@@ -84,7 +85,7 @@ void ssd_postprocess_kernel(const at::Tensor& loc_t, const at::Tensor& conf_t, c
       const scalar_t* d = loc + bp * 4;
       const scalar_t* q = priors + p * 4;
       const common::Box<acc_t> box = common::decode_box<acc_t>(
-          d[0], d[1], d[2], d[3], q[0], q[1], q[2], q[3], v_center, v_size);
+          d[0], d[1], d[2], d[3], q[0], q[1], q[2], q[3], w_center, w_size);
       if (!common::box_is_finite(box.x1, box.y1, box.x2, box.y2)) {
         for (int64_t r = 0; r < R; ++r) prob[r * P] = acc_t(NAN);  // dropped, documented
         continue;
