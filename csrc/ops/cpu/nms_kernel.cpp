@@ -27,17 +27,20 @@ std::vector<int64_t> finite_by_score(const scalar_t* boxes, const scalar_t* scor
   std::vector<int64_t> order;
   order.reserve(n);
   if constexpr (std::is_same<acc_t, float>::value) {
-    // one 64-bit key per box (score key, index): a plain integer sort, faster than a comparator
-    std::vector<uint64_t> keys;
+    // a stable radix sort on the score key; the boxes come in index order, so ties stay by index
+    std::vector<uint32_t> keys;
+    std::vector<int32_t> index;
     keys.reserve(n);
+    index.reserve(n);
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* b = boxes + 4 * i;
       const float s = static_cast<float>(scores[i]);
       if (!common::is_finite(s) || !common::box_is_finite<acc_t>(b[0], b[1], b[2], b[3])) continue;
-      keys.push_back((static_cast<uint64_t>(cpu::descending_key(s)) << 32) | static_cast<uint64_t>(i));
+      keys.push_back(cpu::descending_key(s));
+      index.push_back(static_cast<int32_t>(i));
     }
-    std::sort(keys.begin(), keys.end());
-    for (uint64_t k : keys) order.push_back(static_cast<int64_t>(k & 0xffffffffu));
+    cpu::radix_sort_by_key(keys, index);
+    order.assign(index.begin(), index.end());
     return order;
   }
   for (int64_t i = 0; i < n; ++i) {
