@@ -21,11 +21,29 @@ FL_INLINE T fl_min(T a, T b) {
   return a < b ? a : b;
 }
 
+// a * b rounded on its own: nvcc would otherwise fuse it into a following add (an FMA rounds once),
+// and the CUDA kernels would then suppress different pairs than the CPU kernels.
+FL_INLINE float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+FL_INLINE double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 // Area as torchvision computes it: no +1, and no clamping (an inverted box has a signed area; it
 // never overlaps anything, see intersection_area).
 template <typename T>
 FL_INLINE T box_area(T x1, T y1, T x2, T y2) {
-  return (x2 - x1) * (y2 - y1);
+  return mul_rn(x2 - x1, y2 - y1);
 }
 
 // Area of the intersection; 0 when the boxes do not overlap or either box is inverted.
@@ -33,7 +51,7 @@ template <typename T>
 FL_INLINE T intersection_area(T ax1, T ay1, T ax2, T ay2, T bx1, T by1, T bx2, T by2) {
   const T w = fl_max(fl_min(ax2, bx2) - fl_max(ax1, bx1), T(0));
   const T h = fl_max(fl_min(ay2, by2) - fl_max(ay1, by1), T(0));
-  return w * h;
+  return mul_rn(w, h);
 }
 
 // The IoU as box_iou reports it: inter / union, and 0 when the union is not positive (two zero-area
