@@ -69,7 +69,10 @@ void ssd_postprocess_kernel(const at::Tensor& loc_t, const at::Tensor& conf_t, c
   // NaN where the prior's box is not finite, so that it never passes the threshold.
   std::vector<acc_t> probability(static_cast<size_t>(B * R * P));
   std::vector<common::Box<acc_t>> decoded(static_cast<size_t>(B * P));
-  at::parallel_for(0, B * P, 512, [&](int64_t begin, int64_t end) {
+  // chunks of ~64k exp() calls: a parallel region costs more than a smaller chunk's work when the
+  // cores are shared
+  const int64_t grain = std::max<int64_t>(256, 65536 / (C + 2));
+  at::parallel_for(0, B * P, grain, [&](int64_t begin, int64_t end) {
     for (int64_t bp = begin; bp < end; ++bp) {
       const int64_t b = bp / P, p = bp % P;
       const scalar_t* logits = conf + bp * C;

@@ -14,7 +14,7 @@ namespace cuda {
 
 constexpr int kNmsBlock = 64;
 
-inline int64_t nms_blocks(int64_t n) { return (n + kNmsBlock - 1) / kNmsBlock; }
+__host__ __device__ inline int64_t nms_blocks(int64_t n) { return (n + kNmsBlock - 1) / kNmsBlock; }
 
 // One 64 x 64 tile of the mask. `boxes` [n, 4] and `categories` [n] (nullable) are in score order;
 // boxes of different categories never suppress each other. Every word of the tile row is written
