@@ -18,6 +18,12 @@ REQUIRED_OPS = (
     "ladder_blend_bands",
     "bn_relu",
     "bn_relu_backward",
+    "box_iou",
+    "nms",
+    "batched_nms",
+    "encode_boxes",
+    "decode_boxes",
+    "ssd_postprocess",
 )
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

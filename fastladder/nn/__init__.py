@@ -2,3 +2,6 @@
 from fastladder.nn.ladder_upsample import LadderUpsample
 
 __all__ = ["LadderUpsample"]
+from fastladder.nn.detection import DetectionPostprocess  # noqa: E402
+
+__all__ += ["DetectionPostprocess"]

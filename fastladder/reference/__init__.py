@@ -7,3 +7,6 @@ from fastladder.reference.ops import bn_relu, ladder_blend, upsample_concat
 from fastladder.reference.nn import LadderUpsampleReference
 
 __all__ = ["upsample_concat", "ladder_blend", "bn_relu", "LadderUpsampleReference"]
+from fastladder.reference import boxes  # noqa: E402  (box_iou, nms, ..., ssd_postprocess references)
+
+__all__ += ["boxes"]
