@@ -7,3 +7,10 @@ from fastladder.reference.ops import bn_relu, ladder_blend, upsample_concat
 from fastladder.reference.nn import LadderUpsampleReference
 
 __all__ = ["upsample_concat", "ladder_blend", "bn_relu", "LadderUpsampleReference"]
+from fastladder.reference.models import (BNReluConvReference, ContextBlockReference, DenseBlockReference,
+                                         DenseLayerReference, DenseNetReference, LadderDenseNetReference,
+                                         SpatialPyramidPoolingReference, TransitionReference, reference_twin)
+
+__all__ += ["BNReluConvReference", "DenseLayerReference", "DenseBlockReference", "TransitionReference",
+            "SpatialPyramidPoolingReference", "ContextBlockReference", "DenseNetReference",
+            "LadderDenseNetReference", "reference_twin"]
