@@ -90,7 +90,7 @@ def stem_forward(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return features.pool0(F.relu(F.conv2d(x, weight, bias, conv.stride, conv.padding), inplace=True))
 
 
-_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def remap_legacy_keys(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
@@ -125,15 +125,15 @@ def load_densenet_weights(model: nn.Module, weights: WeightsLike, *, ignore: Seq
     """Loads a torchvision-style DenseNet state_dict into ``model`` (whose keys are a subset of it).
 
     Every key of ``model`` must be present with its shape, except BatchNorm ``num_batches_tracked``
-    counters (absent from old checkpoints). Keys of ``weights`` that start with one of ``ignore``
-    are skipped (e.g. the ImageNet classifier); any other key that ``model`` lacks is an error too.
+    counters (absent from old checkpoints), and every key of ``weights`` must be one of model's.
+    Keys that start with one of ``ignore`` are left out on both sides (e.g. the ImageNet classifier).
 
     Raises:
         ValueError: listing the missing, unexpected and shape-mismatched keys.
     """
     source = remap_legacy_keys(_read_weights(weights))
     source = OrderedDict((k, v) for k, v in source.items() if not any(k.startswith(p) for p in ignore))
-    target = model.state_dict()
+    target = OrderedDict((k, v) for k, v in model.state_dict().items() if not any(k.startswith(p) for p in ignore))
     missing = [k for k in target if k not in source and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in source if k not in target]
     mismatched = [f"{k}: checkpoint {tuple(source[k].shape)} vs model {tuple(target[k].shape)}"
