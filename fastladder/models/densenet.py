@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastladder.models._registry import register_model
-from fastladder.nn.densenet import DenseBlock, Transition, _uses_batch_stats
+from fastladder.nn.densenet import DenseBlock, Transition, _conv_relu, _uses_batch_stats
 from fastladder.ops.bn_relu import fold_batch_norm
 
 __all__ = ["DenseNet", "densenet121", "densenet161", "densenet169", "densenet201", "load_densenet_weights",
@@ -87,7 +87,9 @@ def stem_forward(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     conv = features.conv0
     weight = conv.weight * scale.view(-1, 1, 1, 1)
     bias = shift if conv.bias is None else shift + conv.bias * scale
-    return features.pool0(F.relu(F.conv2d(x, weight, bias, conv.stride, conv.padding), inplace=True))
+    if torch.is_grad_enabled():
+        return features.pool0(F.relu(F.conv2d(x, weight, bias, conv.stride, conv.padding), inplace=True))
+    return features.pool0(_conv_relu(x, weight, bias, conv.padding[0], stride=conv.stride[0]))
 
 
 _LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fastladder.models._registry import register_model
 from fastladder.models.densenet import (DENSENET_CONFIGS, WeightsLike, init_weights, load_densenet_weights,
                                         make_features, stem_forward)
-from fastladder.nn.densenet import BNReluConv, _uses_batch_stats
+from fastladder.nn.densenet import BNReluConv, _bn_relu_inference, _conv_relu, _uses_batch_stats
 from fastladder.nn.ladder_upsample import LadderUpsample
 from fastladder.nn.spp import SpatialPyramidPooling
 from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
@@ -50,9 +50,12 @@ class ContextBlock(nn.Module):
         if _uses_batch_stats(self.reduce.norm) or _uses_batch_stats(self.blend.norm):
             return self.blend(self.reduce(x))
         scale, shift = fold_batch_norm(self.blend.norm)
-        hidden = F.conv2d(bn_relu(x, *fold_batch_norm(self.reduce.norm)),
-                          self.reduce.conv.weight * scale.view(-1, 1, 1, 1), shift)
-        return self.blend.conv(hidden.relu_())
+        weight = self.reduce.conv.weight * scale.view(-1, 1, 1, 1)
+        if torch.is_grad_enabled():
+            hidden = F.conv2d(bn_relu(x, *fold_batch_norm(self.reduce.norm)), weight, shift).relu_()
+        else:
+            hidden = _conv_relu(_bn_relu_inference(x, *fold_batch_norm(self.reduce.norm)), weight, shift)
+        return self.blend.conv(hidden)
 
 
 def _ladder_layout(growth_rate: int, block_config: Sequence[int], num_init_features: int, architecture: str):

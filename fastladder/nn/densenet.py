@@ -97,6 +97,8 @@ class BNReluConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _uses_batch_stats(self.norm):
             return self.conv(F.relu(self.norm(x), inplace=True))
+        if not torch.is_grad_enabled():
+            return self.conv(_bn_relu_inference(x, *fold_batch_norm(self.norm)))
         # bn_relu is differentiable, and so is fold_batch_norm: gradients still reach norm's affine.
         return self.conv(bn_relu(x, *fold_batch_norm(self.norm)))
 
@@ -139,13 +141,40 @@ class DenseLayer(nn.Module):
                 self.conv2.weight)
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """NHWC order in memory (dense, or a channel slice of a dense channels_last buffer)."""
+    strides = x.stride()
+    return x.dim() == 4 and x.shape[1] > 1 and strides[1] == 1 and strides[3] >= x.shape[1] and not x.is_contiguous()
+
+
+def _bn_relu_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``relu(x * scale + shift)`` per channel, keeping x's layout.
+
+    The fused kernel reads NCHW channel slices and dense channels_last tensors in place; a channel
+    slice of a channels_last buffer it would copy to NCHW, so that case runs as two ATen passes that
+    keep NHWC (cheap next to the convolution that follows)."""
+    if _is_channels_last(x) and not x.is_contiguous(memory_format=torch.channels_last):
+        return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1)).relu_()
+    return bn_relu(x, scale, shift)
+
+
+def _conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int = 0,
+               dilation: int = 1, stride: int = 1) -> torch.Tensor:
+    """relu(conv2d(x, weight, bias)) without autograd; oneDNN applies the ReLU as a post-op on CPU."""
+    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise") and not torch.is_grad_enabled()):
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride],
+                                                       [dilation, dilation], 1, "relu", [], "")
+    return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation).relu_()
+
+
 def _layer_inference(layer: DenseLayer, prefix: torch.Tensor) -> torch.Tensor:
     """Eval-mode layer without autograd: fused BN-ReLU over the (strided) prefix, norm2 folded into conv1."""
     scale2, shift2 = fold_batch_norm(layer.norm2)
-    # conv1 → norm2 is affine after linear: one convolution with scaled weights and a bias.
+    # conv1 → norm2 is affine after linear: one convolution with scaled weights and a bias, ReLU fused.
     weight1 = layer.conv1.weight * scale2.view(-1, 1, 1, 1)
-    hidden = F.conv2d(bn_relu(prefix, *fold_batch_norm(layer.norm1)), weight1, shift2)
-    return F.conv2d(hidden.relu_(), layer.conv2.weight, padding=layer.dilation, dilation=layer.dilation)
+    hidden = _conv_relu(_bn_relu_inference(prefix, *fold_batch_norm(layer.norm1)), weight1, shift2)
+    return F.conv2d(hidden, layer.conv2.weight, padding=layer.dilation, dilation=layer.dilation)
 
 
 def _layer_forward(layer: DenseLayer, prefix: torch.Tensor, keep: bool):
@@ -325,7 +354,10 @@ class DenseBlock(nn.ModuleDict):
         channels = x.shape[1]
         offsets = [channels + i * self.growth_rate for i in range(len(layers) + 1)]
         dtype = autocast_dtype(x) or x.dtype
-        buffer = torch.empty((x.shape[0], offsets[-1], x.shape[2], x.shape[3]), dtype=dtype, device=x.device)
+        # The buffer follows the input's layout, so channels_last models stay channels_last.
+        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        buffer = torch.empty((x.shape[0], offsets[-1], x.shape[2], x.shape[3]), dtype=dtype, device=x.device,
+                             memory_format=layout)
         params = [p for layer in layers for p in layer.parameters_in_order()]
         if _needs_autograd(x, params):
             state = _BlockState(buffer, layers, offsets, keep=not self.memory_efficient)
@@ -365,6 +397,8 @@ class Transition(nn.Module):
         _check_input(type(self).__name__, x, self.in_channels)
         if _uses_batch_stats(self.norm):
             act = F.relu(self.norm(x), inplace=True)
-        else:
+        elif torch.is_grad_enabled():
             act = bn_relu(x, *fold_batch_norm(self.norm))
+        else:
+            act = _bn_relu_inference(x, *fold_batch_norm(self.norm))
         return self.conv(self.pool(act))
