@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from fastladder.models._registry import register_model
 from fastladder.models.densenet import (DENSENET_CONFIGS, WeightsLike, init_weights, load_densenet_weights,
                                         make_features, stem_forward)
-from fastladder.nn.densenet import BNReluConv, _bn_relu_inference, _conv_relu, _uses_batch_stats
+from fastladder.nn.densenet import (BNReluConv, _bn_relu_inference, _conv_module_inference, _conv_relu,
+                                   _uses_batch_stats)
 from fastladder.nn.ladder_upsample import LadderUpsample
 from fastladder.nn.spp import SpatialPyramidPooling
 from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
@@ -55,6 +56,7 @@ class ContextBlock(nn.Module):
             hidden = F.conv2d(bn_relu(x, *fold_batch_norm(self.reduce.norm)), weight, shift).relu_()
         else:
             hidden = _conv_relu(_bn_relu_inference(x, *fold_batch_norm(self.reduce.norm)), weight, shift)
+            return _conv_module_inference(self.blend.conv, hidden)
         return self.blend.conv(hidden)
 
 

@@ -98,7 +98,7 @@ class BNReluConv(nn.Module):
         if _uses_batch_stats(self.norm):
             return self.conv(F.relu(self.norm(x), inplace=True))
         if not torch.is_grad_enabled():
-            return self.conv(_bn_relu_inference(x, *fold_batch_norm(self.norm)))
+            return _conv_module_inference(self.conv, _bn_relu_inference(x, *fold_batch_norm(self.norm)))
         # bn_relu is differentiable, and so is fold_batch_norm: gradients still reach norm's affine.
         return self.conv(bn_relu(x, *fold_batch_norm(self.norm)))
 
@@ -158,14 +158,28 @@ def _bn_relu_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
     return bn_relu(x, scale, shift)
 
 
-def _conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int = 0,
-               dilation: int = 1, stride: int = 1) -> torch.Tensor:
-    """relu(conv2d(x, weight, bias)) without autograd; oneDNN applies the ReLU as a post-op on CPU."""
+def _conv_inference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, padding: int = 0,
+                    dilation: int = 1, stride: int = 1, relu: bool = False) -> torch.Tensor:
+    """conv2d (then ReLU) without autograd.
+
+    On CPU this calls oneDNN directly: the ReLU becomes a post-op of the convolution (no extra
+    pass), and small batch-1 inputs (the 1/32 and 1/64 blocks), for which ATen picks its slow
+    im2col path, also get oneDNN."""
     if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise") and not torch.is_grad_enabled()):
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride],
-                                                       [dilation, dilation], 1, "relu", [], "")
-    return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation).relu_()
+                                                       [dilation, dilation], 1, "relu" if relu else "none", [], "")
+    out = F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    return out.relu_() if relu else out
+
+
+def _conv_relu(x, weight, bias, padding=0, dilation=1, stride=1):
+    return _conv_inference(x, weight, bias, padding, dilation, stride, relu=True)
+
+
+def _conv_module_inference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for an nn.Conv2d with square kernel, stride, padding and dilation, without autograd."""
+    return _conv_inference(x, conv.weight, conv.bias, conv.padding[0], conv.dilation[0], conv.stride[0])
 
 
 def _layer_inference(layer: DenseLayer, prefix: torch.Tensor) -> torch.Tensor:
@@ -174,7 +188,7 @@ def _layer_inference(layer: DenseLayer, prefix: torch.Tensor) -> torch.Tensor:
     # conv1 → norm2 is affine after linear: one convolution with scaled weights and a bias, ReLU fused.
     weight1 = layer.conv1.weight * scale2.view(-1, 1, 1, 1)
     hidden = _conv_relu(_bn_relu_inference(prefix, *fold_batch_norm(layer.norm1)), weight1, shift2)
-    return F.conv2d(hidden, layer.conv2.weight, padding=layer.dilation, dilation=layer.dilation)
+    return _conv_inference(hidden, layer.conv2.weight, padding=layer.dilation, dilation=layer.dilation)
 
 
 def _layer_forward(layer: DenseLayer, prefix: torch.Tensor, keep: bool):
@@ -400,5 +414,5 @@ class Transition(nn.Module):
         elif torch.is_grad_enabled():
             act = bn_relu(x, *fold_batch_norm(self.norm))
         else:
-            act = _bn_relu_inference(x, *fold_batch_norm(self.norm))
+            return _conv_module_inference(self.conv, self.pool(_bn_relu_inference(x, *fold_batch_norm(self.norm))))
         return self.conv(self.pool(act))
