@@ -20,10 +20,11 @@ from fastladder.models._registry import register_model
 from fastladder.models.densenet import (DENSENET_CONFIGS, WeightsLike, init_weights, load_densenet_weights,
                                         make_features, stem_forward)
 from fastladder.nn.densenet import (BNReluConv, _bn_relu_inference, _conv_module_inference, _conv_relu,
-                                   _uses_batch_stats)
+                                   _uses_batch_stats, bn_relu_conv1x1_inference)
 from fastladder.nn.ladder_upsample import LadderUpsample
 from fastladder.nn.spp import SpatialPyramidPooling
 from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
+from fastladder.ops.upsample import ladder_blend
 
 __all__ = ["ContextBlock", "LadderDenseNet", "ladder_densenet121", "ladder_densenet169", "densenet121_32x",
            "dilated8_densenet121"]
@@ -87,6 +88,21 @@ def _feature_size(size: int, architecture: str) -> int:
     for _ in range(pools):
         size //= 2
     return size
+
+
+def _ladder_upsample_inference(up: LadderUpsample, low: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
+    """``up(low, skips.pop())`` in eval without autograd, holding no reference to the skip after its projection.
+
+    The same computation as LadderUpsample's eval path (fused BN-ReLU-1×1 projection, then the fused
+    ladder_blend), with the projection banded; calling the module would keep the skip alive in
+    its argument list until the blend is done."""
+    skip = skips.pop()
+    if up.skip_conv is not None:
+        scale, shift = fold_batch_norm(up.skip_norm)
+        skip = bn_relu_conv1x1_inference(skip, scale, shift, up.skip_conv.weight, up.skip_conv.bias)
+    scale, shift = fold_batch_norm(up.blend_norm)
+    return ladder_blend(low, skip, up.blend_conv.weight, up.blend_conv.bias, mode=up.mode, scale=scale,
+                        shift=shift, relu=True)
 
 
 # --- model --------------------------------------------------------------------------------------
@@ -179,10 +195,23 @@ class LadderDenseNet(nn.Module):
         size = x.shape[-2:]
         features, skips = self.forward_features(x)
         context = self.context(features)
+        del features
         x = context
-        for up, skip in zip(self.upsample, skips[::-1]):
-            x = up(x, skip)
-        logits = F.interpolate(self.classifier(x), size=size, mode="bilinear", align_corners=False)
+        fast = not self.training and not torch.is_grad_enabled()
+        for up in self.upsample:
+            if fast:
+                # Pops the skip so that its buffer (the whole DB1 at 1/4 for the last one) is freed
+                # right after its projection, before the blend allocates its joined tensor.
+                x = _ladder_upsample_inference(up, x, skips)
+            else:
+                x = up(x, skips.pop())
+        if fast:
+            logits = _conv_module_inference(self.classifier.conv, _bn_relu_inference(
+                x, *fold_batch_norm(self.classifier.norm)))
+        else:
+            logits = self.classifier(x)
+        del x
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if self.training:
             aux = self.aux_classifier(context) if self.aux_classifier is not None else None
             return logits, aux

@@ -182,12 +182,38 @@ def _conv_module_inference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return _conv_inference(x, conv.weight, conv.bias, conv.padding[0], conv.dilation[0], conv.stride[0])
 
 
+# Eval BN-ReLU-1×1 runs in bands of rows so that its BN-ReLU temporary (as wide as the whole
+# dense-block prefix) never exceeds this many bytes; the 1×1 convolution is pointwise, so banding is exact.
+BAND_BYTES = 4 << 20
+
+
+def bn_relu_conv1x1_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor,
+                              bias: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
+    """``conv1x1(relu(x * scale + shift), weight, bias)`` (then ReLU), without autograd, in row bands.
+
+    x (Tensor[N, C, H, W], may be a channel slice of a dense-block buffer), weight [C_out, C, 1, 1]
+    → Tensor[N, C_out, H, W] in x's layout."""
+    row_bytes = x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
+    rows = max(1, BAND_BYTES // max(1, row_bytes))
+    height = x.shape[2]
+    if rows >= height:
+        return _conv_inference(_bn_relu_inference(x, scale, shift), weight, bias, relu=relu)
+    layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    out = torch.empty((x.shape[0], weight.shape[0], height, x.shape[3]), dtype=x.dtype, device=x.device,
+                      memory_format=layout)
+    for top in range(0, height, rows):
+        band = x[:, :, top:top + rows]
+        out[:, :, top:top + rows].copy_(_conv_inference(_bn_relu_inference(band, scale, shift), weight, bias,
+                                                        relu=relu))
+    return out
+
+
 def _layer_inference(layer: DenseLayer, prefix: torch.Tensor) -> torch.Tensor:
     """Eval-mode layer without autograd: fused BN-ReLU over the (strided) prefix, norm2 folded into conv1."""
     scale2, shift2 = fold_batch_norm(layer.norm2)
     # conv1 → norm2 is affine after linear: one convolution with scaled weights and a bias, ReLU fused.
     weight1 = layer.conv1.weight * scale2.view(-1, 1, 1, 1)
-    hidden = _conv_relu(_bn_relu_inference(prefix, *fold_batch_norm(layer.norm1)), weight1, shift2)
+    hidden = bn_relu_conv1x1_inference(prefix, *fold_batch_norm(layer.norm1), weight1, shift2, relu=True)
     return _conv_inference(hidden, layer.conv2.weight, padding=layer.dilation, dilation=layer.dilation)
 
 
@@ -414,5 +440,25 @@ class Transition(nn.Module):
         elif torch.is_grad_enabled():
             act = bn_relu(x, *fold_batch_norm(self.norm))
         else:
-            return _conv_module_inference(self.conv, self.pool(_bn_relu_inference(x, *fold_batch_norm(self.norm))))
+            return self._inference(x)
         return self.conv(self.pool(act))
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """BN-ReLU, pool, 1×1 in bands of an even number of rows (the pool windows never straddle two)."""
+        scale, shift = fold_batch_norm(self.norm)
+        pooled = isinstance(self.pool, nn.AvgPool2d)
+        row_bytes = x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
+        rows = max(2, BAND_BYTES // max(1, row_bytes)) // 2 * 2
+        if rows >= x.shape[2]:
+            return _conv_module_inference(self.conv, self.pool(_bn_relu_inference(x, scale, shift)))
+        step = rows // 2 if pooled else rows
+        height = x.shape[2] // 2 if pooled else x.shape[2]
+        width = x.shape[3] // 2 if pooled else x.shape[3]
+        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        out = torch.empty((x.shape[0], self.conv.out_channels, height, width), dtype=x.dtype, device=x.device,
+                          memory_format=layout)
+        for band, top in enumerate(range(0, height, step)):
+            source = x[:, :, band * rows:(band + 1) * rows]
+            result = _conv_module_inference(self.conv, self.pool(_bn_relu_inference(source, scale, shift)))
+            out[:, :, top:top + result.shape[2]].copy_(result)
+        return out

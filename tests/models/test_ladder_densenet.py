@@ -186,3 +186,17 @@ def test_full_size_ladder_densenet121_matches_reference(generator):
     x = torch.randn(1, 3, 256, 512, generator=generator)
     with torch.no_grad():
         torch.testing.assert_close(model(x), twin(x), rtol=1e-3, atol=1e-3)
+
+
+def test_channels_last_and_banded_eval_match_reference(generator, monkeypatch):
+    import fastladder.nn.densenet as densenet
+    monkeypatch.setattr(densenet, "BAND_BYTES", 1000)
+    model = randomize(create_model("ladder_densenet121", num_classes=4, **TINY), generator).double().eval()
+    twin = reference_twin(model)
+    x = torch.randn(1, 3, 70, 90, dtype=torch.float64, generator=generator)
+    with torch.no_grad():
+        expected = twin(x)
+        torch.testing.assert_close(model(x), expected, rtol=1e-9, atol=1e-9)
+        model = model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-9,
+                                   atol=1e-9)

@@ -214,3 +214,25 @@ def test_block_writes_layers_into_one_buffer(generator):
     layer = block.denselayer1
     with torch.no_grad():
         torch.testing.assert_close(out[:, 5:8], layer(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("height", [9, 10])
+def test_banded_inference_matches_reference(generator, monkeypatch, channels_last, height):
+    """Eval runs BN-ReLU-1×1 and transitions in row bands on large images; force tiny bands here."""
+    import fastladder.nn.densenet as densenet
+    monkeypatch.setattr(densenet, "BAND_BYTES", 200)
+    block, reference = twins(generator)
+    transition = randomize(Transition(17, 6), generator).double().eval()
+    transition_reference = TransitionReference(17, 6).double().eval()
+    transition_reference.load_state_dict(transition.state_dict())
+    block.eval()
+    reference.eval()
+    x = torch.randn(2, 5, height, 7, dtype=torch.float64, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = block(x)
+        torch.testing.assert_close(out, reference(x), rtol=1e-10, atol=1e-10)
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        torch.testing.assert_close(transition(out), transition_reference(out), rtol=1e-10, atol=1e-10)
