@@ -144,6 +144,8 @@ class LadderDenseNet(nn.Module):
                            upsample_channels=upsample_channels, aux_classifier=aux_classifier,
                            memory_efficient=memory_efficient, in_channels=in_channels)
         self.architecture, self.in_channels = architecture, in_channels
+        # Inference without autograd on CPU runs in channels_last (output returned NCHW).
+        self.cpu_channels_last = True
         self.output_stride = layout["output_stride"]
         self.features, num_features = make_features(
             growth_rate, block_config, num_init_features, bn_size, in_channels, dilated=architecture == "dilated8",
@@ -193,11 +195,16 @@ class LadderDenseNet(nn.Module):
     def forward(self, x: torch.Tensor):
         self.check_input(x)
         size = x.shape[-2:]
+        fast = not self.training and not torch.is_grad_enabled()
+        convert = fast and self.cpu_channels_last and x.device.type == "cpu" and not x.is_contiguous(
+            memory_format=torch.channels_last)
+        if convert:
+            # oneDNN's NHWC convolutions skip the NCHW ↔ blocked reorders around every call.
+            x = x.contiguous(memory_format=torch.channels_last)
         features, skips = self.forward_features(x)
         context = self.context(features)
         del features
         x = context
-        fast = not self.training and not torch.is_grad_enabled()
         for up in self.upsample:
             if fast:
                 # Pops the skip so that its buffer (the whole DB1 at 1/4 for the last one) is freed
@@ -212,6 +219,8 @@ class LadderDenseNet(nn.Module):
             logits = self.classifier(x)
         del x
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if convert:
+            logits = logits.contiguous()
         if self.training:
             aux = self.aux_classifier(context) if self.aux_classifier is not None else None
             return logits, aux
