@@ -32,7 +32,8 @@ def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *, cha
     and convolutions (and bands its wide BN-ReLU-1×1 steps to bound memory). On top of that:
 
     Args:
-        model: a fastladder model (switched to eval mode in place).
+        model: a fastladder model, changed in place (eval mode, memory format, dtype): keep a copy if
+            you still need the original.
         example_input (Tensor[N, C, H, W]): checked once (and used to warm up / compile).
         channels_last: convert weights and inputs to channels_last (NHWC). Default: True on CPU,
             where oneDNN's NHWC convolutions avoid reorders, and on CUDA (tensor-core layouts).

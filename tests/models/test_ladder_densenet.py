@@ -200,3 +200,18 @@ def test_channels_last_and_banded_eval_match_reference(generator, monkeypatch):
         model = model.to(memory_format=torch.channels_last)
         torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-9,
                                    atol=1e-9)
+
+
+def test_optimize_for_inference_bfloat16_and_nchw_options(generator):
+    model = randomize(create_model("ladder_densenet121", num_classes=3, **TINY), generator).eval()
+    x = torch.randn(1, 3, 64, 64, generator=generator)
+    with torch.no_grad():
+        expected = model(x)
+    nchw = optimize_for_inference(model, x, channels_last=False)
+    torch.testing.assert_close(nchw(x), expected, rtol=1e-4, atol=1e-4)
+    half = optimize_for_inference(model, x, dtype=torch.bfloat16)
+    out = half(x)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    torch.testing.assert_close(out.float(), expected, rtol=0.1, atol=0.1 * expected.abs().max().item())
+    with pytest.raises(ValueError, match="example_input"):
+        optimize_for_inference(model, x[0])
