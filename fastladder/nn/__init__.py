@@ -1,7 +1,8 @@
 """Drop-in torch.nn modules built on fastladder's fused operators."""
+from fastladder.nn.densenet import BNReluConv, DenseBlock, DenseLayer, Transition
+from fastladder.nn.detection import DetectionPostprocess
 from fastladder.nn.ladder_upsample import LadderUpsample
+from fastladder.nn.spp import SpatialPyramidPooling
 
-__all__ = ["LadderUpsample"]
-from fastladder.nn.detection import DetectionPostprocess  # noqa: E402
-
-__all__ += ["DetectionPostprocess"]
+__all__ = ["LadderUpsample", "DenseLayer", "DenseBlock", "Transition", "BNReluConv", "SpatialPyramidPooling",
+           "DetectionPostprocess"]

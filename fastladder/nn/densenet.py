@@ -1,0 +1,464 @@
+"""DenseNet blocks with linear-memory concatenation (Pleiss et al., "Memory-Efficient Implementation
+of DenseNets", 2017), with torchvision's architecture and state_dict keys.
+
+A :class:`DenseBlock` owns one feature buffer ``[N, C0 + L·k, H, W]``. Layer ``i`` reads the buffer's
+prefix ``[:, :C0 + i·k]`` (a strided view, never a copy) and writes only its ``k`` new channels into
+its own slice, so a block copies O(L) bytes instead of the O(L²) of a ``torch.cat`` per layer.
+
+Autograd cannot follow in-place writes into a tensor that earlier layers have read, so with
+gradients the block runs as a chain of custom autograd Functions that share the buffer and a
+gradient buffer of the same shape (the "shared storage" of Pleiss et al.): layer ``i``'s backward
+reads the complete gradient of its ``k`` channels from the gradient buffer (all later layers have
+added theirs by then: a token tensor passed from layer to layer orders the backward calls) and
+adds the gradient of its prefix to it.
+
+``memory_efficient=True`` stores per layer only the batch mean and inverse std of its two
+BatchNorms; backward recomputes BN-ReLU-1×1-BN-ReLU from the buffer with those statistics. So the
+running statistics are updated once per forward (``torch.utils.checkpoint`` re-runs the BatchNorm
+in train mode and updates them twice) and the recomputation reproduces the forward bit for bit.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastladder.ops._layout import autocast_dtype
+from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
+
+__all__ = ["DenseLayer", "DenseBlock", "Transition", "BNReluConv"]
+
+
+# --- BatchNorm pieces shared by the fused paths -------------------------------------------------
+
+def _uses_batch_stats(norm: nn.BatchNorm2d) -> bool:
+    """What nn.BatchNorm2d.forward decides: batch statistics in training or without running ones."""
+    return norm.training or norm.running_mean is None
+
+
+def _normalization(norm: nn.BatchNorm2d, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(mean [C], invstd [C]) that this BatchNorm normalizes x [N, C, H, W] with right now.
+
+    In training the batch statistics, and the running statistics are updated here, exactly as
+    nn.BatchNorm2d.forward does (momentum, or the cumulative average when momentum is None)."""
+    if not _uses_batch_stats(norm):
+        return norm.running_mean, torch.rsqrt(norm.running_var + norm.eps)
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    if count <= 1:
+        raise ValueError(f"BatchNorm in training needs more than 1 value per channel, got input shape "
+                         f"{tuple(x.shape)}")
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+    if norm.training and norm.track_running_stats and norm.running_mean is not None:
+        norm.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+        norm.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        norm.running_var.mul_(1 - momentum).add_(var, alpha=momentum * count / (count - 1))
+    return mean, torch.rsqrt(var + norm.eps)
+
+
+def _affine(weight, bias, mean, invstd):
+    """(scale, shift) with ``(x - mean) * invstd * weight + bias == x * scale + shift``."""
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
+def _needs_autograd(x: torch.Tensor, params) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params))
+
+
+def _check_input(name: str, x: torch.Tensor, channels: int):
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"{name} expects x of shape [N, {channels}, H, W], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} expects x with {channels} channels ([N, {channels}, H, W]), got shape "
+                         f"{tuple(x.shape)}")
+
+
+# --- modules ------------------------------------------------------------------------------------
+
+class BNReluConv(nn.Module):
+    """Pre-activation unit BN-ReLU-conv (DenseNet style), fused BN-ReLU in eval.
+
+    Parameters ``norm`` (BatchNorm2d) and ``conv`` (Conv2d, padding = dilation·(k-1)/2).
+    Shapes: [N, in_channels, H, W] → [N, out_channels, H, W].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
+                 bias: bool = False):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
+                              dilation=dilation, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _uses_batch_stats(self.norm):
+            return self.conv(F.relu(self.norm(x), inplace=True))
+        if not torch.is_grad_enabled():
+            return _conv_module_inference(self.conv, _bn_relu_inference(x, *fold_batch_norm(self.norm)))
+        # bn_relu is differentiable, and so is fold_batch_norm: gradients still reach norm's affine.
+        return self.conv(bn_relu(x, *fold_batch_norm(self.norm)))
+
+
+class DenseLayer(nn.Module):
+    """torchvision's _DenseLayer: BN-ReLU-1×1 (→ bn_size·k) BN-ReLU-3×3 (→ k), same parameter names.
+
+    Standalone, ``forward(x)`` maps the concatenated input [N, in_channels, H, W] to the k new
+    channels [N, growth_rate, H, W]. Inside a :class:`DenseBlock` the block drives the layer's
+    parameters directly (the layer then reads a prefix of the block's buffer).
+
+    Args:
+        in_channels: channels of the concatenated input (C0 + i·k for layer i of a block).
+        growth_rate: k, the channels this layer adds.
+        bn_size: bottleneck width factor (bottleneck = bn_size·k channels).
+        dilation: dilation (and padding) of the 3×3 convolution.
+    """
+
+    def __init__(self, in_channels: int, growth_rate: int, bn_size: int = 4, dilation: int = 1):
+        super().__init__()
+        self.in_channels, self.growth_rate, self.dilation = in_channels, growth_rate, dilation
+        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, kernel_size=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, padding=dilation,
+                               dilation=dilation, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(type(self).__name__, x, self.in_channels)
+        if not self.training and not torch.is_grad_enabled():
+            return _layer_inference(self, x)
+        h = self.conv1(F.relu(self.norm1(x), inplace=True))
+        return self.conv2(F.relu(self.norm2(h), inplace=True))
+
+    def parameters_in_order(self):
+        """(norm1.weight, norm1.bias, conv1.weight, norm2.weight, norm2.bias, conv2.weight)."""
+        return (self.norm1.weight, self.norm1.bias, self.conv1.weight, self.norm2.weight, self.norm2.bias,
+                self.conv2.weight)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """NHWC order in memory (dense, or a channel slice of a dense channels_last buffer)."""
+    strides = x.stride()
+    return x.dim() == 4 and x.shape[1] > 1 and strides[1] == 1 and strides[3] >= x.shape[1] and not x.is_contiguous()
+
+
+def _bn_relu_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``relu(x * scale + shift)`` per channel, keeping x's layout.
+
+    The fused kernel reads NCHW channel slices and dense channels_last tensors in place; a channel
+    slice of a channels_last buffer it would copy to NCHW, so that case runs as two ATen passes that
+    keep NHWC (cheap next to the convolution that follows)."""
+    if _is_channels_last(x) and not x.is_contiguous(memory_format=torch.channels_last):
+        return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1)).relu_()
+    return bn_relu(x, scale, shift)
+
+
+def _conv_inference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, padding: int = 0,
+                    dilation: int = 1, stride: int = 1, relu: bool = False) -> torch.Tensor:
+    """conv2d (then ReLU) without autograd.
+
+    On CPU this calls oneDNN directly: the ReLU becomes a post-op of the convolution (no extra
+    pass), and small batch-1 inputs (the 1/32 and 1/64 blocks), for which ATen picks its slow
+    im2col path, also get oneDNN."""
+    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise") and not torch.is_grad_enabled()):
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride],
+                                                       [dilation, dilation], 1, "relu" if relu else "none", [], "")
+    out = F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    return out.relu_() if relu else out
+
+
+def _conv_relu(x, weight, bias, padding=0, dilation=1, stride=1):
+    return _conv_inference(x, weight, bias, padding, dilation, stride, relu=True)
+
+
+def _conv_module_inference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for an nn.Conv2d with square kernel, stride, padding and dilation, without autograd."""
+    return _conv_inference(x, conv.weight, conv.bias, conv.padding[0], conv.dilation[0], conv.stride[0])
+
+
+# Eval BN-ReLU-1×1 runs in bands of rows so that its BN-ReLU temporary (as wide as the whole
+# dense-block prefix) never exceeds this many bytes; the 1×1 convolution is pointwise, so banding is exact.
+BAND_BYTES = 4 << 20
+
+
+def bn_relu_conv1x1_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor,
+                              bias: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
+    """``conv1x1(relu(x * scale + shift), weight, bias)`` (then ReLU), without autograd, in row bands.
+
+    x (Tensor[N, C, H, W], may be a channel slice of a dense-block buffer), weight [C_out, C, 1, 1]
+    → Tensor[N, C_out, H, W] in x's layout."""
+    row_bytes = x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
+    rows = max(1, BAND_BYTES // max(1, row_bytes))
+    height = x.shape[2]
+    if rows >= height:
+        return _conv_inference(_bn_relu_inference(x, scale, shift), weight, bias, relu=relu)
+    layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    out = torch.empty((x.shape[0], weight.shape[0], height, x.shape[3]), dtype=x.dtype, device=x.device,
+                      memory_format=layout)
+    for top in range(0, height, rows):
+        band = x[:, :, top:top + rows]
+        out[:, :, top:top + rows].copy_(_conv_inference(_bn_relu_inference(band, scale, shift), weight, bias,
+                                                        relu=relu))
+    return out
+
+
+def _layer_inference(layer: DenseLayer, prefix: torch.Tensor) -> torch.Tensor:
+    """Eval-mode layer without autograd: fused BN-ReLU over the (strided) prefix, norm2 folded into conv1."""
+    scale2, shift2 = fold_batch_norm(layer.norm2)
+    # conv1 → norm2 is affine after linear: one convolution with scaled weights and a bias, ReLU fused.
+    weight1 = layer.conv1.weight * scale2.view(-1, 1, 1, 1)
+    hidden = bn_relu_conv1x1_inference(prefix, *fold_batch_norm(layer.norm1), weight1, shift2, relu=True)
+    return _conv_inference(hidden, layer.conv2.weight, padding=layer.dilation, dilation=layer.dilation)
+
+
+def _layer_forward(layer: DenseLayer, prefix: torch.Tensor, keep: bool):
+    """One layer as the autograd path computes it (no autograd recording).
+
+    Returns (new features [N, k, H, W], (mean1, invstd1, mean2, invstd2), intermediates) with
+    intermediates = (relu1 output, conv1 output, relu2 output) when keep, else None."""
+    mean1, invstd1 = _normalization(layer.norm1, prefix)
+    act1 = bn_relu(prefix, *_affine(layer.norm1.weight, layer.norm1.bias, mean1, invstd1))
+    hidden = F.conv2d(act1, layer.conv1.weight)
+    mean2, invstd2 = _normalization(layer.norm2, hidden)
+    act2 = bn_relu(hidden, *_affine(layer.norm2.weight, layer.norm2.bias, mean2, invstd2))
+    new = F.conv2d(act2, layer.conv2.weight, padding=layer.dilation, dilation=layer.dilation)
+    return new, (mean1, invstd1, mean2, invstd2), ((act1, hidden, act2) if keep else None)
+
+
+class _BlockState:
+    """What the Functions of one block forward share: the feature buffer and, in backward, the gradient buffer."""
+
+    def __init__(self, buffer, layers, offsets, keep):
+        self.buffer = buffer  # never handed out: the block's output is a separate alias (no reference cycle)
+        self.grad_buffer = None
+        self.layers = layers
+        self.offsets = offsets
+        self.keep = keep
+        self.version = None
+
+
+class _BlockEnter(torch.autograd.Function):
+    """Copies the block input into the buffer's first C0 channels; returns the first token."""
+
+    @staticmethod
+    def forward(ctx, state, x):
+        ctx.state, ctx.channels = state, x.shape[1]
+        state.buffer[:, :x.shape[1]].copy_(x)
+        return x.new_empty(0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_token):
+        state = ctx.state
+        grad_x = state.grad_buffer[:, :ctx.channels].contiguous()
+        state.grad_buffer = None  # all layers are done: release it before the stem's backward runs
+        return None, grad_x
+
+
+class _DenseLayerFunction(torch.autograd.Function):
+    """Layer i of a block: reads the buffer prefix, writes its k channels; backward as described above."""
+
+    @staticmethod
+    def forward(ctx, state, index, token, weight1, bias1, conv1, weight2, bias2, conv2):
+        layer = state.layers[index]
+        start, stop = state.offsets[index], state.offsets[index + 1]
+        prefix = state.buffer[:, :start]
+        new, stats, kept = _layer_forward(layer, prefix, state.keep)
+        state.buffer[:, start:stop].copy_(new)
+        ctx.state, ctx.index = state, index
+        ctx.use_batch_stats = (_uses_batch_stats(layer.norm1), _uses_batch_stats(layer.norm2))
+        # Parameters go through save_for_backward so that an in-place change before backward is caught.
+        ctx.save_for_backward(weight1, bias1, conv1, weight2, bias2, conv2, *stats, *(kept or ()))
+        return token.new_empty(0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_token):
+        state, index = ctx.state, ctx.index
+        layer = state.layers[index]
+        saved = ctx.saved_tensors
+        weight1, bias1, conv1, weight2, bias2, conv2, mean1, invstd1, mean2, invstd2 = saved[:10]
+        start, stop = state.offsets[index], state.offsets[index + 1]
+        if state.buffer._version != state.version:
+            raise RuntimeError("DenseBlock: the block's output was modified in place before backward; the "
+                               "backward pass needs it unchanged (use out-of-place ops on the block output)")
+        prefix = state.buffer[:, :start]
+        if len(saved) > 10:
+            act1, hidden, act2 = saved[10:]
+        else:  # recompute from the saved statistics: the same kernels on the same data as in forward
+            act1 = bn_relu(prefix, *_affine(weight1, bias1, mean1, invstd1))
+            hidden = F.conv2d(act1, conv1)
+            act2 = bn_relu(hidden, *_affine(weight2, bias2, mean2, invstd2))
+        needs = ctx.needs_input_grad
+        # needs_input_grad: (state, index, token, weight1, bias1, conv1, weight2, bias2, conv2)
+        grad_new = state.grad_buffer[:, start:stop]
+        dilation = layer.dilation
+        grad_act2, grad_conv2, _ = torch.ops.aten.convolution_backward(
+            grad_new, act2, conv2, None, [1, 1], [dilation, dilation], [dilation, dilation], False, [0, 0], 1,
+            [True, needs[8], False])
+        grad_act2 = torch.ops.aten.threshold_backward(grad_act2, act2, 0)
+        del act2
+        grad_hidden, grad_weight2, grad_bias2 = torch.ops.aten.native_batch_norm_backward(
+            grad_act2, hidden, weight2, layer.norm2.running_mean, layer.norm2.running_var, mean2, invstd2,
+            ctx.use_batch_stats[1], layer.norm2.eps, [True, needs[6], needs[7]])
+        del grad_act2, hidden
+        grad_act1, grad_conv1, _ = torch.ops.aten.convolution_backward(
+            grad_hidden, act1, conv1, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, needs[5], False])
+        grad_act1 = torch.ops.aten.threshold_backward(grad_act1, act1, 0)
+        del act1, grad_hidden
+        grad_prefix, grad_weight1, grad_bias1 = torch.ops.aten.native_batch_norm_backward(
+            grad_act1, prefix, weight1, layer.norm1.running_mean, layer.norm1.running_var, mean1, invstd1,
+            ctx.use_batch_stats[0], layer.norm1.eps, [True, needs[3], needs[4]])
+        del grad_act1
+        state.grad_buffer[:, :start].add_(grad_prefix)
+        return (None, None, grad_token, grad_weight1 if needs[3] else None, grad_bias1 if needs[4] else None,
+                grad_conv1 if needs[5] else None, grad_weight2 if needs[6] else None,
+                grad_bias2 if needs[7] else None, grad_conv2 if needs[8] else None)
+
+
+class _BlockExit(torch.autograd.Function):
+    """Returns the filled buffer as the block output; its backward seeds the gradient buffer."""
+
+    @staticmethod
+    def forward(ctx, state, token):
+        ctx.state = state
+        state.version = state.buffer._version
+        # An alias, not state.buffer itself: the output holds this node, which holds state; the
+        # output object must not be referenced from state, or the graph would be a reference cycle.
+        return state.buffer.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        state = ctx.state
+        state.grad_buffer = torch.empty_like(state.buffer, memory_format=torch.contiguous_format)
+        state.grad_buffer.copy_(grad_output)
+        return None, grad_output.new_empty(0)
+
+
+class DenseBlock(nn.ModuleDict):
+    """torchvision's _DenseBlock (children ``denselayer1`` … ``denselayerL``) on one shared buffer.
+
+    Args:
+        num_layers: L.
+        in_channels: C0, channels of the block input.
+        growth_rate: k.
+        bn_size: bottleneck width factor.
+        dilation: dilation of every layer's 3×3 convolution.
+        memory_efficient: in training (or whenever gradients are recorded), recompute each layer's
+            BN-ReLU-1×1-BN-ReLU in backward from saved batch statistics instead of storing it.
+        split: if given, a 2×2 average pool of all features so far follows layer ``split`` (the
+            ladder DenseNet's DB4a / DB4b halves); layers after it run at half the resolution.
+
+    Shapes: [N, C0, H, W] → [N, C0 + L·k, H', W'] (H' = H, or ⌊H/2⌋ with split).
+    :meth:`forward_split` also returns the features before the pool, [N, C0 + split·k, H, W].
+    """
+
+    def __init__(self, num_layers: int, in_channels: int, growth_rate: int = 32, bn_size: int = 4,
+                 dilation: int = 1, memory_efficient: bool = False, split: Optional[int] = None):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if split is not None and not 0 < split < num_layers:
+            raise ValueError(f"split must lie in 1..num_layers-1 = 1..{num_layers - 1}, got {split}")
+        self.in_channels, self.growth_rate, self.num_layers = in_channels, growth_rate, num_layers
+        self.memory_efficient, self.split = memory_efficient, split
+        for i in range(num_layers):
+            self.add_module(f"denselayer{i + 1}",
+                            DenseLayer(in_channels + i * growth_rate, growth_rate, bn_size, dilation))
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels + self.num_layers * self.growth_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_split(x)[1]
+
+    def forward_split(self, x: torch.Tensor) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """(features before the split pool or None without split, block output)."""
+        _check_input(type(self).__name__, x, self.in_channels)
+        layers = list(self.values())
+        if self.split is None:
+            return None, self._run(layers, x)
+        before = self._run(layers[:self.split], x)
+        return before, self._run(layers[self.split:], F.avg_pool2d(before, 2))
+
+    def _run(self, layers: List[DenseLayer], x: torch.Tensor) -> torch.Tensor:
+        """Runs consecutive layers on one buffer whose first channels are x."""
+        channels = x.shape[1]
+        offsets = [channels + i * self.growth_rate for i in range(len(layers) + 1)]
+        dtype = autocast_dtype(x) or x.dtype
+        # The buffer follows the input's layout, so channels_last models stay channels_last.
+        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        buffer = torch.empty((x.shape[0], offsets[-1], x.shape[2], x.shape[3]), dtype=dtype, device=x.device,
+                             memory_format=layout)
+        params = [p for layer in layers for p in layer.parameters_in_order()]
+        if _needs_autograd(x, params):
+            state = _BlockState(buffer, layers, offsets, keep=not self.memory_efficient)
+            token = _BlockEnter.apply(state, x)
+            for i, layer in enumerate(layers):
+                token = _DenseLayerFunction.apply(state, i, token, *layer.parameters_in_order())
+            return _BlockExit.apply(state, token)
+        with torch.no_grad():
+            buffer[:, :channels].copy_(x)
+            for i, layer in enumerate(layers):
+                prefix = buffer[:, :offsets[i]]
+                if layer.training:
+                    new = _layer_forward(layer, prefix, keep=False)[0]
+                else:
+                    new = _layer_inference(layer, prefix)
+                buffer[:, offsets[i]:offsets[i + 1]].copy_(new)
+        return buffer
+
+
+class Transition(nn.Module):
+    """torchvision's _Transition: BN-ReLU-1×1 (→ out_channels), then 2×2 average pool (optional).
+
+    The pool runs before the 1×1 convolution: both are linear, so they commute (exactly, up to
+    rounding), and the convolution then sees a quarter of the pixels.
+    Shapes: [N, in_channels, H, W] → [N, out_channels, ⌊H/2⌋, ⌊W/2⌋] (or H, W without pool).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, pool: bool = True):
+        super().__init__()
+        self.in_channels = in_channels
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2) if pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(type(self).__name__, x, self.in_channels)
+        if _uses_batch_stats(self.norm):
+            act = F.relu(self.norm(x), inplace=True)
+        elif torch.is_grad_enabled():
+            act = bn_relu(x, *fold_batch_norm(self.norm))
+        else:
+            return self._inference(x)
+        return self.conv(self.pool(act))
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """BN-ReLU, pool, 1×1 in bands of an even number of rows (the pool windows never straddle two)."""
+        scale, shift = fold_batch_norm(self.norm)
+        pooled = isinstance(self.pool, nn.AvgPool2d)
+        row_bytes = x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
+        rows = max(2, BAND_BYTES // max(1, row_bytes)) // 2 * 2
+        if rows >= x.shape[2]:
+            return _conv_module_inference(self.conv, self.pool(_bn_relu_inference(x, scale, shift)))
+        step = rows // 2 if pooled else rows
+        height = x.shape[2] // 2 if pooled else x.shape[2]
+        width = x.shape[3] // 2 if pooled else x.shape[3]
+        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        out = torch.empty((x.shape[0], self.conv.out_channels, height, width), dtype=x.dtype, device=x.device,
+                          memory_format=layout)
+        for band, top in enumerate(range(0, height, step)):
+            source = x[:, :, band * rows:(band + 1) * rows]
+            result = _conv_module_inference(self.conv, self.pool(_bn_relu_inference(source, scale, shift)))
+            out[:, :, top:top + result.shape[2]].copy_(result)
+        return out

@@ -1,0 +1,1 @@
+"""Training: losses, optimisation schedules, the training loop, checkpoints."""

@@ -1,0 +1,238 @@
+"""DenseLayer / DenseBlock / Transition: parity with the torch.cat reference, memory-efficient mode,
+running statistics, gradcheck, bad input."""
+import pytest
+import torch
+import torch.nn as nn
+
+from fastladder.nn import BNReluConv, DenseBlock, DenseLayer, Transition
+from fastladder.reference.models import (BNReluConvReference, DenseBlockReference, DenseLayerReference,
+                                         TransitionReference)
+
+
+def randomize(module, generator):
+    """Non-trivial parameters and running statistics that keep activations of order 1."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=generator)
+            m.bias.data.normal_(0, 0.2, generator=generator)
+            m.running_mean.normal_(0, 0.2, generator=generator)
+            m.running_var.uniform_(0.5, 1.5, generator=generator)
+        elif isinstance(m, nn.Conv2d):
+            fan_in = m.weight[0].numel()
+            m.weight.data.normal_(0, (2 / fan_in) ** 0.5, generator=generator)
+    return module
+
+
+def twins(generator, dtype=torch.float64, **kwargs):
+    config = dict(num_layers=4, in_channels=5, growth_rate=3, bn_size=2)
+    config.update(kwargs)
+    block = randomize(DenseBlock(**config), generator).to(dtype)
+    reference = DenseBlockReference(**config).to(dtype)
+    reference.load_state_dict(block.state_dict())
+    return block, reference
+
+
+def run(module, x, grad_out):
+    x = x.detach().clone().requires_grad_()
+    out = module(x)
+    out.backward(grad_out)
+    return out.detach(), x.grad, [p.grad.clone() for p in module.parameters()]
+
+
+def assert_same_run(a, b, rtol=1e-10, atol=1e-10):
+    (out_a, gx_a, gp_a), (out_b, gx_b, gp_b) = a, b
+    torch.testing.assert_close(out_a, out_b, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gx_a, gx_b, rtol=rtol, atol=atol)
+    assert len(gp_a) == len(gp_b)
+    for ga, gb in zip(gp_a, gp_b):
+        torch.testing.assert_close(ga, gb, rtol=rtol, atol=atol)
+
+
+def assert_same_buffers(a, b, rtol=1e-10, atol=1e-10):
+    for (name, ba), (_, bb) in zip(a.named_buffers(), b.named_buffers()):
+        torch.testing.assert_close(ba, bb, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["naive", "memeff"])
+@pytest.mark.parametrize("split", [None, 2], ids=["whole", "split"])
+def test_block_matches_reference(generator, training, memory_efficient, split):
+    block, reference = twins(generator, memory_efficient=memory_efficient, split=split)
+    block.train(training)
+    reference.train(training)
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64, generator=generator)
+    expected_shape = (2, 5 + 4 * 3) + ((7, 9) if split is None else (3, 4))
+    grad_out = torch.randn(expected_shape, dtype=torch.float64, generator=generator)
+    ours = run(block, x, grad_out)
+    assert ours[0].shape == expected_shape
+    assert_same_run(ours, run(reference, x, grad_out))
+    assert_same_buffers(block, reference)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_block_inference_matches_reference(generator, training):
+    block, reference = twins(generator, dilation=2)
+    block.train(training)
+    reference.train(training)
+    x = torch.randn(3, 5, 6, 11, dtype=torch.float64, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference(x), rtol=1e-10, atol=1e-10)
+    assert_same_buffers(block, reference)
+
+
+def test_memory_efficient_equals_naive_and_counts_running_stat_updates_once(generator):
+    naive, reference = twins(generator, dtype=torch.float32, num_layers=5, memory_efficient=False)
+    efficient = DenseBlock(5, 5, 3, 2, memory_efficient=True)
+    efficient.load_state_dict(naive.state_dict())
+    x = torch.randn(2, 5, 8, 8, generator=generator)
+    grad_out = torch.randn(2, 5 + 15, 8, 8, generator=generator)
+    for step in range(2):
+        a, b = run(naive, x, grad_out), run(efficient, x, grad_out)
+        run(reference, x, grad_out)
+        # the recomputation replays the forward's kernels on the same data with the same statistics
+        assert_same_run(a, b, rtol=0, atol=0)
+        for module in (naive, efficient):
+            for m in module.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    assert m.num_batches_tracked.item() == step + 1
+                    m.weight.grad = m.bias.grad = None
+            for p in module.parameters():
+                p.grad = None
+        for p in reference.parameters():
+            p.grad = None
+        assert_same_buffers(naive, efficient, rtol=0, atol=0)
+        assert_same_buffers(efficient, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_running_stats_follow_momentum_none_cumulative_average(generator):
+    block, reference = twins(generator, num_layers=2)
+    for module in (block, reference):
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = None
+    for _ in range(3):
+        x = torch.randn(2, 5, 5, 5, dtype=torch.float64, generator=generator)
+        run(block, x, torch.ones(2, 11, 5, 5, dtype=torch.float64))
+        run(reference, x, torch.ones(2, 11, 5, 5, dtype=torch.float64))
+    assert_same_buffers(block, reference)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["naive", "memeff"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gradcheck_tiny_block(generator, memory_efficient, training):
+    block = randomize(DenseBlock(2, 3, growth_rate=2, bn_size=2, memory_efficient=memory_efficient), generator)
+    block = block.double().train(training)
+    names = [name for name, _ in block.named_parameters()]
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    weights = tuple(p.detach().clone().requires_grad_() for p in block.parameters())
+
+    def function(x, *weights):
+        # the parameters enter as inputs so that gradcheck checks their gradients too
+        return torch.func.functional_call(block, dict(zip(names, weights)), (x,))
+
+    assert torch.autograd.gradcheck(function, (x,) + weights, eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["naive", "memeff"])
+def test_frozen_parameters_still_give_input_gradients(generator, memory_efficient):
+    block, reference = twins(generator, memory_efficient=memory_efficient)
+    for module in (block, reference):
+        module.eval().requires_grad_(False)
+    x = torch.randn(1, 5, 6, 6, dtype=torch.float64, generator=generator)
+    grads = []
+    for module in (block, reference):
+        xi = x.clone().requires_grad_()
+        module(xi).square().sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-10)
+
+
+def test_output_modified_in_place_before_backward_is_an_error(generator):
+    block, _ = twins(generator, memory_efficient=True)
+    out = block(torch.randn(2, 5, 4, 4, dtype=torch.float64, generator=generator, requires_grad=True))
+    loss = out.sum()
+    out.detach().mul_(2)  # the user's in-place change of the features the recomputation needs
+    with pytest.raises(RuntimeError, match="modified"):
+        loss.backward()
+
+
+def test_channels_last_input(generator):
+    block, reference = twins(generator)
+    block.eval()
+    reference.eval()
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64, generator=generator).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_layer_and_transition_and_unit_match_reference(generator, training):
+    pairs = [
+        (DenseLayer(6, 4, bn_size=2, dilation=2), DenseLayerReference(6, 4, bn_size=2, dilation=2)),
+        (Transition(6, 3), TransitionReference(6, 3)),
+        (Transition(6, 3, pool=False), TransitionReference(6, 3, pool=False)),
+        (BNReluConv(6, 5, kernel_size=3, dilation=2, bias=True), BNReluConvReference(6, 5, 3, 2, bias=True)),
+    ]
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64, generator=generator)
+    for ours, theirs in pairs:
+        ours = randomize(ours, generator).double().train(training)
+        theirs = theirs.double().train(training)
+        theirs.load_state_dict(ours.state_dict())
+        out = ours(x)
+        grad_out = torch.randn(out.shape, dtype=torch.float64, generator=generator)
+        assert_same_run(run(ours, x, grad_out), run(theirs, x, grad_out))
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(2, 4, 5, 5), r"5 channels.*\(2, 4, 5, 5\)"),
+    (torch.zeros(5, 5, 5), r"\[N, 5, H, W\].*\(5, 5, 5\)"),
+])
+def test_bad_input(bad, message):
+    for module in (DenseBlock(2, 5, growth_rate=2), DenseLayer(5, 2), Transition(5, 2)):
+        with pytest.raises(ValueError, match=message):
+            module(bad)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        DenseBlock(4, 5, split=4)
+    with pytest.raises(ValueError, match="num_layers"):
+        DenseBlock(0, 5)
+
+
+def test_block_writes_layers_into_one_buffer(generator):
+    """No per-layer concatenation: the output is the block's single buffer, input in its first channels."""
+    block, _ = twins(generator)
+    block.eval()
+    x = torch.randn(1, 5, 4, 4, dtype=torch.float64, generator=generator)
+    with torch.no_grad():
+        out = block(x)
+    assert out.is_contiguous() and out.shape == (1, 17, 4, 4)
+    assert torch.equal(out[:, :5], x)
+    layer = block.denselayer1
+    with torch.no_grad():
+        torch.testing.assert_close(out[:, 5:8], layer(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("height", [9, 10])
+def test_banded_inference_matches_reference(generator, monkeypatch, channels_last, height):
+    """Eval runs BN-ReLU-1×1 and transitions in row bands on large images; force tiny bands here."""
+    import fastladder.nn.densenet as densenet
+    monkeypatch.setattr(densenet, "BAND_BYTES", 200)
+    block, reference = twins(generator)
+    transition = randomize(Transition(17, 6), generator).double().eval()
+    transition_reference = TransitionReference(17, 6).double().eval()
+    transition_reference.load_state_dict(transition.state_dict())
+    block.eval()
+    reference.eval()
+    x = torch.randn(2, 5, height, 7, dtype=torch.float64, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = block(x)
+        torch.testing.assert_close(out, reference(x), rtol=1e-10, atol=1e-10)
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        torch.testing.assert_close(transition(out), transition_reference(out), rtol=1e-10, atol=1e-10)
