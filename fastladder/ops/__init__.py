@@ -1,10 +1,8 @@
 """fastladder's operators (torch.ops.fastladder.*), with checks, fake kernels and autograd."""
 from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
+from fastladder.ops.boxes import (Detections, batched_nms, box_iou, decode_boxes, encode_boxes, nms,
+                                  ssd_postprocess, to_list)
 from fastladder.ops.upsample import ladder_blend, upsample_concat
 
-__all__ = ["upsample_concat", "ladder_blend", "bn_relu", "fold_batch_norm"]
-from fastladder.ops.boxes import (Detections, batched_nms, box_iou, decode_boxes, encode_boxes, nms,  # noqa: E402
-                                  ssd_postprocess, to_list)
-
-__all__ += ["box_iou", "nms", "batched_nms", "encode_boxes", "decode_boxes", "ssd_postprocess", "Detections",
-            "to_list"]
+__all__ = ["upsample_concat", "ladder_blend", "bn_relu", "fold_batch_norm", "box_iou", "nms", "batched_nms",
+           "encode_boxes", "decode_boxes", "ssd_postprocess", "Detections", "to_list"]
