@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -32,10 +33,31 @@ struct Detection {
   int32_t label;
 };
 
-// The first min(k, n) of `candidates` (score, prior) by decreasing score, ties by prior index,
-// sorted; the rest is dropped.
+// The first min(k, n) of `candidates` (score, id) by decreasing score, ties by id, sorted; the
+// rest is dropped. For float scores the pair is one 64-bit integer key (a selection on integers is
+// several times faster than one with a two-field comparator).
 template <typename acc_t>
-void keep_top(std::vector<std::pair<acc_t, int32_t>>& candidates, int64_t k) {
+void keep_top(std::vector<std::pair<acc_t, int32_t>>& candidates, int64_t k, std::vector<uint64_t>& keys) {
+  if constexpr (std::is_same<acc_t, float>::value) {
+    keys.resize(candidates.size());
+    for (size_t i = 0; i < candidates.size(); ++i)
+      keys[i] = (static_cast<uint64_t>(cpu::descending_key(candidates[i].first)) << 32) |
+                static_cast<uint32_t>(candidates[i].second);
+    if (static_cast<int64_t>(keys.size()) > k) {
+      std::nth_element(keys.begin(), keys.begin() + k, keys.end());
+      keys.resize(k);
+    }
+    std::sort(keys.begin(), keys.end());
+    candidates.resize(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const uint32_t key = ~static_cast<uint32_t>(keys[i] >> 32);  // back to the float's bits
+      const uint32_t bits = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+      float score;
+      std::memcpy(&score, &bits, sizeof(score));
+      candidates[i] = {score, static_cast<int32_t>(keys[i] & 0xffffffffu)};
+    }
+    return;
+  }
   auto before = [](const std::pair<acc_t, int32_t>& a, const std::pair<acc_t, int32_t>& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
@@ -102,6 +124,7 @@ void ssd_postprocess_kernel(const at::Tensor& loc_t, const at::Tensor& conf_t, c
   const acc_t iou_threshold = common::nms_threshold<acc_t>(nms_thresh);
   at::parallel_for(0, B * R, 1, [&](int64_t begin, int64_t end) {
     std::vector<std::pair<acc_t, int32_t>> candidates;
+    std::vector<uint64_t> keys;
     std::vector<acc_t> x1, y1, x2, y2, area;
     std::vector<uint8_t> keep;
     for (int64_t task = begin; task < end; ++task) {
@@ -110,7 +133,7 @@ void ssd_postprocess_kernel(const at::Tensor& loc_t, const at::Tensor& conf_t, c
       candidates.clear();
       for (int64_t p = 0; p < P; ++p)
         if (prob[p] > score_thresh) candidates.emplace_back(prob[p], static_cast<int32_t>(p));
-      keep_top(candidates, s.topk);
+      keep_top(candidates, s.topk, keys);
       const int64_t n = static_cast<int64_t>(candidates.size());
       x1.resize(n);
       y1.resize(n);
@@ -142,13 +165,14 @@ void ssd_postprocess_kernel(const at::Tensor& loc_t, const at::Tensor& conf_t, c
   int64_t* count = count_t.data_ptr<int64_t>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<std::pair<acc_t, int32_t>> order;  // (score, position in `all`)
+    std::vector<uint64_t> keys;
     std::vector<Detection<acc_t>> all;
     for (int64_t b = begin; b < end; ++b) {
       all.clear();
       for (int64_t r = 0; r < R; ++r) all.insert(all.end(), kept[b * R + r].begin(), kept[b * R + r].end());
       order.resize(all.size());
       for (size_t i = 0; i < all.size(); ++i) order[i] = {all[i].score, static_cast<int32_t>(i)};
-      keep_top(order, K);
+      keep_top(order, K, keys);
       const int64_t n = static_cast<int64_t>(order.size());
       for (int64_t k = 0; k < K; ++k) {
         scalar_t* o = boxes + (b * K + k) * 4;
