@@ -33,9 +33,42 @@ struct Detection {
   int32_t label;
 };
 
+// Keeps the k smallest of `keys` (any order): a radix select on the top 11 bits (one counting pass
+// finds the bucket that holds the k-th key; only that bucket needs a comparison selection), then
+// nth_element within it. Several times faster than nth_element over all keys.
+inline void keep_smallest(std::vector<uint64_t>& keys, int64_t k) {
+  if (static_cast<int64_t>(keys.size()) <= k) return;
+  constexpr int kShift = 53;
+  std::vector<int64_t> count(2048, 0);
+  for (uint64_t key : keys) ++count[key >> kShift];
+  int64_t before = 0;
+  uint64_t bucket = 0;
+  while (before + count[bucket] < k) before += count[bucket++];
+  // keys of lower buckets all stay; the boundary bucket's keys go to the tail for the selection
+  size_t kept = 0;
+  std::vector<uint64_t> boundary;
+  boundary.reserve(static_cast<size_t>(count[bucket]));
+  for (uint64_t key : keys) {
+    const uint64_t b = key >> kShift;
+    if (b < bucket) keys[kept++] = key;
+    else if (b == bucket) boundary.push_back(key);
+  }
+  const int64_t need = k - before;
+  std::nth_element(boundary.begin(), boundary.begin() + need, boundary.end());
+  keys.resize(kept);
+  keys.insert(keys.end(), boundary.begin(), boundary.begin() + need);
+}
+
+inline float score_of_key(uint64_t key) {
+  const uint32_t ascending = ~static_cast<uint32_t>(key >> 32);  // undo descending_key
+  const uint32_t bits = (ascending & 0x80000000u) ? (ascending & 0x7fffffffu) : ~ascending;
+  float score;
+  std::memcpy(&score, &bits, sizeof(score));
+  return score;
+}
+
 // The first min(k, n) of `candidates` (score, id) by decreasing score, ties by id, sorted; the
-// rest is dropped. For float scores the pair is one 64-bit integer key (a selection on integers is
-// several times faster than one with a two-field comparator).
+// rest is dropped. For float scores the pair is one 64-bit integer key (descending score, id).
 template <typename acc_t>
 void keep_top(std::vector<std::pair<acc_t, int32_t>>& candidates, int64_t k, std::vector<uint64_t>& keys) {
   if constexpr (std::is_same<acc_t, float>::value) {
@@ -43,19 +76,11 @@ void keep_top(std::vector<std::pair<acc_t, int32_t>>& candidates, int64_t k, std
     for (size_t i = 0; i < candidates.size(); ++i)
       keys[i] = (static_cast<uint64_t>(cpu::descending_key(candidates[i].first)) << 32) |
                 static_cast<uint32_t>(candidates[i].second);
-    if (static_cast<int64_t>(keys.size()) > k) {
-      std::nth_element(keys.begin(), keys.begin() + k, keys.end());
-      keys.resize(k);
-    }
+    keep_smallest(keys, k);
     std::sort(keys.begin(), keys.end());
     candidates.resize(keys.size());
-    for (size_t i = 0; i < keys.size(); ++i) {
-      const uint32_t key = ~static_cast<uint32_t>(keys[i] >> 32);  // back to the float's bits
-      const uint32_t bits = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
-      float score;
-      std::memcpy(&score, &bits, sizeof(score));
-      candidates[i] = {score, static_cast<int32_t>(keys[i] & 0xffffffffu)};
-    }
+    for (size_t i = 0; i < keys.size(); ++i)
+      candidates[i] = {score_of_key(keys[i]), static_cast<int32_t>(keys[i] & 0xffffffffu)};
     return;
   }
   auto before = [](const std::pair<acc_t, int32_t>& a, const std::pair<acc_t, int32_t>& b) {
@@ -131,9 +156,20 @@ void ssd_postprocess_kernel(const at::Tensor& loc_t, const at::Tensor& conf_t, c
       const int64_t b = task / R, r = task % R;
       const acc_t* prob = probability.data() + (b * R + r) * P;
       candidates.clear();
-      for (int64_t p = 0; p < P; ++p)
-        if (prob[p] > score_thresh) candidates.emplace_back(prob[p], static_cast<int32_t>(p));
-      keep_top(candidates, s.topk, keys);
+      if constexpr (std::is_same<acc_t, float>::value) {
+        // straight to (score, prior) keys: the candidate list is selected before it is stored
+        keys.clear();
+        for (int64_t p = 0; p < P; ++p)
+          if (prob[p] > score_thresh)
+            keys.push_back((static_cast<uint64_t>(cpu::descending_key(prob[p])) << 32) | static_cast<uint64_t>(p));
+        keep_smallest(keys, s.topk);
+        std::sort(keys.begin(), keys.end());
+        for (uint64_t key : keys) candidates.emplace_back(score_of_key(key), static_cast<int32_t>(key & 0xffffffffu));
+      } else {
+        for (int64_t p = 0; p < P; ++p)
+          if (prob[p] > score_thresh) candidates.emplace_back(prob[p], static_cast<int32_t>(p));
+        keep_top(candidates, s.topk, keys);
+      }
       const int64_t n = static_cast<int64_t>(candidates.size());
       x1.resize(n);
       y1.resize(n);
