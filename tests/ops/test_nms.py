@@ -76,15 +76,17 @@ def test_nms_identical_boxes_keeps_the_best(generator):
     assert ops.nms(boxes, scores, 1.0).tolist() == torch.argsort(scores, descending=True).tolist()
 
 
-def test_nms_degenerate_boxes_overlap_nothing(generator, seed):
-    boxes, _ = clustered_boxes(40, generator, boxes_per_cluster=40)
+@pytest.mark.parametrize("n", [40, 1500])  # the candidate-vs-kept test and the sorted sweep
+def test_nms_degenerate_boxes_overlap_nothing(n, generator, seed):
+    boxes, _ = clustered_boxes(n, generator, boxes_per_cluster=40)
     boxes = boxes.clone()
     boxes[0, 2] = boxes[0, 0]          # zero width
     boxes[1, 3] = boxes[1, 1]          # zero height
     boxes[2] = boxes[2, [2, 3, 0, 1]]  # inverted
     boxes[3] = boxes[4]                # a duplicate of a proper box
     boxes[5, 2:] = boxes[5, :2]        # a point
-    scores = unique_scores(40, generator)
+    boxes[6:n:7, 2] = boxes[6:n:7, 0]  # many more zero-width boxes
+    scores = unique_scores(n, generator)
     scores[[0, 1, 2, 5]] = 2.0 + torch.arange(4.0)  # the degenerate boxes first
     keep = ops.nms(boxes, scores, 0.3)
     assert torch.equal(keep, torchvision.ops.nms(boxes, scores, 0.3)), seed

@@ -71,6 +71,19 @@ def test_matches_torchvision_postprocess_detections(classes, objects, generator,
     assert_same_detections(got.to_list(), want, score_tol=1e-6, box_tol=1e-5, seed=seed, what="torchvision")
 
 
+def test_many_classes_in_several_image_groups(generator, seed):
+    # 80 classes x 8732 priors: the CPU kernel works through such a batch an image at a time
+    priors = ssd300_priors()
+    loc, conf = ssd_head_outputs(3, priors, 81, generator, objects=6)
+    got = ops.ssd_postprocess(loc, conf, priors)
+    want = torchvision_detections(loc, conf, priors)
+    assert_same_detections(got.to_list(), want, score_tol=1e-6, box_tol=1e-5, seed=seed, what="C=81")
+    for b in range(3):  # each image alone gives the same: no state leaks between the groups
+        alone = ops.ssd_postprocess(loc[b:b + 1], conf[b:b + 1], priors)
+        for g, a in zip(got, alone):
+            assert torch.equal(g[b:b + 1], a), seed
+
+
 @pytest.mark.parametrize("kw", [dict(score_thresh=0.2, nms_thresh=0.3, topk=50, max_detections=30),
                                 dict(score_thresh=0.0, nms_thresh=0.7, topk=1000, max_detections=500),
                                 dict(score_thresh=0.05, nms_thresh=0.0, topk=10, max_detections=1),

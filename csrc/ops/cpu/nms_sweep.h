@@ -24,8 +24,9 @@ namespace fastladder {
 namespace ops {
 namespace cpu {
 
-// Above this many boxes the sweep beats the candidate-vs-kept test (measured on clustered boxes).
-constexpr int64_t kSweepMinBoxes = 384;
+// From this many boxes on the sweep beats the candidate-vs-kept test (measured on clustered boxes
+// and on SSD's 400 candidates per class, where the direct test is ~1.6x faster).
+constexpr int64_t kSweepMinBoxes = 1024;
 
 template <typename T>
 inline bool has_area(T x1, T y1, T x2, T y2) {
