@@ -31,6 +31,8 @@ RESULTS = {}
 def interleaved(functions, rounds):
     """Best-of-rounds seconds per function, the functions taking turns (drift hits all alike)."""
     best = {name: float("inf") for name in functions}
+    for fn in functions.values():  # warm-up: oneDNN primitives, allocator, lazy initialisation
+        fn()
     for _ in range(rounds):
         for name, fn in functions.items():
             start = time.perf_counter()
