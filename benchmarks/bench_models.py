@@ -31,6 +31,8 @@ RESULTS = {}
 def interleaved(functions, rounds):
     """Best-of-rounds seconds per function, the functions taking turns (drift hits all alike)."""
     best = {name: float("inf") for name in functions}
+    for fn in functions.values():  # warm-up: oneDNN primitives, allocator, lazy initialisation
+        fn()
     for _ in range(rounds):
         for name, fn in functions.items():
             start = time.perf_counter()
@@ -235,3 +237,51 @@ def test_dense_block_training_memory_vs_depth():
         print("  " + f"{name:<24}" + "".join(f"{p / 2**20:9.1f}" for p in peaks) + "   "
               + ", ".join(f"{i:.2f}" for i in increments))
     RESULTS["block depth"] = table
+
+
+_BACKBONE_SETUP = """
+import torchvision
+from fastladder.models import densenet121
+if spec["which"] == "torchvision":
+    model = torchvision.models.densenet121(weights=None, memory_efficient=spec["memory_efficient"])
+else:
+    model = densenet121(memory_efficient=spec["memory_efficient"])
+model.train()
+x = torch.randn(spec["batch"], 3, spec["height"], spec["width"])
+"""
+
+_BACKBONE_BODY = """
+model(x).sum().backward()
+model.zero_grad(set_to_none=True)
+"""
+
+
+def test_densenet121_backbone_training_vs_torchvision():
+    """DenseNet-121 classification training step, batch 2 at 224×448: fastladder vs torchvision,
+    both with memory_efficient=True (torchvision: checkpointed cat-BN-ReLU-1×1, which also runs
+    those BatchNorms twice per step)."""
+    import torchvision
+    from fastladder.models import densenet121
+    spec = dict(batch=2, height=224, width=448, memory_efficient=True)
+    peaks = {}
+    for name, which, efficient in [("fastladder memory_efficient", "fastladder", True),
+                                   ("torchvision memory_efficient", "torchvision", True),
+                                   ("torchvision", "torchvision", False)]:
+        peaks[name] = measure_peak(_BACKBONE_SETUP, _BACKBONE_BODY, dict(spec, which=which, memory_efficient=efficient))
+    report("DenseNet-121 training step peak memory, batch 2, 224x448", peaks, "fastladder memory_efficient",
+           unit="bytes")
+    torch.manual_seed(0)
+    ours = densenet121(memory_efficient=True)
+    theirs = torchvision.models.densenet121(weights=None, memory_efficient=True)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 224, 448)
+
+    def step(model):
+        def run():
+            model(x).sum().backward()
+            model.zero_grad(set_to_none=True)
+        return run
+
+    times = interleaved({"fastladder memory_efficient": step(ours), "torchvision memory_efficient": step(theirs)},
+                        rounds=3)
+    report("DenseNet-121 training step time, batch 2, 224x448", times, "fastladder memory_efficient")

@@ -47,7 +47,14 @@ def _normalization(norm: nn.BatchNorm2d, x: torch.Tensor) -> Tuple[torch.Tensor,
     if count <= 1:
         raise ValueError(f"BatchNorm in training needs more than 1 value per channel, got input shape "
                          f"{tuple(x.shape)}")
-    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # Statistics of low-precision activations accumulate in float32 (as ATen's BatchNorm does),
+        # without a float32 copy of x.
+        mean = torch.sum(x, dim=(0, 2, 3), dtype=torch.float32) / count
+        mean_square = torch.linalg.vector_norm(x, dim=(0, 2, 3), dtype=torch.float32).square_() / count
+        var = (mean_square - mean * mean).clamp_min_(0)
+    else:
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
     if norm.training and norm.track_running_stats and norm.running_mean is not None:
         norm.num_batches_tracked.add_(1)
         momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
@@ -63,6 +70,11 @@ def _affine(weight, bias, mean, invstd):
     if bias is not None:
         shift = shift + bias
     return scale, shift
+
+
+def _affine_as(weight, bias, mean, invstd, dtype):
+    scale, shift = _affine(weight, bias, mean, invstd)
+    return scale.to(dtype), shift.to(dtype)
 
 
 def _needs_autograd(x: torch.Tensor, params) -> bool:
@@ -222,12 +234,13 @@ def _layer_forward(layer: DenseLayer, prefix: torch.Tensor, keep: bool):
 
     Returns (new features [N, k, H, W], (mean1, invstd1, mean2, invstd2), intermediates) with
     intermediates = (relu1 output, conv1 output, relu2 output) when keep, else None."""
+    dtype = prefix.dtype  # the buffer's: under autocast the low-precision type, parameters are cast to it
     mean1, invstd1 = _normalization(layer.norm1, prefix)
-    act1 = bn_relu(prefix, *_affine(layer.norm1.weight, layer.norm1.bias, mean1, invstd1))
-    hidden = F.conv2d(act1, layer.conv1.weight)
+    act1 = bn_relu(prefix, *_affine_as(layer.norm1.weight, layer.norm1.bias, mean1, invstd1, dtype))
+    hidden = F.conv2d(act1, layer.conv1.weight.to(dtype))
     mean2, invstd2 = _normalization(layer.norm2, hidden)
-    act2 = bn_relu(hidden, *_affine(layer.norm2.weight, layer.norm2.bias, mean2, invstd2))
-    new = F.conv2d(act2, layer.conv2.weight, padding=layer.dilation, dilation=layer.dilation)
+    act2 = bn_relu(hidden, *_affine_as(layer.norm2.weight, layer.norm2.bias, mean2, invstd2, dtype))
+    new = F.conv2d(act2, layer.conv2.weight.to(dtype), padding=layer.dilation, dilation=layer.dilation)
     return new, (mean1, invstd1, mean2, invstd2), ((act1, hidden, act2) if keep else None)
 
 
@@ -292,15 +305,16 @@ class _DenseLayerFunction(torch.autograd.Function):
         if len(saved) > 10:
             act1, hidden, act2 = saved[10:]
         else:  # recompute from the saved statistics: the same kernels on the same data as in forward
-            act1 = bn_relu(prefix, *_affine(weight1, bias1, mean1, invstd1))
-            hidden = F.conv2d(act1, conv1)
-            act2 = bn_relu(hidden, *_affine(weight2, bias2, mean2, invstd2))
+            dtype = prefix.dtype
+            act1 = bn_relu(prefix, *_affine_as(weight1, bias1, mean1, invstd1, dtype))
+            hidden = F.conv2d(act1, conv1.to(dtype))
+            act2 = bn_relu(hidden, *_affine_as(weight2, bias2, mean2, invstd2, dtype))
         needs = ctx.needs_input_grad
         # needs_input_grad: (state, index, token, weight1, bias1, conv1, weight2, bias2, conv2)
         grad_new = state.grad_buffer[:, start:stop]
         dilation = layer.dilation
         grad_act2, grad_conv2, _ = torch.ops.aten.convolution_backward(
-            grad_new, act2, conv2, None, [1, 1], [dilation, dilation], [dilation, dilation], False, [0, 0], 1,
+            grad_new, act2, conv2.to(act2.dtype), None, [1, 1], [dilation, dilation], [dilation, dilation], False, [0, 0], 1,
             [True, needs[8], False])
         grad_act2 = torch.ops.aten.threshold_backward(grad_act2, act2, 0)
         del act2
@@ -309,7 +323,7 @@ class _DenseLayerFunction(torch.autograd.Function):
             ctx.use_batch_stats[1], layer.norm2.eps, [True, needs[6], needs[7]])
         del grad_act2, hidden
         grad_act1, grad_conv1, _ = torch.ops.aten.convolution_backward(
-            grad_hidden, act1, conv1, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, needs[5], False])
+            grad_hidden, act1, conv1.to(act1.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, needs[5], False])
         grad_act1 = torch.ops.aten.threshold_backward(grad_act1, act1, 0)
         del act1, grad_hidden
         grad_prefix, grad_weight1, grad_bias1 = torch.ops.aten.native_batch_norm_backward(
@@ -317,9 +331,10 @@ class _DenseLayerFunction(torch.autograd.Function):
             ctx.use_batch_stats[0], layer.norm1.eps, [True, needs[3], needs[4]])
         del grad_act1
         state.grad_buffer[:, :start].add_(grad_prefix)
+        # (under autocast the convolution weight gradients come in the activations' dtype)
         return (None, None, grad_token, grad_weight1 if needs[3] else None, grad_bias1 if needs[4] else None,
-                grad_conv1 if needs[5] else None, grad_weight2 if needs[6] else None,
-                grad_bias2 if needs[7] else None, grad_conv2 if needs[8] else None)
+                grad_conv1.to(conv1.dtype) if needs[5] else None, grad_weight2 if needs[6] else None,
+                grad_bias2 if needs[7] else None, grad_conv2.to(conv2.dtype) if needs[8] else None)
 
 
 class _BlockExit(torch.autograd.Function):

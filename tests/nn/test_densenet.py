@@ -236,3 +236,33 @@ def test_banded_inference_matches_reference(generator, monkeypatch, channels_las
         torch.testing.assert_close(out, reference(x), rtol=1e-10, atol=1e-10)
         assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         torch.testing.assert_close(transition(out), transition_reference(out), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["naive", "memeff"])
+def test_training_under_bfloat16_autocast_tracks_float32(generator, memory_efficient):
+    """Under autocast the buffer is bfloat16. Its error against float32 is of the size of the
+    reference's own error under autocast (which keeps BatchNorm in float32)."""
+    block, reference = twins(generator, dtype=torch.float32, memory_efficient=memory_efficient)
+    x = torch.randn(2, 5, 8, 8, generator=generator)
+    grad_out = torch.randn(2, 17, 8, 8, generator=generator)
+    exact = run(reference, x, grad_out)
+
+    def autocast_run(module):
+        xb = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(xb)
+        out.float().backward(grad_out)
+        grads = [p.grad.clone() for p in module.parameters()]
+        module.zero_grad(set_to_none=True)
+        return out, xb.grad, grads
+
+    ours, theirs = autocast_run(block), autocast_run(reference)
+    assert ours[0].dtype == torch.bfloat16
+    assert all(g.dtype == torch.float32 for g in ours[2])
+
+    def relative(a, b):
+        return ((a.float() - b).norm() / b.norm()).item()
+
+    assert relative(ours[0], exact[0]) < 0.02
+    for got, reference_got, expected in zip([ours[1]] + ours[2], [theirs[1]] + theirs[2], [exact[1]] + exact[2]):
+        assert relative(got, expected) < 3 * relative(reference_got, expected) + 0.01
