@@ -97,36 +97,35 @@ def ladder_blend(
     cast = autocast_dtype(low, skip)
     if cast is None and weight.dtype != skip.dtype:
         raise ValueError(f"weight must have the inputs' dtype {skip.dtype}, got {weight.dtype}")
-    if _use_bands(low, skip, weight, bias, scale, shift):
-        return _ladder_blend_in_bands(low, skip, weight, bias, mode, scale, shift, relu, align_corners)
+    band_rows = _band_rows(skip, weight.shape[1]) if low.dim() == 4 and skip.dim() == 4 else None
+    if band_rows is not None and cast is None and _no_grad_needed(low, skip, weight, bias, scale, shift):
+        # conv2d(upsample_concat(...)) band by band: csrc/ops/ladder_blend.cpp
+        scale, shift = _complete_affine(scale, shift)
+        return torch.ops.fastladder.ladder_blend_bands(low, skip, weight, bias, mode, scale, shift, relu,
+                                                       align_corners, band_rows)
     joined = upsample_concat(low, skip, mode=mode, scale=scale, shift=shift, relu=relu, align_corners=align_corners)
     return F.conv2d(joined, weight, bias, padding=1)
 
 
-# The joined input of one band's convolution stays below this size and below a quarter of the
-# whole: small enough that the joined tensor is never stored whole (peak memory ≈ the output),
-# large enough (and at least MIN_BAND_ROWS rows) that each band's convolution runs at full speed.
+# In CPU inference, a joined input larger than this is convolved in bands of at most this size, so
+# that it is never stored whole (peak memory ≈ the output); a smaller one is convolved at once.
 BAND_BYTES = 32 * 2**20
 MIN_BAND_ROWS = 8
 
 
-def _use_bands(low, skip, weight, bias, scale, shift):
-    """Inference on CPU: no gradient will be asked for, so the blend can run band by band."""
-    tensors = [t for t in (low, skip, weight, bias, scale, shift) if t is not None]
-    if skip.device.type != "cpu" or low.dim() != 4 or skip.dim() != 4 or autocast_dtype(skip) is not None:
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-
-
-def _ladder_blend_in_bands(low, skip, weight, bias, mode, scale, shift, relu, align_corners):
-    """conv2d(upsample_concat(...), padding=1) one horizontal band of output rows at a time
-    (fastladder::ladder_blend_bands, csrc/ops/ladder_blend.cpp)."""
-    scale, shift = _complete_affine(scale, shift)
+def _band_rows(skip, joined_channels):
+    """Rows per band (equal bands of at most BAND_BYTES), or None when one pass is better."""
     height, width = skip.shape[-2:]
-    row_bytes = skip.shape[0] * weight.shape[1] * width * skip.element_size()
-    band_rows = max(MIN_BAND_ROWS, min(-(-height // 4), BAND_BYTES // max(1, row_bytes)))
-    return torch.ops.fastladder.ladder_blend_bands(low, skip, weight, bias, mode, scale, shift, relu, align_corners,
-                                                   band_rows)
+    joined_bytes = skip.shape[0] * joined_channels * height * width * skip.element_size()
+    if skip.device.type != "cpu" or joined_bytes <= BAND_BYTES:
+        return None
+    bands = -(-joined_bytes // BAND_BYTES)
+    rows = max(MIN_BAND_ROWS, -(-height // bands))
+    return rows if rows < height else None
+
+
+def _no_grad_needed(*tensors):
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
 def _complete_affine(scale, shift):

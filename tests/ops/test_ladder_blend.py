@@ -95,7 +95,7 @@ def test_bad_input(change, match):
 
 @pytest.mark.parametrize("mode", ["concat", "add"])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("band_bytes", [1, 3000, 10**9])
+@pytest.mark.parametrize("band_bytes", [1, 10000, 10**9])
 def test_inference_in_bands_matches_reference(seed, monkeypatch, mode, channels_last, band_bytes):
     # no gradient: ladder_blend convolves band by band; tiny band sizes force many bands (8 rows,
     # the minimum, with a last band of a different height)
