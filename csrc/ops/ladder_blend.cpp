@@ -59,18 +59,29 @@ at::Tensor ladder_blend_bands(const at::Tensor& low, const at::Tensor& skip, con
   at::Tensor out = at::empty({s.batch, weight.size(0), s.height, s.width}, skip.options().memory_format(format));
   if (out.numel() == 0) return out;
   static auto rows_op = c10::Dispatcher::singleton()
-                            .findSchemaOrThrow("fastladder::upsample_concat_rows", "")
-                            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
-                                              const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                                              bool, bool, int64_t, int64_t, bool)>();
+                            .findSchemaOrThrow("fastladder::upsample_concat_rows", "out")
+                            .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, c10::string_view,
+                                               const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                                               bool, bool, int64_t, int64_t, bool, at::Tensor&)>();
   const at::Tensor weight_cl = weight.contiguous(at::MemoryFormat::ChannelsLast);  // once, not once per band
   const bool transpose_on_cpu = out.is_cpu() && format == at::MemoryFormat::Contiguous;
+  // One band buffer for all bands (the last, shorter one gets its own): a fresh buffer per band
+  // would cost its page faults again every band.
+  at::Tensor buffer = at::empty({s.batch, s.out_channels, std::min(band_rows, s.height) + 2, s.width},
+                                skip.options().memory_format(at::MemoryFormat::ChannelsLast));
   for (int64_t first = 0; first < s.height; first += band_rows) {
     const int64_t count = std::min(band_rows, s.height - first);
-    const at::Tensor band =
-        rows_op.call(low, skip, mode, scale, shift, relu, align_corners, first - 1, count + 2, /*channels_last=*/true);
-    const at::Tensor result = at::conv2d(band, weight_cl, bias, /*stride=*/at::IntArrayRef{1, 1},
-                                              /*padding=*/at::IntArrayRef{0, 1});
+    if (buffer.size(2) != count + 2) {
+      buffer = at::empty({s.batch, s.out_channels, count + 2, s.width},
+                         skip.options().memory_format(at::MemoryFormat::ChannelsLast));
+    }
+    rows_op.call(low, skip, mode, scale, shift, relu, align_corners, first - 1, count + 2, /*channels_last=*/true,
+                 buffer);
+    at::Tensor result = at::conv2d(buffer, weight_cl, bias, /*stride=*/at::IntArrayRef{1, 1},
+                                   /*padding=*/at::IntArrayRef{0, 1});
+    if (count == s.height && result.sizes() == out.sizes() && result.is_contiguous(format)) {
+      return result;  // a single band already in the output's layout: no copy
+    }
     at::Tensor rows = out.narrow(2, first, count);
     if (transpose_on_cpu && is_channels_last(result)) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "ladder_blend_bands_copy",

@@ -70,6 +70,19 @@ void check_row_window(const UpsampleConcatShape& shape, int64_t row_begin, int64
                     "] for an output of height ", shape.height);
 }
 
+void check_rows_out(const at::Tensor& out, const UpsampleConcatShape& shape, int64_t row_count, bool channels_last,
+                    const at::Tensor& skip) {
+  TORCH_CHECK_VALUE(out.dim() == 4 && out.size(0) == shape.batch && out.size(1) == shape.out_channels &&
+                        out.size(2) == row_count && out.size(3) == shape.width,
+                    "out must have shape [", shape.batch, ", ", shape.out_channels, ", ", row_count, ", ", shape.width,
+                    "], got ", out.sizes());
+  TORCH_CHECK_VALUE(out.scalar_type() == skip.scalar_type() && out.device() == skip.device(),
+                    "out must have skip's dtype and device, got ", out.scalar_type(), " on ", out.device());
+  TORCH_CHECK_VALUE(out.is_contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous),
+                    "out must be ", channels_last ? "channels_last" : "NCHW", "-contiguous, got strides ",
+                    out.strides());
+}
+
 void check_upsample_concat_grad(const at::Tensor& grad_out, const UpsampleConcatShape& shape,
                                 const at::Tensor& skip) {
   TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == shape.batch && grad_out.size(1) == shape.out_channels &&
@@ -94,6 +107,9 @@ TORCH_LIBRARY_FRAGMENT(fastladder, m) {
   m.def(
       "upsample_concat_rows(Tensor low, Tensor skip, str mode, Tensor? scale, Tensor? shift, bool relu, "
       "bool align_corners, int row_begin, int row_count, bool channels_last) -> Tensor");
+  m.def(
+      "upsample_concat_rows.out(Tensor low, Tensor skip, str mode, Tensor? scale, Tensor? shift, bool relu, "
+      "bool align_corners, int row_begin, int row_count, bool channels_last, *, Tensor(a!) out) -> Tensor(a!)");
   // Gradients to (low, skip, scale, shift). scale/shift gradients are [C] when need_affine_grad
   // and empty [0] otherwise. Deterministic: a gather over the outputs each input feeds, no atomics.
   m.def(

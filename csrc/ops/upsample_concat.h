@@ -33,6 +33,11 @@ UpsampleConcatShape check_upsample_concat(const at::Tensor& low, const at::Tenso
 // output, at most one row beyond either border (the convolution's zero padding).
 void check_row_window(const UpsampleConcatShape& shape, int64_t row_begin, int64_t row_count);
 
+// The out= tensor of upsample_concat_rows: exactly [N, C_out, row_count, W] in the requested layout,
+// with skip's dtype and device (a band buffer reused across calls; never resized).
+void check_rows_out(const at::Tensor& out, const UpsampleConcatShape& shape, int64_t row_count, bool channels_last,
+                    const at::Tensor& skip);
+
 void check_upsample_concat_grad(const at::Tensor& grad_out, const UpsampleConcatShape& shape,
                                 const at::Tensor& skip);
 

@@ -99,7 +99,7 @@ def ladder_blend(
         raise ValueError(f"weight must have the inputs' dtype {skip.dtype}, got {weight.dtype}")
     band_rows = _band_rows(skip, weight.shape[1]) if low.dim() == 4 and skip.dim() == 4 else None
     if band_rows is not None and cast is None and _no_grad_needed(low, skip, weight, bias, scale, shift):
-        # conv2d(upsample_concat(...)) band by band: csrc/ops/ladder_blend.cpp
+        # conv2d(upsample_concat(...)) in channels_last bands: csrc/ops/ladder_blend.cpp
         scale, shift = _complete_affine(scale, shift)
         return torch.ops.fastladder.ladder_blend_bands(low, skip, weight, bias, mode, scale, shift, relu,
                                                        align_corners, band_rows)
@@ -107,21 +107,22 @@ def ladder_blend(
     return F.conv2d(joined, weight, bias, padding=1)
 
 
-# In CPU inference, a joined input larger than this is convolved in bands of at most this size, so
-# that it is never stored whole (peak memory ≈ the output); a smaller one is convolved at once.
-BAND_BYTES = 32 * 2**20
+# CPU inference runs through ladder_blend_bands: the joined input is written channels_last (the
+# layout oneDNN convolves fastest, whatever the input layout), and one larger than BAND_BYTES is
+# convolved in equal bands of at most that size, so that it is never stored whole (peak memory ≈ the
+# output).
+BAND_BYTES = 16 * 2**20
 MIN_BAND_ROWS = 8
 
 
 def _band_rows(skip, joined_channels):
-    """Rows per band (equal bands of at most BAND_BYTES), or None when one pass is better."""
+    """Rows per band on CPU (all rows: a single band, when the joined input is small), None elsewhere."""
+    if skip.device.type != "cpu":
+        return None
     height, width = skip.shape[-2:]
     joined_bytes = skip.shape[0] * joined_channels * height * width * skip.element_size()
-    if skip.device.type != "cpu" or joined_bytes <= BAND_BYTES:
-        return None
-    bands = -(-joined_bytes // BAND_BYTES)
-    rows = max(MIN_BAND_ROWS, -(-height // bands))
-    return rows if rows < height else None
+    bands = max(1, -(-joined_bytes // BAND_BYTES))
+    return max(1, min(height, max(MIN_BAND_ROWS, -(-height // bands))))
 
 
 def _no_grad_needed(*tensors):

@@ -7,10 +7,17 @@
 namespace fastladder {
 namespace common {
 
+// ReLU alone (NaN passes through, as in torch.relu); rounding commutes with it, so it may run on
+// stored outputs.
+template <typename T>
+FL_INLINE T relu_value(T x) {
+  return x < T(0) ? T(0) : x;
+}
+
 template <typename acc_t>
 FL_INLINE acc_t affine_relu(acc_t x, acc_t scale, acc_t shift, bool relu) {
   const acc_t y = x * scale + shift;
-  return (relu && y < acc_t(0)) ? acc_t(0) : y;  // NaN passes through, as in torch.relu
+  return relu ? relu_value(y) : y;
 }
 
 // d loss / d pre-activation, given d loss / d output and the recomputed pre-activation y. As

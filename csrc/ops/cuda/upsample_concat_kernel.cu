@@ -231,14 +231,11 @@ const scalar_t* optional_ptr(const c10::optional<at::Tensor>& t, at::Tensor& hol
 
 // Rows [row_begin, row_begin + row_count) of the result, channels_last or NCHW; the inputs are read
 // in skip's layout.
-at::Tensor forward(const at::Tensor& low_in, const at::Tensor& skip_in, const UpsampleConcatShape& s,
-                   const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu,
-                   bool align_corners, int64_t row_begin, int64_t row_count, bool channels_last_out) {
+void forward_into(const at::Tensor& low_in, const at::Tensor& skip_in, const UpsampleConcatShape& s,
+                  const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu,
+                  bool align_corners, int64_t row_begin, int64_t row_count, bool channels_last_out, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(low_in.device());
-  at::Tensor out = at::empty({s.batch, s.out_channels, row_count, s.width},
-                             skip_in.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
-                                                                               : at::MemoryFormat::Contiguous));
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return;
   const at::MemoryFormat input_format = output_format(skip_in);
   const at::Tensor low = low_in.contiguous(input_format), skip = skip_in.contiguous(input_format);
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -255,6 +252,15 @@ at::Tensor forward(const at::Tensor& low_in, const at::Tensor& skip_in, const Up
         low.data_ptr<scalar_t>(), skip.data_ptr<scalar_t>(), sp, bp, out.data_ptr<scalar_t>(), p, out.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor forward(const at::Tensor& low, const at::Tensor& skip, const UpsampleConcatShape& s,
+                   const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu,
+                   bool align_corners, int64_t row_begin, int64_t row_count, bool channels_last_out) {
+  at::Tensor out = at::empty({s.batch, s.out_channels, row_count, s.width},
+                             skip.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
+                                                                            : at::MemoryFormat::Contiguous));
+  forward_into(low, skip, s, scale, shift, relu, align_corners, row_begin, row_count, channels_last_out, out);
   return out;
 }
 
@@ -272,6 +278,17 @@ at::Tensor upsample_concat_rows_cuda(const at::Tensor& low, const at::Tensor& sk
   const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
   check_row_window(s, row_begin, row_count);
   return forward(low, skip, s, scale, shift, relu, align_corners, row_begin, row_count, channels_last);
+}
+
+at::Tensor& upsample_concat_rows_out_cuda(const at::Tensor& low, const at::Tensor& skip, c10::string_view mode,
+                                          const c10::optional<at::Tensor>& scale,
+                                          const c10::optional<at::Tensor>& shift, bool relu, bool align_corners,
+                                          int64_t row_begin, int64_t row_count, bool channels_last, at::Tensor& out) {
+  const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
+  check_row_window(s, row_begin, row_count);
+  check_rows_out(out, s, row_count, channels_last, skip);
+  forward_into(low, skip, s, scale, shift, relu, align_corners, row_begin, row_count, channels_last, out);
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backward_cuda(
@@ -333,6 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backw
 TORCH_LIBRARY_IMPL(fastladder, CUDA, m) {
   m.impl("upsample_concat", &upsample_concat_cuda);
   m.impl("upsample_concat_rows", &upsample_concat_rows_cuda);
+  m.impl("upsample_concat_rows.out", &upsample_concat_rows_out_cuda);
   m.impl("upsample_concat_backward", &upsample_concat_backward_cuda);
 }
 
