@@ -24,8 +24,8 @@ echo "== CUDA tests"
   | tee "$out_dir/gpu-tests-$stamp.log" | tail -30
 tests_rc=${PIPESTATUS[0]}
 
-echo "== GPU benchmarks"
-"$python" -P -m pytest benchmarks --benchmark-enable --bench-device cuda -q -p no:cacheprovider \
+echo "== GPU benchmarks (bench_models.py has no CUDA branch yet)"
+"$python" -P -m pytest benchmarks/bench_ladder_blend.py benchmarks/bench_boxes.py --benchmark-enable --bench-device cuda -q -p no:cacheprovider \
   --ratios-json="$out_dir/gpu-benchmarks-$stamp.json" 2>&1 | tail -40
 bench_rc=${PIPESTATUS[0]}
 
