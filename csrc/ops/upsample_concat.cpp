@@ -1,6 +1,7 @@
 // Schema and argument checks of fastladder::upsample_concat (kernels: cpu/ and cuda/).
 #include "ops/upsample_concat.h"
 
+#include <ATen/ATen.h>
 #include <torch/library.h>
 
 namespace fastladder {
@@ -83,15 +84,44 @@ void check_rows_out(const at::Tensor& out, const UpsampleConcatShape& shape, int
                     out.strides());
 }
 
-void check_upsample_concat_grad(const at::Tensor& grad_out, const UpsampleConcatShape& shape,
-                                const at::Tensor& skip) {
-  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == shape.batch && grad_out.size(1) == shape.out_channels &&
-                        grad_out.size(2) == shape.height && grad_out.size(3) == shape.width,
-                    "grad_out must have the output's shape [", shape.batch, ", ", shape.out_channels, ", ",
-                    shape.height, ", ", shape.width, "], got ", grad_out.sizes());
+UpsampleConcatShape check_upsample_concat_rows(const at::Tensor& low, const at::Tensor& skip, const std::string& mode,
+                                               const c10::optional<at::Tensor>& scale,
+                                               const c10::optional<at::Tensor>& shift, int64_t row_begin,
+                                               int64_t row_count) {
+  const UpsampleConcatShape shape = check_upsample_concat(low, skip, mode, scale, shift);
+  check_row_window(shape, row_begin, row_count);
+  return shape;
+}
+
+UpsampleConcatBackward prepare_upsample_concat_backward(const at::Tensor& grad_out, const at::Tensor& low,
+                                                        const at::Tensor& skip, const std::string& mode,
+                                                        const c10::optional<at::Tensor>& scale,
+                                                        const c10::optional<at::Tensor>& shift, bool need_affine_grad) {
+  UpsampleConcatBackward b;
+  b.shape = check_upsample_concat(low, skip, mode, scale, shift);
+  const UpsampleConcatShape& s = b.shape;
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == s.batch && grad_out.size(1) == s.out_channels &&
+                        grad_out.size(2) == s.height && grad_out.size(3) == s.width,
+                    "grad_out must have the output's shape [", s.batch, ", ", s.out_channels, ", ", s.height, ", ",
+                    s.width, "], got ", grad_out.sizes());
   TORCH_CHECK_VALUE(grad_out.scalar_type() == skip.scalar_type() && grad_out.device() == skip.device(),
                     "grad_out must match skip's dtype and device, got ", grad_out.scalar_type(), " on ",
                     grad_out.device());
+  TORCH_CHECK_VALUE(!need_affine_grad || s.has_affine, "need_affine_grad needs scale and shift");
+  b.format = output_format(skip);
+  b.low = low.contiguous(b.format);
+  b.skip = skip.contiguous(b.format);
+  b.grad_out = grad_out.contiguous(b.format);
+  b.grad_low = at::empty_like(b.low, b.low.options().memory_format(b.format));
+  b.grad_skip = at::empty_like(b.skip, b.skip.options().memory_format(b.format));
+  const int64_t affine_len = need_affine_grad ? s.out_channels : 0;
+  b.grad_scale = at::zeros({affine_len}, low.options());
+  b.grad_shift = at::zeros({affine_len}, low.options());
+  if (b.grad_out.numel() == 0) {
+    b.grad_low.zero_();
+    b.grad_skip.zero_();
+  }
+  return b;
 }
 
 }  // namespace ops

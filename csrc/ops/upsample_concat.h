@@ -38,8 +38,29 @@ void check_row_window(const UpsampleConcatShape& shape, int64_t row_begin, int64
 void check_rows_out(const at::Tensor& out, const UpsampleConcatShape& shape, int64_t row_count, bool channels_last,
                     const at::Tensor& skip);
 
-void check_upsample_concat_grad(const at::Tensor& grad_out, const UpsampleConcatShape& shape,
-                                const at::Tensor& skip);
+// All checks of upsample_concat_rows(.out): the op's arguments and the row window.
+UpsampleConcatShape check_upsample_concat_rows(const at::Tensor& low, const at::Tensor& skip, const std::string& mode,
+                                               const c10::optional<at::Tensor>& scale,
+                                               const c10::optional<at::Tensor>& shift, int64_t row_begin,
+                                               int64_t row_count);
+
+// What every backend's backward starts from: the checked shapes, the inputs and grad_out in the
+// output's layout, and the gradients allocated (grad_scale/grad_shift [C] when need_affine_grad,
+// else [0], zero-filled; grad_low/grad_skip zero-filled when grad_out is empty, uninitialized otherwise).
+struct UpsampleConcatBackward {
+  UpsampleConcatShape shape;
+  at::MemoryFormat format;
+  at::Tensor low, skip, grad_out;
+  at::Tensor grad_low, grad_skip, grad_scale, grad_shift;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gradients() const {
+    return {grad_low, grad_skip, grad_scale, grad_shift};
+  }
+};
+
+UpsampleConcatBackward prepare_upsample_concat_backward(const at::Tensor& grad_out, const at::Tensor& low,
+                                                        const at::Tensor& skip, const std::string& mode,
+                                                        const c10::optional<at::Tensor>& scale,
+                                                        const c10::optional<at::Tensor>& shift, bool need_affine_grad);
 
 }  // namespace ops
 }  // namespace fastladder

@@ -430,8 +430,8 @@ at::Tensor upsample_concat_rows_cpu(const at::Tensor& low, const at::Tensor& ski
                                     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
                                     bool relu, bool align_corners, int64_t row_begin, int64_t row_count,
                                     bool channels_last) {
-  const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
-  check_row_window(s, row_begin, row_count);
+  const UpsampleConcatShape s = check_upsample_concat_rows(low, skip, std::string(mode), scale, shift, row_begin,
+                                                           row_count);
   return forward(low, skip, s, scale, shift, relu, align_corners, RowWindow{row_begin, row_count}, channels_last);
 }
 
@@ -439,8 +439,8 @@ at::Tensor& upsample_concat_rows_out_cpu(const at::Tensor& low, const at::Tensor
                                          const c10::optional<at::Tensor>& scale,
                                          const c10::optional<at::Tensor>& shift, bool relu, bool align_corners,
                                          int64_t row_begin, int64_t row_count, bool channels_last, at::Tensor& out) {
-  const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
-  check_row_window(s, row_begin, row_count);
+  const UpsampleConcatShape s = check_upsample_concat_rows(low, skip, std::string(mode), scale, shift, row_begin,
+                                                           row_count);
   check_rows_out(out, s, row_count, channels_last, skip);
   forward_into(low, skip, s, scale, shift, relu, align_corners, RowWindow{row_begin, row_count}, channels_last, out);
   return out;
@@ -450,34 +450,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backw
     const at::Tensor& grad_in, const at::Tensor& low_in, const at::Tensor& skip_in, c10::string_view mode,
     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu, bool align_corners,
     bool need_affine_grad) {
-  const UpsampleConcatShape s = check_upsample_concat(low_in, skip_in, std::string(mode), scale, shift);
-  check_upsample_concat_grad(grad_in, s, skip_in);
-  TORCH_CHECK_VALUE(!need_affine_grad || s.has_affine, "need_affine_grad needs scale and shift");
-  const at::MemoryFormat format = output_format(skip_in);
-  const bool channels_last = format == at::MemoryFormat::ChannelsLast;
-  const at::Tensor low = low_in.contiguous(format), skip = skip_in.contiguous(format);
-  const at::Tensor grad_out = grad_in.contiguous(format);
-  at::Tensor grad_low = at::empty_like(low, low.options().memory_format(format));
-  at::Tensor grad_skip = at::empty_like(skip, skip.options().memory_format(format));
-  const int64_t affine_len = need_affine_grad ? s.out_channels : 0;
-  at::Tensor grad_scale = at::zeros({affine_len}, low.options());
-  at::Tensor grad_shift = at::zeros({affine_len}, low.options());
-  if (grad_out.numel() == 0) {
-    grad_low.zero_();
-    grad_skip.zero_();
-    return {grad_low, grad_skip, grad_scale, grad_shift};
-  }
+  UpsampleConcatBackward b =
+      prepare_upsample_concat_backward(grad_in, low_in, skip_in, std::string(mode), scale, shift, need_affine_grad);
+  if (b.grad_out.numel() == 0) return b.gradients();
+  const UpsampleConcatShape& s = b.shape;
+  const bool channels_last = b.format == at::MemoryFormat::ChannelsLast;
   at::Tensor grad_up;
   if (s.mode == JoinMode::kConcat) {
-    grad_up = at::empty({s.batch, s.low_channels, s.height, s.width}, low.options().memory_format(format));
+    grad_up = at::empty({s.batch, s.low_channels, s.height, s.width}, b.low.options().memory_format(b.format));
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, low.scalar_type(), "upsample_concat_backward_cpu", [&] {
-    backward_join_kernel<scalar_t>(grad_out, low, skip, s, scale, shift, relu, align_corners, channels_last,
-                                   grad_skip, grad_up, need_affine_grad, grad_scale, grad_shift);
-    backward_gather_kernel<scalar_t>(s.mode == JoinMode::kConcat ? grad_up : grad_skip, grad_low, s, align_corners,
-                                     channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.low.scalar_type(), "upsample_concat_backward_cpu", [&] {
+    backward_join_kernel<scalar_t>(b.grad_out, b.low, b.skip, s, scale, shift, relu, align_corners, channels_last,
+                                   b.grad_skip, grad_up, need_affine_grad, b.grad_scale, b.grad_shift);
+    backward_gather_kernel<scalar_t>(s.mode == JoinMode::kConcat ? grad_up : b.grad_skip, b.grad_low, s,
+                                     align_corners, channels_last);
   });
-  return {grad_low, grad_skip, grad_scale, grad_shift};
+  return b.gradients();
 }
 
 }  // namespace

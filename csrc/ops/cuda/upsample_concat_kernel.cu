@@ -275,8 +275,8 @@ at::Tensor upsample_concat_rows_cuda(const at::Tensor& low, const at::Tensor& sk
                                      const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
                                      bool relu, bool align_corners, int64_t row_begin, int64_t row_count,
                                      bool channels_last) {
-  const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
-  check_row_window(s, row_begin, row_count);
+  const UpsampleConcatShape s = check_upsample_concat_rows(low, skip, std::string(mode), scale, shift, row_begin,
+                                                           row_count);
   return forward(low, skip, s, scale, shift, relu, align_corners, row_begin, row_count, channels_last);
 }
 
@@ -284,8 +284,8 @@ at::Tensor& upsample_concat_rows_out_cuda(const at::Tensor& low, const at::Tenso
                                           const c10::optional<at::Tensor>& scale,
                                           const c10::optional<at::Tensor>& shift, bool relu, bool align_corners,
                                           int64_t row_begin, int64_t row_count, bool channels_last, at::Tensor& out) {
-  const UpsampleConcatShape s = check_upsample_concat(low, skip, std::string(mode), scale, shift);
-  check_row_window(s, row_begin, row_count);
+  const UpsampleConcatShape s = check_upsample_concat_rows(low, skip, std::string(mode), scale, shift, row_begin,
+                                                           row_count);
   check_rows_out(out, s, row_count, channels_last, skip);
   forward_into(low, skip, s, scale, shift, relu, align_corners, row_begin, row_count, channels_last, out);
   return out;
@@ -295,23 +295,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backw
     const at::Tensor& grad_in, const at::Tensor& low_in, const at::Tensor& skip_in, c10::string_view mode,
     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift, bool relu, bool align_corners,
     bool need_affine_grad) {
-  const UpsampleConcatShape s = check_upsample_concat(low_in, skip_in, std::string(mode), scale, shift);
-  check_upsample_concat_grad(grad_in, s, skip_in);
-  TORCH_CHECK_VALUE(!need_affine_grad || s.has_affine, "need_affine_grad needs scale and shift");
   const c10::cuda::CUDAGuard guard(low_in.device());
-  const at::MemoryFormat format = output_format(skip_in);
-  const at::Tensor low = low_in.contiguous(format), skip = skip_in.contiguous(format);
-  const at::Tensor grad_out = grad_in.contiguous(format);
-  at::Tensor grad_low = at::empty_like(low, low.options().memory_format(format));
-  at::Tensor grad_skip = at::empty_like(skip, skip.options().memory_format(format));
-  const int64_t affine_len = need_affine_grad ? s.out_channels : 0;
-  at::Tensor grad_scale = at::zeros({affine_len}, low.options());
-  at::Tensor grad_shift = at::zeros({affine_len}, low.options());
-  if (grad_out.numel() == 0) {
-    grad_low.zero_();
-    grad_skip.zero_();
-    return {grad_low, grad_skip, grad_scale, grad_shift};
-  }
+  UpsampleConcatBackward b =
+      prepare_upsample_concat_backward(grad_in, low_in, skip_in, std::string(mode), scale, shift, need_affine_grad);
+  if (b.grad_out.numel() == 0) return b.gradients();
+  const UpsampleConcatShape& s = b.shape;
+  const at::MemoryFormat format = b.format;
+  const at::Tensor &low = b.low, &skip = b.skip, &grad_out = b.grad_out;
+  at::Tensor &grad_low = b.grad_low, &grad_skip = b.grad_skip, &grad_scale = b.grad_scale, &grad_shift = b.grad_shift;
   const bool concat = s.mode == JoinMode::kConcat;
   at::Tensor grad_up = concat ? at::empty({s.batch, s.low_channels, s.height, s.width}, low.options().memory_format(format))
                               : grad_skip;
@@ -342,7 +333,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backw
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {grad_low, grad_skip, grad_scale, grad_shift};
+  return b.gradients();
 }
 
 }  // namespace
