@@ -3,12 +3,20 @@
     fastladder demo                 the main job on a fresh machine, on built-in data
     fastladder bench ladder-blend   ladder_blend vs its baselines (time and memory ratios)
     fastladder info                 what this build contains
+
+Commands of a pipeline (train, eval, predict, ...) live beside it, in a ``commands`` module with
+``register(subparsers)``; ``_COMMAND_MODULES`` lists them. Their imports happen when they run.
 """
 import argparse
+import importlib
 import json
 import sys
 
 __all__ = ["main"]
+
+# Each module defines register(subparsers): adds its subcommands, each with set_defaults(func=...).
+_COMMAND_MODULES = (
+)
 
 
 def _device_default():
@@ -93,6 +101,9 @@ def build_parser():
 
     info = sub.add_parser("info", help="what this build of fastladder contains")
     info.set_defaults(func=cmd_info)
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
