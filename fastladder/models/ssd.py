@@ -120,8 +120,9 @@ def ssd_priors(image_size: SizeLike, feature_sizes: Sequence[SizeLike], steps: O
         min_sizes: each map's base prior side in pixels.
         max_sizes: each map's max size (pixels) for the extra square prior, or None for none.
         aspect_ratios: each map's ratios (besides 1); None: no ratio priors.
-        clip: clamp every value (cx, cy, w, h) to [0, 1], as torchvision's DefaultBoxGenerator and
-            the common SSD ports do (a prior is never wider or taller than the image).
+        clip: clamp w and h to [0, 1] (a prior is never wider or taller than the image), as
+            torchvision's DefaultBoxGenerator does; centres stay on the grid (with the Caffe steps
+            the last centres of the 10×10 map lie at 9.5 · 32 / 300 = 1.013, just outside).
         flip: add ``1 / ar`` for every ``ar`` (the Caffe PriorBox ``flip``).
         dtype, device: of the result (computed in float64).
 
@@ -167,7 +168,7 @@ def ssd_priors(image_size: SizeLike, feature_sizes: Sequence[SizeLike], steps: O
         out.append(priors.reshape(-1, 4))
     priors = torch.cat(out) if out else torch.zeros(0, 4, dtype=torch.float64)
     if clip:
-        priors = priors.clamp(0.0, 1.0)
+        priors = torch.cat([priors[:, :2], priors[:, 2:].clamp(0.0, 1.0)], dim=1)
     return priors.to(dtype=dtype, device=device)
 
 
