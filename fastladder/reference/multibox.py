@@ -43,8 +43,8 @@ def match_priors(gt_boxes, gt_labels, priors: torch.Tensor,
         boxes = boxes.to(priors.dtype)
         iou = box_iou(boxes, priors_xyxy)  # [G, P]
         # step 2: each prior's best ground truth (a strictly higher IoU replaces, so ties keep the first)
-        best_overlap = torch.full((num_priors,), -1.0, dtype=iou.dtype)
-        best_gt = torch.zeros(num_priors, dtype=torch.int64)
+        best_overlap = torch.full((num_priors,), -1.0, dtype=iou.dtype, device=iou.device)
+        best_gt = torch.zeros(num_priors, dtype=torch.int64, device=iou.device)
         for g in range(len(labels)):
             better = iou[g] > best_overlap
             best_overlap[better] = iou[g][better]
@@ -85,7 +85,7 @@ def multibox_loss(loc: torch.Tensor, conf_logits: torch.Tensor, priors: torch.Te
         diff = (loc[b][positive] - target[positive]).abs()
         box_sum = box_sum + torch.where(diff < 1.0, 0.5 * diff * diff, diff - 0.5).sum()
         log_probabilities = torch.log_softmax(conf_logits[b], dim=-1)
-        cross_entropy = -log_probabilities[torch.arange(len(labels[b])), labels[b]]
+        cross_entropy = -log_probabilities[torch.arange(len(labels[b]), device=labels.device), labels[b]]
         conf_sum = conf_sum + cross_entropy[positive].sum()
         negatives = torch.nonzero(~positive).flatten()
         num_negative = min(max(math.floor(num_positive * neg_pos_ratio), min_negatives), len(negatives))
