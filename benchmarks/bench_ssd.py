@@ -39,7 +39,8 @@ def _sync(device):
 
 def _measure(benchmark, case, implementation, device, fn):
     benchmark.group = case
-    benchmark.extra_info.update(impl=implementation, case=case, device=device, threads=torch.get_num_threads())
+    benchmark.extra_info.update(impl=implementation, case=case, device=device,
+                                threads=torch.get_num_threads())
 
     def run():
         out = fn()
@@ -124,7 +125,8 @@ def test_train_step(benchmark, bench_device, model_and_data, implementation):
         return loss
 
     width = model.config["width"]
-    _measure(benchmark, f"ssd300 train step B={len(images)} width={width}", implementation, bench_device, step)
+    _measure(benchmark, f"ssd300 train step B={len(images)} width={width}", implementation, bench_device,
+             step)
 
 
 @pytest.mark.parametrize("implementation", ["fastladder", "reference"])

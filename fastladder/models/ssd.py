@@ -64,7 +64,8 @@ def _pair(value, name: str) -> Tuple[float, float]:
     """(y, x) of a number or an (h, w) pair."""
     if isinstance(value, (int, float)):
         return float(value), float(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+    pair = isinstance(value, (tuple, list)) and len(value) == 2
+    if pair and all(isinstance(v, (int, float)) for v in value):
         return float(value[0]), float(value[1])
     raise ValueError(f"{name} must be a number or an (h, w) pair, got {value!r}")
 
@@ -93,8 +94,9 @@ def priors_per_location(aspect_ratios: Sequence[Sequence[float]], max_sizes: Opt
 
 def ssd_priors(image_size: SizeLike, feature_sizes: Sequence[SizeLike], steps: Optional[Sequence] = None,
                min_sizes: Sequence[float] = (), max_sizes: Optional[Sequence[Optional[float]]] = None,
-               aspect_ratios: Optional[Sequence[Sequence[float]]] = None, clip: bool = True, *, flip: bool = True,
-               dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None) -> torch.Tensor:
+               aspect_ratios: Optional[Sequence[Sequence[float]]] = None, clip: bool = True, *,
+               flip: bool = True, dtype: torch.dtype = torch.float32,
+               device: Optional[torch.device] = None) -> torch.Tensor:
     """SSD prior (default) boxes, image-relative ``(cx, cy, w, h)``.
 
     For map k of size h_k × w_k, location (i, j) (row, column) has its centre at
@@ -157,9 +159,11 @@ def ssd_priors(image_size: SizeLike, feature_sizes: Sequence[SizeLike], steps: O
                 raise ValueError(f"max_sizes[{k}] must be positive, got {max_sizes[k]!r}")
             side = math.sqrt(min_size * float(max_sizes[k]))
             shapes.append((side, side))
-        ratios = _unique_ratios(aspect_ratios[k], flip, f"aspect_ratios[{k}]") if aspect_ratios is not None else []
+        ratios = [] if aspect_ratios is None else _unique_ratios(aspect_ratios[k], flip,
+                                                                 f"aspect_ratios[{k}]")
         shapes += [(min_size * math.sqrt(r), min_size / math.sqrt(r)) for r in ratios]
-        sizes = torch.tensor(shapes, dtype=torch.float64) / torch.tensor([image_w, image_h], dtype=torch.float64)
+        sizes = torch.tensor(shapes, dtype=torch.float64) / torch.tensor([image_w, image_h],
+                                                                         dtype=torch.float64)
         cy = (torch.arange(rows, dtype=torch.float64) + 0.5) * (step_y / image_h)
         cx = (torch.arange(cols, dtype=torch.float64) + 0.5) * (step_x / image_w)
         centers = torch.stack(torch.meshgrid(cx, cy, indexing="xy"), dim=-1)  # [rows, cols, 2] of (cx, cy)
@@ -261,8 +265,8 @@ class SSD(nn.Module):
                  steps: Optional[Sequence] = SSD300_CONFIG["steps"],
                  aspect_ratios: Optional[Sequence[Sequence[float]]] = SSD300_CONFIG["aspect_ratios"],
                  flip: bool = True, clip: bool = True, width: float = 1.0, l2norm_scale: float = 20.0,
-                 score_thresh: float = 0.01, nms_thresh: float = 0.45, topk: int = 400, max_detections: int = 200,
-                 variances: Sequence[float] = (0.1, 0.2), in_channels: int = 3):
+                 score_thresh: float = 0.01, nms_thresh: float = 0.45, topk: int = 400,
+                 max_detections: int = 200, variances: Sequence[float] = (0.1, 0.2), in_channels: int = 3):
         super().__init__()
         if not (isinstance(width, (int, float)) and width > 0 and math.isfinite(width)):
             raise ValueError(f"width must be a positive number, got {width!r}")
@@ -278,7 +282,8 @@ class SSD(nn.Module):
         if aspect_ratios is None:
             aspect_ratios = ((),) * num_maps
         self.config = dict(num_classes=num_classes, image_size=self.image_size, extra_layers=extra_layers,
-                           min_sizes=tuple(min_sizes), max_sizes=None if max_sizes is None else tuple(max_sizes),
+                           min_sizes=tuple(min_sizes),
+                           max_sizes=None if max_sizes is None else tuple(max_sizes),
                            steps=None if steps is None else tuple(steps),
                            aspect_ratios=tuple(tuple(r) for r in aspect_ratios), flip=flip, clip=clip,
                            width=width, l2norm_scale=l2norm_scale, score_thresh=score_thresh,
@@ -311,13 +316,14 @@ class SSD(nn.Module):
         if min(min(s) for s in feature_sizes) < 1:
             raise ValueError(f"image_size {self.image_size} is too small for this SSD: its maps would be "
                              f"{feature_sizes}")
-        self._prior_kwargs = dict(min_sizes=tuple(min_sizes), max_sizes=max_sizes, aspect_ratios=aspect_ratios,
-                                  clip=clip, flip=flip)
+        self._prior_kwargs = dict(min_sizes=tuple(min_sizes), max_sizes=max_sizes,
+                                  aspect_ratios=aspect_ratios, clip=clip, flip=flip)
         priors = ssd_priors(self.image_size, feature_sizes, steps, **self._prior_kwargs)
         self.head = SSDHead(map_channels, priors_per_location(aspect_ratios, max_sizes, flip), num_classes)
         self.postprocess = DetectionPostprocess(priors, num_classes, score_thresh=score_thresh,
-                                                nms_thresh=nms_thresh, topk=topk, max_detections=max_detections,
-                                                variances=variances, background=0)
+                                                nms_thresh=nms_thresh, topk=topk,
+                                                max_detections=max_detections, variances=variances,
+                                                background=0)
         self._priors_cache: Dict[tuple, torch.Tensor] = {}
         self.reset_parameters()
 
@@ -373,10 +379,10 @@ class SSD(nn.Module):
         if key not in self._priors_cache:
             feature_sizes = self.feature_sizes(size)
             if min(min(s) for s in feature_sizes) < 1:
-                raise ValueError(f"image size {size} is too small for this SSD: its maps would be {feature_sizes}; "
-                                 f"H and W must be at least {self.min_input_size()}")
-            self._priors_cache[key] = ssd_priors(size, feature_sizes, None, dtype=buffer.dtype, device=buffer.device,
-                                                 **self._prior_kwargs)
+                raise ValueError(f"image size {size} is too small for this SSD: its maps would be "
+                                 f"{feature_sizes}; H and W must be at least {self.min_input_size()}")
+            self._priors_cache[key] = ssd_priors(size, feature_sizes, None, dtype=buffer.dtype,
+                                                 device=buffer.device, **self._prior_kwargs)
         return self._priors_cache[key]
 
     def min_input_size(self) -> int:
@@ -392,8 +398,8 @@ class SSD(nn.Module):
             raise ValueError(f"x must be an image batch [B, {self.in_channels}, H, W], got {shape}")
         sizes = self.feature_sizes(tuple(x.shape[-2:]))
         if min(min(s) for s in sizes) < 1:
-            raise ValueError(f"x of shape {tuple(x.shape)} is too small for this SSD: its prediction maps would "
-                             f"be {sizes}; H and W must be at least {self.min_input_size()}")
+            raise ValueError(f"x of shape {tuple(x.shape)} is too small for this SSD: its prediction maps "
+                             f"would be {sizes}; H and W must be at least {self.min_input_size()}")
 
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The prediction maps: L2-normalised conv4_3, fc7, then every extra block's output."""
@@ -470,7 +476,8 @@ def _ssd(config: dict, num_classes: int, backbone_weights: Optional[WeightsLike]
     # The Caffe steps belong to the nominal size; elsewhere the centres follow each map's grid.
     kwargs.setdefault("steps", config["steps"] if nominal else None)
     if backbone_weights is not None and kwargs.get("width", 1.0) != 1.0:
-        raise ValueError(f"backbone_weights need the full-width VGG16 (width=1.0), got width={kwargs['width']}")
+        raise ValueError(f"backbone_weights need the full-width VGG16 (width=1.0), got "
+                         f"width={kwargs['width']}")
     model = SSD(num_classes, **kwargs)
     if backbone_weights is not None:
         model.load_backbone_weights(backbone_weights)

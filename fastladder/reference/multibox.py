@@ -67,7 +67,8 @@ def match_priors(gt_boxes, gt_labels, priors: torch.Tensor,
 
 
 def multibox_loss(loc: torch.Tensor, conf_logits: torch.Tensor, priors: torch.Tensor, gt_boxes, gt_labels, *,
-                  neg_pos_ratio: float = 3, iou_threshold: float = 0.5, variances: Sequence[float] = (0.1, 0.2),
+                  neg_pos_ratio: float = 3, iou_threshold: float = 0.5,
+                  variances: Sequence[float] = (0.1, 0.2),
                   min_negatives: int = 0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The SSD loss of fastladder.train.multibox.MultiBoxLoss, one image at a time.
 

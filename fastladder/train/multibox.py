@@ -45,8 +45,8 @@ def pad_ground_truth(gt_boxes: BoxesLike, gt_labels: BoxesLike) -> Tuple[torch.T
     if isinstance(gt_boxes, torch.Tensor):
         if gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 4 or gt_labels.dim() != 2 \
                 or gt_labels.shape != gt_boxes.shape[:2]:
-            raise ValueError(f"gt_boxes must be [B, M, 4] and gt_labels [B, M], got {tuple(gt_boxes.shape)} and "
-                             f"{tuple(gt_labels.shape)}")
+            raise ValueError(f"gt_boxes must be [B, M, 4] and gt_labels [B, M], got {tuple(gt_boxes.shape)} "
+                             f"and {tuple(gt_labels.shape)}")
         if gt_labels.is_floating_point() or gt_labels.dtype == torch.bool:
             raise ValueError(f"gt_labels must be an integer tensor, got {gt_labels.dtype}")
         return gt_boxes, gt_labels.long()
@@ -76,20 +76,22 @@ def _check_ground_truth(boxes: torch.Tensor, labels: torch.Tensor, num_classes: 
 
     On CPU a ValueError names the first bad row; elsewhere an asynchronous device assert (no sync)."""
     valid = labels >= 0
-    good_box = torch.isfinite(boxes).all(-1) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    good_box = torch.isfinite(boxes).all(-1) & (boxes[..., 2] > boxes[..., 0]) & \
+        (boxes[..., 3] > boxes[..., 1])
     good_label = labels >= 1
     if num_classes:
         good_label &= labels < num_classes
     bad = valid & ~(good_box & good_label)
     if boxes.device.type != "cpu":
-        torch._assert_async(~bad.any(), "ground truth: a box is empty/not finite or a label is 0 or out of range")
+        torch._assert_async(~bad.any(),
+                            "ground truth: a box is empty or not finite, or a label is 0 or out of range")
         return
     if bad.any():
         b, m = (int(v) for v in torch.nonzero(bad)[0])
         label_range = f"1 … {num_classes - 1}" if num_classes else "≥ 1"
         raise ValueError(f"ground truth of image {b}, row {m}: box {boxes[b, m].tolist()} with label "
-                         f"{int(labels[b, m])}; boxes must be finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1, "
-                         f"labels {label_range} (0 is the background, -1 marks padding)")
+                         f"{int(labels[b, m])}; boxes must be finite (x1, y1, x2, y2) with x2 > x1 and "
+                         f"y2 > y1, labels {label_range} (0 is the background, -1 marks padding)")
 
 
 def match_priors(gt_boxes: BoxesLike, gt_labels: BoxesLike, priors: torch.Tensor,
@@ -139,9 +141,10 @@ def _match_padded(boxes: torch.Tensor, labels: torch.Tensor, priors: torch.Tenso
     iou = box_iou(boxes.reshape(-1, 4), priors_xyxy).view(batch, num_gt, num_priors)
     iou = iou.masked_fill(~valid[..., None], -1.0)  # padding never wins and is never forced
     best_overlap = iou.amax(dim=1)                                                 # [B, P]
-    best_gt = iou.argmax(dim=1)                                                    # first max: lowest gt index
-    best_prior = iou.argmax(dim=2)                                                 # [B, M], lowest prior index
-    forced = torch.zeros_like(iou, dtype=torch.bool).scatter_(2, best_prior[..., None], True) & valid[..., None]
+    best_gt = iou.argmax(dim=1)                                  # [B, P], the first max: lowest gt index
+    best_prior = iou.argmax(dim=2)                               # [B, M], lowest prior index
+    forced = torch.zeros_like(iou, dtype=torch.bool).scatter_(2, best_prior[..., None], True)
+    forced &= valid[..., None]
     # among ground truths forcing the same prior, the highest IoU (then the lowest index) wins
     owner = torch.where(forced, iou, torch.full_like(iou, -2.0)).argmax(dim=1)   # [B, P]
     is_forced = forced.any(dim=1)
@@ -249,10 +252,12 @@ class MultiBoxLoss(nn.Module):
         order = mining.sort(dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(num_priors, device=order.device).expand(batch, num_priors))
-        num_negative = (num_positive.double() * self.neg_pos_ratio).floor().long().clamp(min=self.min_negatives)
+        num_negative = (num_positive.double() * self.neg_pos_ratio).floor().long()
+        num_negative = num_negative.clamp(min=self.min_negatives)
         num_negative = torch.minimum(num_negative, num_priors - num_positive)
         return rank < num_negative[:, None]
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, neg_pos_ratio={self.neg_pos_ratio}, "
-                f"iou_threshold={self.iou_threshold}, variances={self.variances}, min_negatives={self.min_negatives}")
+                f"iou_threshold={self.iou_threshold}, variances={self.variances}, "
+                f"min_negatives={self.min_negatives}")

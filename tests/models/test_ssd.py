@@ -30,8 +30,9 @@ def tiny_ssd300():
 # --- priors ---------------------------------------------------------------------------------------
 
 def test_prior_counts():
-    assert priors_per_location(SSD300_CONFIG["aspect_ratios"], SSD300_CONFIG["max_sizes"]) == [4, 6, 6, 6, 4, 4]
-    assert priors_per_location(SSD512_CONFIG["aspect_ratios"], SSD512_CONFIG["max_sizes"]) == [4, 6, 6, 6, 6, 4, 4]
+    c300, c512 = SSD300_CONFIG, SSD512_CONFIG
+    assert priors_per_location(c300["aspect_ratios"], c300["max_sizes"]) == [4, 6, 6, 6, 4, 4]
+    assert priors_per_location(c512["aspect_ratios"], c512["max_sizes"]) == [4, 6, 6, 6, 6, 4, 4]
     assert config_priors(SSD300_CONFIG, SSD300_MAPS).shape == (8732, 4)
     assert config_priors(SSD512_CONFIG, SSD512_MAPS).shape == (24564, 4)
 
@@ -46,14 +47,16 @@ def test_priors_follow_the_facts_formula():
         block = priors[start:start + f * f * per_location].view(f, f, per_location, 4)
         start += f * f * per_location
         s, extra = lo / 300, math.sqrt(lo * hi) / 300
-        expected = [(s, s), (extra, extra), (s * math.sqrt(2), s / math.sqrt(2)), (s / math.sqrt(2), s * math.sqrt(2))]
+        r2 = math.sqrt(2)
+        expected = [(s, s), (extra, extra), (s * r2, s / r2), (s / r2, s * r2)]
         if per_location == 6:
             expected += [(s * math.sqrt(3), s / math.sqrt(3)), (s / math.sqrt(3), s * math.sqrt(3))]
         i, j = f - 1, min(1, f - 1)  # a location off the diagonal: row i, column j
         for a, (w, h) in enumerate(expected):
-            assert block[0, 0, a].tolist() == pytest.approx([0.5 * step / 300, 0.5 * step / 300, w, h], abs=1e-12)
-            assert block[i, j, a].tolist() == pytest.approx([(j + 0.5) * step / 300, (i + 0.5) * step / 300, w, h],
-                                                            abs=1e-12)
+            first = [0.5 * step / 300, 0.5 * step / 300, w, h]
+            assert block[0, 0, a].tolist() == pytest.approx(first, abs=1e-12)
+            other = [(j + 0.5) * step / 300, (i + 0.5) * step / 300, w, h]
+            assert block[i, j, a].tolist() == pytest.approx(other, abs=1e-12)
     assert start == 8732
 
 
@@ -61,13 +64,14 @@ def test_priors_clip_and_match_torchvision():
     """The VOC SSD300 priors equal torchvision's DefaultBoxGenerator with scales min_sizes/300 + [315/300]."""
     anchor_utils = pytest.importorskip("torchvision.models.detection.anchor_utils")
     scales = [s / 300 for s in SSD300_CONFIG["min_sizes"]] + [315 / 300]
-    generator = anchor_utils.DefaultBoxGenerator([list(r) for r in SSD300_CONFIG["aspect_ratios"]], scales=scales,
-                                                 steps=list(SSD300_CONFIG["steps"]), clip=True)
+    generator = anchor_utils.DefaultBoxGenerator([list(r) for r in SSD300_CONFIG["aspect_ratios"]],
+                                                 scales=scales, steps=list(SSD300_CONFIG["steps"]), clip=True)
     expected = generator._grid_default_boxes([[f, f] for f in SSD300_MAPS], [300, 300], dtype=torch.float64)
     priors = config_priors(SSD300_CONFIG, SSD300_MAPS)
     torch.testing.assert_close(priors, expected, rtol=0, atol=1e-6)  # torchvision rounds to float32
     assert priors[:, 2:].max() <= 1 and priors.min() > 0
-    assert config_priors(SSD300_CONFIG, SSD300_MAPS, clip=False)[:, 2:].max() > 1  # the last map's wide priors
+    unclipped = config_priors(SSD300_CONFIG, SSD300_MAPS, clip=False)
+    assert unclipped[:, 2:].max() > 1  # the last map's wide priors
 
 
 def test_custom_aspect_ratios_and_convention():
@@ -75,7 +79,8 @@ def test_custom_aspect_ratios_and_convention():
     so 1 + 1 + 4 = 6 per location; ar = w / h, so 0.3 is a tall box."""
     ratios = ((0.3, 0.5, 1, 2, 3),) * 6
     assert priors_per_location(ratios, SSD300_CONFIG["max_sizes"], flip=False) == [6] * 6
-    assert priors_per_location(ratios, SSD300_CONFIG["max_sizes"], flip=True) == [8] * 6  # + 1/0.3, 1/0.5 == 2 dropped
+    # flipped: + 1/0.3 and 1/3 (1/0.5 = 2 and 1/2 = 0.5 are duplicates)
+    assert priors_per_location(ratios, SSD300_CONFIG["max_sizes"], flip=True) == [8] * 6
     assert priors_per_location(((2,),), None) == [3]
     priors = ssd_priors(300, [1], None, [100], None, [(0.3,)], clip=False, flip=False, dtype=torch.float64)
     assert priors.shape == (2, 4)
@@ -124,8 +129,9 @@ def test_architecture_at_full_width():
     assert model.fc6.weight.shape == (1024, 512, 3, 3) and model.fc6.dilation == (6, 6)
     assert model.fc7.weight.shape == (1024, 1024, 1, 1)
     assert model.l2norm.weight.shape == (512,) and torch.all(model.l2norm.weight == 20)
-    assert [(e.reduce.out_channels, e.conv.out_channels, e.conv.stride[0], e.conv.padding[0]) for e in model.extras] \
-        == [(256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0)]
+    extras = [(e.reduce.out_channels, e.conv.out_channels, e.conv.stride[0], e.conv.padding[0])
+              for e in model.extras]
+    assert extras == [(256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0)]
     assert [c.in_channels for c in model.head.loc] == [512, 1024, 512, 256, 256, 256]
     assert model.feature_sizes(300) == [(f, f) for f in SSD300_MAPS]
     assert model.priors.shape == (8732, 4)
@@ -249,7 +255,8 @@ def test_mismatched_weights_name_the_keys(vgg16_features_state):
     with pytest.raises(ValueError, match=r"unexpected keys \(1\): features\.1\.running_mean"):
         model.load_backbone_weights(bn_like)
     wrong = dict(vgg16_features_state, **{"features.2.weight": torch.zeros(64, 32, 3, 3)})
-    with pytest.raises(ValueError, match=r"features\.2\.weight: checkpoint \(64, 32, 3, 3\) vs model \(64, 64, 3, 3\)"):
+    message = r"features\.2\.weight: checkpoint \(64, 32, 3, 3\) vs model \(64, 64, 3, 3\)"
+    with pytest.raises(ValueError, match=message):
         model.load_backbone_weights(wrong)
     with pytest.raises(ValueError, match="backbone_weights must be a path or a state_dict"):
         model.load_backbone_weights(42)
@@ -267,7 +274,8 @@ def test_l2norm_formula_and_gradient(generator):
     norm = norm.double()
     y = norm(x)
     length = x.pow(2).sum(dim=1, keepdim=True).sqrt()
-    expected = torch.where(length > 0, x / length.clamp(min=1e-300), torch.zeros_like(x)) * norm.weight.view(1, -1, 1, 1)
+    unit = torch.where(length > 0, x / length.clamp(min=1e-300), torch.zeros_like(x))
+    expected = unit * norm.weight.view(1, -1, 1, 1)
     torch.testing.assert_close(y, expected)
     assert torch.all(y[0, :, 1, 2] == 0)
     y.sum().backward()

@@ -16,8 +16,8 @@ from fastladder.train.multibox import MultiBoxLoss, match_priors, pad_ground_tru
 def priors():
     """The 8732 SSD300 priors, float64."""
     c = SSD300_CONFIG
-    return ssd_priors(300, [38, 19, 10, 5, 3, 1], c["steps"], c["min_sizes"], c["max_sizes"], c["aspect_ratios"],
-                      dtype=torch.float64)
+    return ssd_priors(300, [38, 19, 10, 5, 3, 1], c["steps"], c["min_sizes"], c["max_sizes"],
+                      c["aspect_ratios"], dtype=torch.float64)
 
 
 def small_priors(generator, n=300):
@@ -38,7 +38,8 @@ def random_ground_truth(generator, batch, most, num_classes=21, dtype=torch.floa
     if batch > 1:
         counts[1] = 0  # an image without objects
     labels[torch.arange(most)[None, :] >= counts[:, None]] = -1
-    boxes[labels < 0] = torch.rand(int((labels < 0).sum()), 4, generator=generator, dtype=torch.float64).to(dtype)
+    padding = labels < 0
+    boxes[padding] = torch.rand(int(padding.sum()), 4, generator=generator, dtype=torch.float64).to(dtype)
     return boxes, labels
 
 
@@ -47,7 +48,8 @@ def xyxy(*boxes):
 
 
 def as_priors(boxes_xyxy):
-    return torch.cat([(boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]) / 2, boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]], dim=1)
+    low, high = boxes_xyxy[:, :2], boxes_xyxy[:, 2:]
+    return torch.cat([(low + high) / 2, high - low], dim=1)
 
 
 # --- matching -------------------------------------------------------------------------------------
@@ -72,7 +74,8 @@ def test_matching_matches_reference(generator, priors, num_priors):
 def test_matching_threshold_is_strict_and_on_best_overlap():
     gt = xyxy([0.0, 0.0, 0.4, 0.4])
     # prior 0: the gt itself (IoU 1, forced); prior 1: IoU exactly 0.5; prior 2: IoU 0.64; prior 3: IoU 0
-    prior_boxes = xyxy([0.0, 0.0, 0.4, 0.4], [0.0, 0.0, 0.4, 0.2], [0.0, 0.0, 0.4, 0.256], [0.6, 0.6, 0.9, 0.9])
+    prior_boxes = xyxy([0.0, 0.0, 0.4, 0.4], [0.0, 0.0, 0.4, 0.2], [0.0, 0.0, 0.4, 0.256],
+                       [0.6, 0.6, 0.9, 0.9])
     matched, labels = match_priors(gt[None], torch.tensor([[7]]), as_priors(prior_boxes))
     assert labels.tolist() == [[7, 0, 7, 0]]
     assert torch.equal(matched[0, 0], gt[0]) and torch.equal(matched[0, 2], gt[0])
@@ -131,8 +134,8 @@ def test_ground_truth_with_no_prior_above_threshold(priors):
 
 
 def test_no_ground_truth_and_list_input(generator, priors):
-    matched, labels = match_priors(torch.zeros(2, 0, 4, dtype=torch.float64), torch.zeros(2, 0, dtype=torch.int64),
-                                   priors)
+    no_boxes, no_labels = torch.zeros(2, 0, 4, dtype=torch.float64), torch.zeros(2, 0, dtype=torch.int64)
+    matched, labels = match_priors(no_boxes, no_labels, priors)
     assert matched.shape == (2, 8732, 4) and not labels.any()
     torch.testing.assert_close(matched[1], priors_to_xyxy(priors))
     assert encode_boxes(matched, priors).abs().max() < 1e-9  # background targets are zero offsets
@@ -167,7 +170,8 @@ def test_matching_errors(priors):
 
 def head_outputs(generator, batch, num_priors, num_classes, dtype=torch.float64):
     loc = torch.randn(batch, num_priors, 4, generator=generator, dtype=torch.float64).to(dtype)
-    conf = (torch.randn(batch, num_priors, num_classes, generator=generator, dtype=torch.float64) * 2).to(dtype)
+    conf = torch.randn(batch, num_priors, num_classes, generator=generator, dtype=torch.float64) * 2
+    conf = conf.to(dtype)
     return loc.requires_grad_(), conf.requires_grad_()
 
 
@@ -264,8 +268,8 @@ def test_cuda_matches_cpu(generator, priors):
     boxes, labels = random_ground_truth(generator, 3, 5, dtype=torch.float32)
     loc, conf = head_outputs(generator, 3, priors.shape[0], 21, dtype=torch.float32)
     want, want_parts = MultiBoxLoss(21)(loc, conf, priors.float(), boxes, labels)
-    got, parts = MultiBoxLoss(21)(loc.detach().cuda(), conf.detach().cuda(), priors.float().cuda(), boxes.cuda(),
-                                  labels.cuda())
+    got, parts = MultiBoxLoss(21)(loc.detach().cuda(), conf.detach().cuda(), priors.float().cuda(),
+                                  boxes.cuda(), labels.cuda())
     torch.testing.assert_close(got.cpu(), want.detach(), rtol=1e-5, atol=1e-5)
     matched = match_priors(boxes.cuda(), labels.cuda(), priors.float().cuda())
     assert torch.equal(matched[1].cpu(), match_priors(boxes, labels, priors.float())[1])
