@@ -85,8 +85,8 @@ class SSDHead(nn.Module):
     @staticmethod
     def _flatten(x: torch.Tensor, values: int) -> torch.Tensor:
         # [B, A * values, h, w] → [B, h, w, A * values] → [B, h * w * A, values]: prior order
-        batch = x.shape[0]
-        return x.permute(0, 2, 3, 1).reshape(batch, -1, values)
+        batch, channels, height, width = x.shape
+        return x.permute(0, 2, 3, 1).reshape(batch, height * width * (channels // values), values)
 
     def forward(self, features: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         if len(features) != len(self.loc):

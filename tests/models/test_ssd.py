@@ -194,6 +194,19 @@ def test_other_input_size(tiny_ssd300, generator):
         model(torch.randn(3, 300, 300))
 
 
+def test_empty_batch_and_dtype_conversion():
+    model = ssd300_vgg16(num_classes=3, width=0.125)
+    with torch.no_grad():
+        loc, conf = model(torch.zeros(0, 3, 300, 300))
+        assert loc.shape == (0, 8732, 4) and conf.shape == (0, 8732, 3)
+        assert model.priors_for((300, 340)).dtype == torch.float32
+        model.double().eval()
+        assert model.priors.dtype == torch.float64 and model.priors_for((300, 340)).dtype == torch.float64
+        detections = model(torch.randn(1, 3, 300, 340, dtype=torch.float64))
+        assert detections.boxes.dtype == torch.float64 and detections.boxes.shape == (1, 200, 4)
+        assert model(torch.zeros(0, 3, 300, 300, dtype=torch.float64)).num_detections.shape == (0,)
+
+
 def test_loss_gradients_reach_every_parameter(generator):
     torch.manual_seed(1)
     model = ssd300_vgg16(num_classes=4, width=0.125)

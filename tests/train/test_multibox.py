@@ -236,6 +236,15 @@ def test_zero_positives(generator, priors):
     torch.testing.assert_close(loss, want)
 
 
+def test_empty_batch(priors):
+    loc = torch.zeros(0, 8732, 4, dtype=torch.float64, requires_grad=True)
+    conf = torch.zeros(0, 8732, 3, dtype=torch.float64, requires_grad=True)
+    loss, parts = MultiBoxLoss(3)(loc, conf, priors, torch.zeros(0, 2, 4, dtype=torch.float64),
+                                  torch.zeros(0, 2, dtype=torch.int64))
+    loss.backward()
+    assert loss.item() == 0 and parts["loc"].item() == 0 and loc.grad.shape == (0, 8732, 4)
+
+
 def test_perfect_prediction_has_zero_box_loss(generator, priors):
     boxes, labels = random_ground_truth(generator, 2, 3)
     matched, _ = match_priors(boxes, labels, priors)
