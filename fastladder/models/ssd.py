@@ -8,8 +8,9 @@ further. A 3×3 multibox head on every map predicts, for every prior (default bo
 and C class logits (class 0 = background).
 
 Input: RGB images in [0, 1] normalised with torchvision's ImageNet mean (0.485, 0.456, 0.406) and
-std (0.229, 0.224, 0.225), the statistics the VGG16 ImageNet weights were trained with; the
-normalisation is the caller's (e.g. ``fastladder.nn.Normalize`` or the data transforms).
+std (0.229, 0.224, 0.225) (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`), the statistics the VGG16
+ImageNet weights were trained with: ``(image - mean) / std`` per channel. The normalisation is
+the caller's (the data pipeline's), so that the model sees exactly what it is given.
 
 Priors: image-relative ``(cx, cy, w, h)``; aspect ratio ``ar = w / h`` with ``w = s·sqrt(ar)``,
 ``h = s/sqrt(ar)`` (ar < 1: taller than wide); see :func:`ssd_priors`. In train mode the model
@@ -31,7 +32,11 @@ from fastladder.nn.ssd import L2Norm, SSDHead
 from fastladder.ops.boxes import Detections, ssd_postprocess
 
 __all__ = ["ssd_priors", "priors_per_location", "SSD", "ssd300_vgg16", "ssd512_vgg16", "SSD300_CONFIG",
-           "SSD512_CONFIG"]
+           "SSD512_CONFIG", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+# The input normalisation the torchvision VGG16 ImageNet weights expect (RGB, images in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SizeLike = Union[int, Tuple[int, int]]
 
@@ -256,6 +261,14 @@ class SSD(nn.Module):
     train: ``(loc [B, P, 4], conf_logits [B, P, C])``, the offsets (dx, dy, dw, dh) and logits of
     the P priors (:attr:`priors`, or :meth:`priors_for` (H, W)); eval: :class:`Detections`
     ``(boxes [B, K, 4] image-relative xyxy, scores [B, K], labels [B, K], num_detections [B])``.
+
+    Example::
+
+        model = ssd300_vgg16(num_classes=21, backbone_weights="vgg16-397923af.pth")
+        criterion = MultiBoxLoss(21)                       # fastladder.train.multibox
+        loc, conf_logits = model(images)                   # train mode
+        loss, parts = criterion(loc, conf_logits, model.priors, gt_boxes, gt_labels)
+        detections = model.eval()(images).to_list()        # [(boxes, scores, labels)] per image
     """
 
     def __init__(self, num_classes: int = 21, *, image_size: SizeLike = 300,

@@ -194,6 +194,25 @@ def test_other_input_size(tiny_ssd300, generator):
         model(torch.randn(3, 300, 300))
 
 
+def test_small_custom_ssd(generator):
+    """Configurable maps: one extra block on a 64×64 input gives 8×8, 4×4 and 2×2 prediction maps."""
+    model = SSD(num_classes=3, image_size=64, extra_layers=((16, 32, 3, 2, 1),), min_sizes=(8, 20, 40),
+                max_sizes=(20, 40, 64), steps=None, aspect_ratios=((2,), (2, 3), (0.4,)), width=0.125)
+    assert model.feature_sizes(64) == [(8, 8), (4, 4), (2, 2)]
+    assert model.priors_per_location == (4, 6, 4)
+    assert model.priors.shape == (64 * 4 + 16 * 6 + 4 * 4, 4)
+    assert model.priors[0, :2].tolist() == pytest.approx([1 / 16, 1 / 16])  # steps None: 64 / 8 = 8 px
+    x = torch.randn(2, 3, 64, 64, generator=generator)
+    loc, conf = model(x)
+    assert loc.shape == (2, 368, 4) and conf.shape == (2, 368, 3)
+    loss, _ = MultiBoxLoss(3)(loc, conf, model.priors, [torch.tensor([[0.1, 0.2, 0.5, 0.9]])] * 2,
+                              [torch.tensor([2])] * 2)
+    loss.backward()
+    assert model.l2norm.weight.grad is not None
+    with pytest.raises(ValueError, match="min_sizes must have one entry per feature map"):
+        SSD(num_classes=3, image_size=64, extra_layers=((16, 32, 3, 2, 1),), width=0.125)
+
+
 def test_empty_batch_and_dtype_conversion():
     model = ssd300_vgg16(num_classes=3, width=0.125)
     with torch.no_grad():
