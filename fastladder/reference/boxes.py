@@ -132,7 +132,7 @@ def ssd_postprocess(loc: torch.Tensor, conf_logits: torch.Tensor, priors: torch.
             candidates = candidates[order]
             image_boxes.append(boxes[candidates])
             image_scores.append(score[candidates])
-            image_labels.append(torch.full((len(candidates),), label, dtype=torch.int64))
+            image_labels.append(torch.full((len(candidates),), label, dtype=torch.int64, device=loc.device))
         if not image_boxes:  # every class is the background
             continue
         all_boxes = torch.cat(image_boxes)
