@@ -112,6 +112,7 @@ def plot_curves(rows: Sequence[Dict[str, object]], path: str, metric: str, title
         best = pick(range(len(values)), key=values.__getitem__)
         metric_axis.annotate(f"{values[best]:.4g}", (steps[best], values[best]), textcoords="offset points",
                              xytext=(0, 6), ha="center")
+    metric_axis.margins(y=0.2)
     metric_axis.set_xlabel("step")
     metric_axis.set_ylabel(f"val {metric}")
     metric_axis.grid(alpha=0.3)

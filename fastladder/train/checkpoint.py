@@ -45,6 +45,11 @@ def save_checkpoint(path: PathLike, **state: Any) -> str:
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as f:
+            if hasattr(os, "fchmod"):
+                # mkstemp makes the file private (0600); give it the permissions open() would.
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(f.fileno(), 0o666 & ~umask)
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())

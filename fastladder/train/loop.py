@@ -38,10 +38,25 @@ from fastladder.train.distributed import (DistributedContext, EpochBatchSampler,
                                           init_distributed, unwrap_model, wrap_model)
 from fastladder.train.optim import build_optimizer, build_scheduler
 
-__all__ = ["Task", "Runtime", "SeededDataset", "Trainer", "train", "sample_seed", "TASKS"]
+__all__ = ["Task", "Runtime", "SeededDataset", "Trainer", "train", "sample_seed", "move_to_device", "TASKS"]
 
 # task name -> "module:class", imported when used
 TASKS = {"seg": "fastladder.train.segmentation:SegmentationTask"}
+
+
+def move_to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Moves every tensor of a (nested list / tuple / dict) batch to ``device``; 4-D floating
+    tensors (images) become channels_last when asked."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(item, device, channels_last) for item in batch)
+    if isinstance(batch, dict):
+        return {key: move_to_device(value, device, channels_last) for key, value in batch.items()}
+    return batch
 
 
 # --- tasks --------------------------------------------------------------------------------------
@@ -82,18 +97,8 @@ class Task(abc.ABC):
         return default_collate(samples)
 
     def to_device(self, batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-        """Moves every tensor of the batch to ``device``; 4-D floating tensors (images) become
-        channels_last when asked."""
-        if isinstance(batch, torch.Tensor):
-            batch = batch.to(device, non_blocking=True)
-            if channels_last and batch.dim() == 4 and batch.is_floating_point():
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            return batch
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self.to_device(item, device, channels_last) for item in batch)
-        if isinstance(batch, dict):
-            return {key: self.to_device(value, device, channels_last) for key, value in batch.items()}
-        return batch
+        """The batch on ``device`` (see :func:`move_to_device`)."""
+        return move_to_device(batch, device, channels_last)
 
     @abc.abstractmethod
     def training_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -421,6 +426,7 @@ class Trainer:
                 self.model.train()
                 for batch in self.train_loader:
                     batch = task.to_device(batch, context.device, config.channels_last)
+                    lr = max(group["lr"] for group in self.optimizer.param_groups)
                     with self.runtime.autocast():
                         loss, extra = task.training_step(self.model, batch)
                     self._backward_and_step(loss)
@@ -431,7 +437,7 @@ class Trainer:
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     seconds = self.seconds_before + time.perf_counter() - started
                     if self.step % config.log_every == 0 or self.step == self.end_step or end_of_epoch:
-                        last_loss = self._log_training(window_loss, window_steps, epoch, seconds, bar, extra)
+                        last_loss = self._log_training(window_loss, window_steps, epoch, lr, seconds, bar, extra)
                         window_loss.zero_()
                         window_steps = 0
                     evaluate = self.val_loader is not None and (
@@ -472,14 +478,14 @@ class Trainer:
             "seconds": self.seconds_before + time.perf_counter() - started,
         }
 
-    def _log_training(self, window_loss, window_steps, epoch, seconds, bar, extra) -> float:
-        """Logs the mean loss of the last steps (over all processes); returns it."""
+    def _log_training(self, window_loss, window_steps, epoch, lr, seconds, bar, extra) -> float:
+        """Logs the mean loss of the last steps (over all processes) and the lr of the last step
+        (the largest group's: the head's); returns the loss."""
         reduced = self.runtime.reduce_sum(window_loss.clone()) / (window_steps * self.context.world_size)
         loss = reduced.item()
         if not math.isfinite(loss) and not self.scaler.is_enabled():
             raise FloatingPointError(f"the training loss is {loss} at step {self.step} (epoch {epoch + 1}); "
                                      f"lower the lr ({self.config.lr}) or enable clip_grad_norm")
-        lr = self.optimizer.param_groups[-1]["lr"]
         if self.main:
             self.log.write(step=self.step, epoch=epoch, split="train", loss=loss, lr=lr, seconds=seconds)
             postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.3g}"}

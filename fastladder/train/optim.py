@@ -103,6 +103,15 @@ class _ClosedFormLR(LRScheduler):
     def _get_closed_form_lr(self) -> List[float]:
         return self.get_lr()
 
+    def load_state_dict(self, state_dict: Dict):
+        """Restores the step count and sets the optimizer's lrs to that step's values (the
+        schedule is closed-form, so they follow from the state alone)."""
+        super().load_state_dict(state_dict)
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs
+
 
 def _warmup_factor(step: int, warmup_steps: int, warmup_factor: float) -> float:
     """Linear ramp from ``warmup_factor`` at step 0 to 1 at ``warmup_steps``."""

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fastladder.eval.segmentation import confusion_matrix, mean_iou
 from fastladder.train.config import TrainConfig
-from fastladder.train.loop import Runtime, Task
+from fastladder.train.loop import Runtime, Task, move_to_device
 from fastladder.train.losses import ladder_loss
 
 __all__ = ["SegmentationTask", "build_segmentation_dataset", "DATASETS"]
@@ -118,7 +118,7 @@ class SegmentationTask(Task):
         images, labels = batch
         if not images.is_floating_point():
             images = images.float().div_(255)
-        return super().to_device((images, labels), device, channels_last)
+        return move_to_device((images, labels), device, channels_last)
 
     def training_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
         images, labels = batch
