@@ -126,7 +126,7 @@ class SegmentationTask(Task):
 
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> Dict[str, Any]:
         """``{"miou", "pixel_accuracy", "loss" (mean CE per labelled pixel), "iou" (per class, NaN
-        where undefined), "class_names"}``."""
+        where undefined), "class_names", "pixels" (labelled pixels evaluated)}``."""
         classes = self.num_classes
         device = runtime.device
         confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
@@ -151,4 +151,5 @@ class SegmentationTask(Task):
             "loss": (loss_sums[0] / loss_sums[1]).item() if loss_sums[1] > 0 else float("nan"),
             "iou": scores["iou"].tolist(),
             "class_names": self.class_names,
+            "pixels": int(confusion.sum()),
         }
