@@ -41,6 +41,11 @@ def build_segmentation_dataset(config: TrainConfig, split: str) -> Dataset:
     name = config.dataset
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    root = config.root
+    if root is None:
+        if name != "synthetic":
+            raise ValueError(f"dataset {name!r} needs root (--root): the folder of its official layout")
+        root = os.path.join(config.out, "synthetic-data")
     from fastladder import data
     from fastladder.data import transforms
 
@@ -53,11 +58,6 @@ def build_segmentation_dataset(config: TrainConfig, split: str) -> Dataset:
                                                       mean=mean, std=std)
     else:
         tf = transforms.segmentation_eval_transforms(mean=mean, std=std)
-    root = config.root
-    if root is None:
-        if name != "synthetic":
-            raise ValueError(f"dataset {name!r} needs root (--root): the folder of its official layout")
-        root = os.path.join(config.out, "synthetic-data")
     kwargs = dict(config.dataset_kwargs)
     if name == "cityscapes":
         return data.Cityscapes(root, split, transforms=tf, **kwargs)
