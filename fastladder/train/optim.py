@@ -103,10 +103,14 @@ class _ClosedFormLR(LRScheduler):
     def _get_closed_form_lr(self) -> List[float]:
         return self.get_lr()
 
+    # Hyperparameters of the schedule's shape: they come from the constructor (the resumed run's
+    # configuration, e.g. a longer run), never from a loaded state.
+    _shape_keys = ("max_steps", "power", "milestones", "gamma", "warmup_steps", "warmup_factor", "min_factor")
+
     def load_state_dict(self, state_dict: Dict):
-        """Restores the step count and sets the optimizer's lrs to that step's values (the
-        schedule is closed-form, so they follow from the state alone)."""
-        super().load_state_dict(state_dict)
+        """Restores the step count and base lrs, and sets the optimizer's lrs to that step's values
+        (the schedule is closed-form, so they follow from the state alone)."""
+        super().load_state_dict({key: value for key, value in state_dict.items() if key not in self._shape_keys})
         lrs = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr

@@ -92,6 +92,11 @@ def test_poly_lr_resumes_from_its_state_dict():
     second = PolyLR(_optimizer(), max_steps=20)
     second.load_state_dict(first.state_dict())
     assert _lrs(second, 5) == _lrs(first, 5)
+    # a resumed run may be longer: the step comes from the state, the shape from the constructor
+    longer = PolyLR(_optimizer(), max_steps=40)
+    longer.load_state_dict(first.state_dict())
+    assert longer.last_epoch == first.last_epoch == 12 and longer.max_steps == 40
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 - 12 / 40) ** 1.5)
 
 
 def test_warmup_step_and_cosine():
