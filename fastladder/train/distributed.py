@@ -1,6 +1,6 @@
 """Data-parallel training under ``torchrun``: process group, DDP wrapping, samplers, reductions.
 
-    torchrun --nproc_per_node=2 -m fastladder train seg --config ldn121.yaml
+    torchrun --nproc_per_node=2 -m fastladder.cli train seg --config ldn121.yaml
 
 reads RANK, WORLD_SIZE and LOCAL_RANK from the environment (NCCL on CUDA, gloo on CPU). Without
 them everything here degrades to the single-process case. Only rank 0 logs and saves.

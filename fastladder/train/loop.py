@@ -256,6 +256,10 @@ class Trainer:
         random.seed(config.seed)
         np.random.seed(config.seed)
 
+        if context.device.type == "cuda":
+            # Fixed crop sizes: let cuDNN pick the fastest convolution algorithms (not bit-reproducible).
+            torch.backends.cudnn.benchmark = True
+
         self.train_dataset, self.val_dataset = task.build_datasets(config)
         self.spec = task.model_spec(config, self.train_dataset)
         model = task.build_model(config, self.spec)
@@ -458,8 +462,10 @@ class Trainer:
                     if self.step >= self.end_step:
                         break
                 bar.close()
-        finally:
+            # The main process may still be writing its last checkpoint; no process leaves before it.
             context.barrier()
+        finally:
+            # (no barrier on an error: the failing process exits and the launcher stops the others)
             context.close()
         out = config.out
         best_path = os.path.join(out, "best.pt")
