@@ -95,8 +95,9 @@ def load_checkpoint(path: PathLike, map_location: Optional[Union[str, torch.devi
     try:
         state = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as error:
-        raise RuntimeError(f"checkpoint {path!r} ({os.path.getsize(path)} bytes) cannot be read: it is truncated, "
-                           f"corrupt or not a torch checkpoint ({type(error).__name__}: {error})") from error
+        raise RuntimeError(f"checkpoint {path!r} ({os.path.getsize(path)} bytes) cannot be read: it is "
+                           f"truncated, corrupt or not a torch checkpoint ({type(error).__name__}: "
+                           f"{error})") from error
     if not isinstance(state, dict):
         raise RuntimeError(f"checkpoint {path!r} holds a {type(state).__name__}, expected a dict")
     return state
@@ -105,7 +106,8 @@ def load_checkpoint(path: PathLike, map_location: Optional[Union[str, torch.devi
 def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
     """The state_dict without ``prefix`` on its keys (DistributedDataParallel's ``module.``,
     torch.compile's ``_orig_mod.``); keys without it are kept as they are."""
-    return {(key[len(prefix):] if key.startswith(prefix) else key): value for key, value in state_dict.items()}
+    return {(key[len(prefix):] if key.startswith(prefix) else key): value
+            for key, value in state_dict.items()}
 
 
 def rng_state() -> Dict[str, Any]:

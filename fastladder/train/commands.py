@@ -54,8 +54,8 @@ def _assignment(text: str):
 _FLAGS = {
     "--out": ("out", dict(metavar="DIR", help="run folder: log.csv, curves.png, last.pt, best.pt")),
     "--model": ("model", dict(help="a registered model (fastladder.models.list_models())")),
-    "--model-kwargs": ("model_kwargs", dict(type=_json_dict, metavar="JSON",
-                                            help="keyword arguments of the model, e.g. '{\"growth_rate\": 8}'")),
+    "--model-kwargs": ("model_kwargs", dict(
+        type=_json_dict, metavar="JSON", help="keyword arguments of the model, e.g. '{\"growth_rate\": 8}'")),
     "--backbone-weights": ("backbone_weights", dict(metavar="FILE",
                                                     help="torchvision DenseNet state_dict for the backbone")),
     "--dataset": ("dataset", dict(choices=("cityscapes", "voc", "camvid", "synthetic"))),
@@ -69,7 +69,8 @@ _FLAGS = {
     "--steps": ("steps", dict(type=int, help="length of the run in steps (instead of epochs)")),
     "--optimizer": ("optimizer", dict(choices=("adam", "adamw", "sgd"))),
     "--lr": ("lr", dict(type=float)),
-    "--backbone-lr-divisor": ("backbone_lr_divisor", dict(type=float, help="backbone lr = lr / this (paper: 5)")),
+    "--backbone-lr-divisor": ("backbone_lr_divisor", dict(type=float,
+                                                          help="backbone lr = lr / this (paper: 5)")),
     "--weight-decay": ("weight_decay", dict(type=float)),
     "--schedule": ("schedule", dict(choices=("poly", "step", "cosine", "constant"))),
     "--poly-power": ("poly_power", dict(type=float)),
@@ -130,8 +131,8 @@ def cmd_train_seg(args) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0
     best = summary["best"]
-    print(f"\ntrained {config.model} on {config.dataset}: {summary['step']}/{summary['total_steps']} steps in "
-          f"{summary['seconds']:.0f} s")
+    print(f"\ntrained {config.model} on {config.dataset}: {summary['step']}/{summary['total_steps']} steps "
+          f"in {summary['seconds']:.0f} s")
     if best.get("value") is not None:
         print(f"best {best['metric']}: {best['value']:.4f} at step {best['step']}")
     for label, key in (("best checkpoint", "best_checkpoint"), ("last checkpoint", "checkpoint"),

@@ -84,7 +84,8 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
         """Builds a config from a mapping; unknown keys raise ValueError naming them and ``source``."""
         if not isinstance(values, Mapping):
-            raise ValueError(f"{source} must be a mapping of option names to values, got {type(values).__name__}")
+            raise ValueError(f"{source} must be a mapping of option names to values, got "
+                             f"{type(values).__name__}")
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ValueError(f"{source}: unknown option(s) {', '.join(map(repr, unknown))}; "

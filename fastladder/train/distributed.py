@@ -87,8 +87,9 @@ def init_distributed(device: Optional[str] = None) -> DistributedContext:
         context.backend = "nccl" if device.type == "cuda" else "gloo"
         if dist.is_initialized():
             if dist.get_world_size() != world_size or dist.get_rank() != rank:
-                raise RuntimeError(f"a process group of size {dist.get_world_size()} (rank {dist.get_rank()}) "
-                                   f"exists, but the environment says WORLD_SIZE={world_size}, RANK={rank}")
+                raise RuntimeError(f"a process group of size {dist.get_world_size()} (rank "
+                                   f"{dist.get_rank()}) exists, but the environment says "
+                                   f"WORLD_SIZE={world_size}, RANK={rank}")
         else:
             for name in ("MASTER_ADDR", "MASTER_PORT"):
                 if name not in os.environ:
@@ -114,8 +115,9 @@ def wrap_model(model: nn.Module, context: DistributedContext, sync_bn: bool = Fa
     if sync_bn:
         from fastladder.nn.densenet import DenseBlock
         if any(isinstance(m, DenseBlock) for m in model.modules()):
-            warnings.warn("sync_bn: the BatchNorms inside fastladder DenseBlocks compute their own batch statistics "
-                          "and stay per-process; the other BatchNorms become SyncBatchNorm", stacklevel=2)
+            warnings.warn("sync_bn: the BatchNorms inside fastladder DenseBlocks compute their own batch "
+                          "statistics and stay per-process; the other BatchNorms become SyncBatchNorm",
+                          stacklevel=2)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
@@ -168,8 +170,8 @@ class EpochBatchSampler(Sampler):
         self.rank, self.world_size = rank, world_size
         self.per_rank = math.ceil(dataset_size / world_size)
         if self.per_rank < batch_size:
-            raise ValueError(f"the dataset has {dataset_size} samples, {self.per_rank} per process of {world_size}: "
-                             f"fewer than one batch of {batch_size}")
+            raise ValueError(f"the dataset has {dataset_size} samples, {self.per_rank} per process of "
+                             f"{world_size}: fewer than one batch of {batch_size}")
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0):

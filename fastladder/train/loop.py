@@ -116,8 +116,8 @@ class Task(abc.ABC):
 class Runtime:
     """What a task's evaluate needs from the Trainer: device, autocast, reductions, progress bars."""
 
-    def __init__(self, context: DistributedContext, autocast_dtype: Optional[torch.dtype], channels_last: bool,
-                 progress: bool, to_device: Callable):
+    def __init__(self, context: DistributedContext, autocast_dtype: Optional[torch.dtype],
+                 channels_last: bool, progress: bool, to_device: Callable):
         self.context, self.device = context, context.device
         self.autocast_dtype, self.channels_last, self.show_progress = autocast_dtype, channels_last, progress
         self._to_device = to_device
@@ -316,10 +316,10 @@ class Trainer:
         checkpoint = load_checkpoint(path, map_location="cpu")
         missing = [key for key in ("model", "optimizer", "scheduler", "step") if key not in checkpoint]
         if missing:
-            raise RuntimeError(f"checkpoint {path!r} lacks {missing}: not a training checkpoint of fastladder")
+            raise RuntimeError(f"checkpoint {path!r} lacks {missing}: not a fastladder training checkpoint")
         if checkpoint.get("model_name") not in (None, self.spec["model_name"]):
-            raise RuntimeError(f"checkpoint {path!r} is of model {checkpoint['model_name']!r}, this run trains "
-                               f"{self.spec['model_name']!r}")
+            raise RuntimeError(f"checkpoint {path!r} is of model {checkpoint['model_name']!r}, this run "
+                               f"trains {self.spec['model_name']!r}")
         self.bare_model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -329,7 +329,8 @@ class Trainer:
         self.metrics = checkpoint.get("metrics") or {}
         self.best = checkpoint.get("best") or self.best
         if self.main:
-            tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.step // self.steps_per_epoch + 1})")
+            epoch = self.step // self.steps_per_epoch + 1
+            tqdm.write(f"resumed from {path} at step {self.step} (epoch {epoch})")
         return checkpoint.get("rng")
 
     # --- checkpoints and evaluation -------------------------------------------------------------
@@ -386,10 +387,11 @@ class Trainer:
         self.log.write(step=self.step, epoch=epoch, split="val", loss=metrics.get("loss"), lr=None,
                        seconds=seconds, **{name: metrics[name] for name in task.metric_names})
         with open(os.path.join(config.out, "metrics.json"), "w") as f:
-            json.dump(_json_safe({"step": self.step, "epoch": epoch, "metrics": metrics, "best": self.best}), f,
-                      indent=2)
+            record = {"step": self.step, "epoch": epoch, "metrics": metrics, "best": self.best}
+            json.dump(_json_safe(record), f, indent=2)
         plot_curves(self.log.rows, os.path.join(config.out, "curves.png"), task.main_metric,
-                    title=f"{self.spec['model_name']} on {config.dataset}", higher_is_better=task.higher_is_better)
+                    title=f"{self.spec['model_name']} on {config.dataset}",
+                    higher_is_better=task.higher_is_better)
         summary = ", ".join(f"{name} {metrics[name]:.4f}" for name in task.metric_names
                             if isinstance(metrics.get(name), float))
         tqdm.write(f"step {self.step}/{self.total_steps} (epoch {epoch + 1}): {summary}")
@@ -441,7 +443,8 @@ class Trainer:
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     seconds = self.seconds_before + time.perf_counter() - started
                     if self.step % config.log_every == 0 or self.step == self.end_step or end_of_epoch:
-                        last_loss = self._log_training(window_loss, window_steps, epoch, lr, seconds, bar, extra)
+                        last_loss = self._log_training(window_loss, window_steps, epoch, lr, seconds, bar,
+                                                       extra)
                         window_loss.zero_()
                         window_steps = 0
                     evaluate = self.val_loader is not None and (
@@ -456,8 +459,9 @@ class Trainer:
                                 paths["best_checkpoint"] = self._save("best.pt")
                         if self.main:
                             self._after_evaluation(epoch, seconds)
-                    if self.main and (evaluate or self.step == self.end_step or (
-                            config.checkpoint_every is not None and self.step % config.checkpoint_every == 0)):
+                    every = config.checkpoint_every
+                    periodic = every is not None and self.step % every == 0
+                    if self.main and (evaluate or periodic or self.step == self.end_step):
                         paths["checkpoint"] = self._save("last.pt")
                     if self.step >= self.end_step:
                         break
@@ -470,6 +474,7 @@ class Trainer:
         out = config.out
         best_path = os.path.join(out, "best.pt")
         last_path = os.path.join(out, "last.pt")
+        curves_path = os.path.join(out, "curves.png")
         return {
             "step": self.step,
             "total_steps": self.total_steps,
@@ -480,7 +485,7 @@ class Trainer:
             "checkpoint": paths["checkpoint"] or (last_path if os.path.isfile(last_path) else None),
             "best_checkpoint": paths["best_checkpoint"] or (best_path if os.path.isfile(best_path) else None),
             "log": os.path.join(out, "log.csv") if self.main else None,
-            "curves": os.path.join(out, "curves.png") if os.path.isfile(os.path.join(out, "curves.png")) else None,
+            "curves": curves_path if os.path.isfile(curves_path) else None,
             "seconds": self.seconds_before + time.perf_counter() - started,
         }
 
@@ -525,7 +530,8 @@ def train(config: Union[TrainConfig, Dict[str, Any], str], *, task: Optional[Tas
     elif isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     if task is None:
-        task = _task_from_name(config.task, **({"dataset_factory": dataset_factory} if dataset_factory else {}))
+        task_kwargs = {"dataset_factory": dataset_factory} if dataset_factory is not None else {}
+        task = _task_from_name(config.task, **task_kwargs)
     elif dataset_factory is not None:
         raise ValueError("pass dataset_factory to the task's constructor when giving a task")
     return Trainer(task, config).fit()

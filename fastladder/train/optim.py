@@ -110,7 +110,8 @@ class _ClosedFormLR(LRScheduler):
     def load_state_dict(self, state_dict: Dict):
         """Restores the step count and base lrs, and sets the optimizer's lrs to that step's values
         (the schedule is closed-form, so they follow from the state alone)."""
-        super().load_state_dict({key: value for key, value in state_dict.items() if key not in self._shape_keys})
+        super().load_state_dict({key: value for key, value in state_dict.items()
+                                 if key not in self._shape_keys})
         lrs = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr

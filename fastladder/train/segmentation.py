@@ -54,8 +54,8 @@ def build_segmentation_dataset(config: TrainConfig, split: str) -> Dataset:
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     if split == "train":
-        tf = transforms.segmentation_train_transforms(tuple(config.crop_size), scale_range=tuple(config.scale_range),
-                                                      mean=mean, std=std)
+        tf = transforms.segmentation_train_transforms(
+            tuple(config.crop_size), scale_range=tuple(config.scale_range), mean=mean, std=std)
     else:
         tf = transforms.segmentation_eval_transforms(mean=mean, std=std)
     kwargs = dict(config.dataset_kwargs)
@@ -112,7 +112,8 @@ class SegmentationTask(Task):
         kwargs = dict(config.model_kwargs)
         if config.memory_efficient:
             kwargs["memory_efficient"] = True
-        return {"model_name": config.model, "model_kwargs": kwargs, "num_classes": int(train_dataset.num_classes)}
+        return {"model_name": config.model, "model_kwargs": kwargs,
+                "num_classes": int(train_dataset.num_classes)}
 
     def to_device(self, batch: Any, device: torch.device, channels_last: bool = False) -> Any:
         images, labels = batch
@@ -139,7 +140,8 @@ class SegmentationTask(Task):
             if isinstance(logits, (tuple, list)):
                 logits = logits[0]
             logits = logits.float()
-            loss_sums[0] += F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum").double()
+            loss_sums[0] += F.cross_entropy(logits, labels, ignore_index=self.ignore_index,
+                                            reduction="sum").double()
             loss_sums[1] += (labels != self.ignore_index).sum()
             confusion += confusion_matrix(logits.argmax(1), labels, classes, self.ignore_index)
         runtime.reduce_sum(confusion)

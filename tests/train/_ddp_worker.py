@@ -43,8 +43,8 @@ class ConvNetTask(SegmentationTask):
 
 def main(out: str, batch_size: int, steps: int):
     config = TrainConfig(model="tiny_convnet", batch_size=batch_size, steps=steps, optimizer="sgd", lr=0.5,
-                         momentum=0.9, eval_every=steps, log_every=1, workers=0, out=out, progress=False, seed=3,
-                         device="cpu")
+                         momentum=0.9, eval_every=steps, log_every=1, workers=0, out=out, progress=False,
+                         seed=3, device="cpu")
     trainer = Trainer(ConvNetTask(tiny_factory(num_train=8, num_val=3, size=(16, 16))), config)
     summary = trainer.fit()
     rank = os.environ.get("RANK", "0")

@@ -19,7 +19,8 @@ class ThresholdScenes(Dataset):
     class_names = ["red", "green", "blue"]
     ignore_index = 255
 
-    def __init__(self, num_images: int, size=(64, 64), seed: int = 0, train: bool = True, ignore_border: int = 2):
+    def __init__(self, num_images: int, size=(64, 64), seed: int = 0, train: bool = True,
+                 ignore_border: int = 2):
         generator = torch.Generator().manual_seed(seed)
         coarse = torch.rand(num_images, 3, size[0] // 8, size[1] // 8, generator=generator)
         self.images = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
@@ -52,5 +53,6 @@ class TinyFactory:
 
     def __call__(self, config, split):
         if split == "train":
-            return ThresholdScenes(self.num_train, self.size, seed=1, train=True, ignore_border=self.ignore_border)
+            return ThresholdScenes(self.num_train, self.size, seed=1, train=True,
+                                   ignore_border=self.ignore_border)
         return ThresholdScenes(self.num_val, self.size, seed=2, train=False, ignore_border=self.ignore_border)

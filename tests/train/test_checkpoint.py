@@ -64,7 +64,8 @@ def test_corrupt_file_is_a_clear_error(tmp_path, generator, damage):
     path = tmp_path / "last.pt"
     ckpt.save_checkpoint(path, **_state(generator))
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[:len(data) // 2], "garbage": bytes(range(256)) * 4, "empty": b""}[damage])
+    damaged = {"truncate": data[:len(data) // 2], "garbage": bytes(range(256)) * 4, "empty": b""}
+    path.write_bytes(damaged[damage])
     with pytest.raises(RuntimeError, match=r"last\.pt.*truncated, corrupt or not a torch checkpoint"):
         ckpt.load_checkpoint(path)
 

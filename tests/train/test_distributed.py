@@ -30,8 +30,9 @@ def _launch(out, world_size: int, batch_size: int):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-        processes.append(subprocess.Popen([sys.executable, WORKER, str(out), str(batch_size), str(STEPS)], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        command = [sys.executable, WORKER, str(out), str(batch_size), str(STEPS)]
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))
     return processes
 
 

@@ -38,7 +38,8 @@ def test_param_groups_divide_the_backbone_lr_and_skip_decay_on_norms_and_biases(
     # norm scales and biases of both parts really are in the no-decay groups
     assert any(n.startswith("features.") and n.endswith("norm1.weight") for n in
                (names[id(p)] for p in by_name["backbone_no_decay"]["params"]))
-    assert any(n.endswith("classifier.conv.bias") for n in (names[id(p)] for p in by_name["head_no_decay"]["params"]))
+    head_no_decay = [names[id(p)] for p in by_name["head_no_decay"]["params"]]
+    assert any(n.endswith("classifier.conv.bias") for n in head_no_decay)
 
 
 def test_param_groups_reject_bad_arguments():
@@ -100,11 +101,13 @@ def test_poly_lr_resumes_from_its_state_dict():
 
 
 def test_warmup_step_and_cosine():
-    step_lr = WarmupStepLR(_optimizer((1.0,)), milestones=[6, 8], gamma=0.1, warmup_steps=4, warmup_factor=0.2)
+    step_lr = WarmupStepLR(_optimizer((1.0,)), milestones=[6, 8], gamma=0.1, warmup_steps=4,
+                           warmup_factor=0.2)
     values = [lrs[0] for lrs in _lrs(step_lr, 10)]
     expected = [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
     assert values == pytest.approx(expected)
-    cosine = WarmupCosineLR(_optimizer((2.0,)), max_steps=12, warmup_steps=2, warmup_factor=0.5, min_factor=0.1)
+    cosine = WarmupCosineLR(_optimizer((2.0,)), max_steps=12, warmup_steps=2, warmup_factor=0.5,
+                            min_factor=0.1)
     values = [lrs[0] for lrs in _lrs(cosine, 13)]
     assert values[:2] == pytest.approx([1.0, 1.5])
     for step in range(2, 13):

@@ -12,9 +12,9 @@ TOTAL_STEPS = 4  # 2 steps per epoch: the stop at 3 falls inside the second epoc
 
 
 def _config(tiny, out, workers, **changes):
-    config = dict(model="ladder_densenet121", model_kwargs=tiny.TINY_LADDER_KWARGS, crop_size=64, batch_size=2,
-                  steps=TOTAL_STEPS, eval_every=None, log_every=1, workers=workers, lr=3e-3, out=str(out),
-                  progress=False, seed=11)
+    config = dict(model="ladder_densenet121", model_kwargs=tiny.TINY_LADDER_KWARGS, crop_size=64,
+                  batch_size=2, steps=TOTAL_STEPS, eval_every=None, log_every=1, workers=workers, lr=3e-3,
+                  out=str(out), progress=False, seed=11)
     config.update(changes)
     return config
 

@@ -13,13 +13,14 @@ from fastladder.train import segmentation
 from fastladder.train.checkpoint import load_checkpoint
 from fastladder.train.loop import train
 
-CHECKPOINT_KEYS = {"model", "model_name", "model_kwargs", "num_classes", "optimizer", "scheduler", "scaler", "step",
-                   "epoch", "rng", "config", "metrics"}
+CHECKPOINT_KEYS = {"model", "model_name", "model_kwargs", "num_classes", "optimizer", "scheduler", "scaler",
+                   "step", "epoch", "rng", "config", "metrics"}
 
 
 def _config(tiny, out, **changes):
-    config = dict(model="ladder_densenet121", model_kwargs=tiny.TINY_LADDER_KWARGS, crop_size=64, batch_size=2,
-                  steps=4, eval_every=2, log_every=1, workers=0, lr=1e-2, out=str(out), progress=False)
+    config = dict(model="ladder_densenet121", model_kwargs=tiny.TINY_LADDER_KWARGS, crop_size=64,
+                  batch_size=2, steps=4, eval_every=2, log_every=1, workers=0, lr=1e-2, out=str(out),
+                  progress=False)
     config.update(changes)
     return config
 
@@ -29,7 +30,8 @@ def test_train_writes_log_curves_metrics_and_checkpoints(tiny, tmp_path, seed):
     summary = train(_config(tiny, out, seed=seed), dataset_factory=tiny.tiny_factory(num_train=4, num_val=2))
     assert summary["step"] == summary["total_steps"] == 4
     metrics = summary["metrics"]
-    assert 0 <= metrics["miou"] <= 1 and 0 <= metrics["pixel_accuracy"] <= 1 and math.isfinite(metrics["loss"])
+    assert 0 <= metrics["miou"] <= 1 and 0 <= metrics["pixel_accuracy"] <= 1
+    assert math.isfinite(metrics["loss"])
     assert len(metrics["iou"]) == 3 and metrics["class_names"] == ["red", "green", "blue"]
     assert metrics["pixels"] == 2 * 60 * 64  # two val images, two ignored rows at the top and bottom
 
@@ -56,7 +58,8 @@ def test_train_writes_log_curves_metrics_and_checkpoints(tiny, tmp_path, seed):
     assert CHECKPOINT_KEYS <= set(checkpoint)
     assert checkpoint["model_name"] == "ladder_densenet121" and checkpoint["num_classes"] == 3
     assert checkpoint["step"] == 4 and checkpoint["epoch"] == 2 and checkpoint["scaler"] is None
-    assert checkpoint["config"]["steps"] == 4 and checkpoint["metrics"]["miou"] == pytest.approx(metrics["miou"])
+    assert checkpoint["config"]["steps"] == 4
+    assert checkpoint["metrics"]["miou"] == pytest.approx(metrics["miou"])
     model = create_model(checkpoint["model_name"], checkpoint["num_classes"], **checkpoint["model_kwargs"])
     model.load_state_dict(checkpoint["model"])  # strict
     best = load_checkpoint(summary["best_checkpoint"])
@@ -75,7 +78,8 @@ def test_amp_channels_last_memory_efficient_and_clipping_without_validation(tiny
     assert summary["best_checkpoint"] is None and summary["metrics"] == {}
     checkpoint = load_checkpoint(summary["checkpoint"])
     assert checkpoint["model_kwargs"]["memory_efficient"] is True
-    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values() if value.is_floating_point())
+    weights = [value for value in checkpoint["model"].values() if value.is_floating_point()]
+    assert all(torch.isfinite(value).all() for value in weights)
 
 
 def test_cli_train_seg_end_to_end(tiny, tmp_path, monkeypatch, capsys):
@@ -108,8 +112,9 @@ def test_real_dataset_without_root_is_an_error(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_ladder_densenet_learns_the_colour_rule(tiny, tmp_path, seed):
-    summary = train(_config(tiny, tmp_path, steps=40, batch_size=4, eval_every=40, lr=2e-2, backbone_lr_divisor=1.0,
-                            log_every=5, seed=seed), dataset_factory=tiny.tiny_factory(num_train=16, num_val=4))
+    config = _config(tiny, tmp_path, steps=40, batch_size=4, eval_every=40, lr=2e-2, backbone_lr_divisor=1.0,
+                     log_every=5, seed=seed)
+    summary = train(config, dataset_factory=tiny.tiny_factory(num_train=16, num_val=4))
     # chance is about 1/3 pixel accuracy and 0.2 mIoU
     assert summary["metrics"]["miou"] > 0.5 and summary["metrics"]["pixel_accuracy"] > 0.65
     assert summary["metrics"]["loss"] < 0.8
