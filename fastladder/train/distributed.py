@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.utils.data import Sampler
 
 __all__ = ["DistributedContext", "init_distributed", "wrap_model", "unwrap_model", "all_reduce_sum",
-           "EpochBatchSampler", "ShardSampler"]
+           "broadcast_buffers", "EpochBatchSampler", "ShardSampler"]
 
 
 @dataclasses.dataclass
@@ -140,6 +140,16 @@ def all_reduce_sum(tensor: torch.Tensor, context: Optional[DistributedContext] =
     if (context is None or context.distributed) and dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_buffers(model: nn.Module, context: DistributedContext):
+    """Copies rank 0's buffers (BatchNorm running statistics) to every process.
+
+    DDP broadcasts them at the start of each training forward, so after the last step every
+    process holds the statistics of its own last batch; evaluating then would mix statistics."""
+    if context.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 class EpochBatchSampler(Sampler):

@@ -35,7 +35,7 @@ from fastladder.train._log import CSVLog, plot_curves
 from fastladder.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fastladder.train.config import TrainConfig
 from fastladder.train.distributed import (DistributedContext, EpochBatchSampler, ShardSampler, all_reduce_sum,
-                                          init_distributed, unwrap_model, wrap_model)
+                                          broadcast_buffers, init_distributed, unwrap_model, wrap_model)
 from fastladder.train.optim import build_optimizer, build_scheduler
 
 __all__ = ["Task", "Runtime", "SeededDataset", "Trainer", "train", "sample_seed", "move_to_device", "TASKS"]
@@ -361,6 +361,7 @@ class Trainer:
     def evaluate(self) -> Dict[str, Any]:
         """Runs the task's evaluation on the validation set (all processes take part)."""
         model = self.bare_model
+        broadcast_buffers(model, self.context)
         was_training = model.training
         model.eval()
         try:
