@@ -414,7 +414,8 @@ class Trainer:
         """Trains from the current (or resumed) step up to ``total_steps`` (or ``stop_at``).
 
         Returns:
-            ``{"step", "total_steps", "metrics", "best", "out", "checkpoint", "best_checkpoint",
+            ``{"step", "total_steps", "loss" (the last logged training loss), "metrics" (the last
+            evaluation), "best" ({"metric", "value", "step"}), "out", "checkpoint", "best_checkpoint",
             "log", "curves", "seconds"}`` (paths None where nothing was written).
         """
         self._setup()

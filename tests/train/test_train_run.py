@@ -118,3 +118,25 @@ def test_tiny_ladder_densenet_learns_the_colour_rule(tiny, tmp_path, seed):
     # chance is about 1/3 pixel accuracy and 0.2 mIoU
     assert summary["metrics"]["miou"] > 0.5 and summary["metrics"]["pixel_accuracy"] > 0.65
     assert summary["metrics"]["loss"] < 0.8
+
+
+@pytest.mark.cuda
+def test_float16_amp_with_grad_scaler_on_cuda(tiny, tmp_path, seed):
+    summary = train(_config(tiny, tmp_path, steps=2, amp=True, channels_last=True, device="cuda", seed=seed),
+                    dataset_factory=tiny.tiny_factory(num_train=4, num_val=2))
+    checkpoint = load_checkpoint(summary["checkpoint"])
+    assert checkpoint["scaler"] is not None and checkpoint["scaler"]["scale"] > 0
+    assert math.isfinite(summary["metrics"]["loss"])
+
+
+def test_seeded_dataset_is_a_function_of_seed_epoch_and_index(tiny, seed):
+    from fastladder.train.loop import SeededDataset
+    dataset = SeededDataset(tiny.ThresholdScenes(3, (16, 16), seed=seed % 1000), seed=seed)
+    state = torch.get_rng_state()
+    first = dataset[(4, 1)]
+    assert torch.equal(torch.get_rng_state(), state), "the caller's random stream is left untouched"
+    torch.rand(10)
+    again = dataset[(4, 1)]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    # other epochs draw other augmentations (brightness shifts differ almost surely)
+    assert any(not torch.equal(first[0], dataset[(epoch, 1)][0]) for epoch in range(5, 9))
