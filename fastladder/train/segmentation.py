@@ -116,10 +116,13 @@ class SegmentationTask(Task):
                 "num_classes": int(train_dataset.num_classes)}
 
     def to_device(self, batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-        images, labels = batch
+        # uint8 images travel as uint8 (a quarter of the bytes) and become float on the device.
+        images, labels = move_to_device(tuple(batch), device)
         if not images.is_floating_point():
             images = images.float().div_(255)
-        return move_to_device((images, labels), device, channels_last)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
 
     def training_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
         images, labels = batch

@@ -140,3 +140,13 @@ def test_seeded_dataset_is_a_function_of_seed_epoch_and_index(tiny, seed):
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     # other epochs draw other augmentations (brightness shifts differ almost surely)
     assert any(not torch.equal(first[0], dataset[(epoch, 1)][0]) for epoch in range(5, 9))
+
+
+def test_segmentation_batches_become_float_images_on_the_device(generator):
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 3, (2, 8, 8), generator=generator)
+    moved, moved_labels = segmentation.SegmentationTask().to_device([images, labels], torch.device("cpu"),
+                                                                     channels_last=True)
+    assert moved.dtype == torch.float32 and moved.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(moved, images.float() / 255)
+    assert torch.equal(moved_labels, labels)
