@@ -1,0 +1,142 @@
+"""``fastladder train seg``: train a segmentation model.
+
+    fastladder train seg --config ldn121_cityscapes.yaml --out runs/ldn121
+    fastladder train seg --dataset synthetic --model ladder_densenet121 \\
+        --model-kwargs '{"growth_rate": 8}' --crop-size 128 --steps 200 --out runs/tiny
+    fastladder train seg --config ldn121_cityscapes.yaml --out runs/ldn121 --resume     # <out>/last.pt
+    torchrun --nproc_per_node=2 -m fastladder.cli train seg --config ldn121_cityscapes.yaml
+
+Flags override the config file's values; ``--set KEY=VALUE`` sets any option of TrainConfig.
+"""
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["register", "config_from_args"]
+
+
+def _json_dict(text: str):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg} at column {error.colno}): {text!r}")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"growth_rate\": 8}}', got {text!r}")
+    return value
+
+
+def _size(text: str):
+    """``448`` or ``448x896`` / ``448,896`` (height, width)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be SIZE or HEIGHTxWIDTH in pixels, got {text!r}") from None
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"must be SIZE or HEIGHTxWIDTH with positive sizes, got {text!r}")
+    return values * 2 if len(values) == 1 else values
+
+
+def _assignment(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    import yaml
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+# flag -> (TrainConfig field, argparse keyword arguments)
+_FLAGS = {
+    "--out": ("out", dict(metavar="DIR", help="run folder: log.csv, curves.png, last.pt, best.pt")),
+    "--model": ("model", dict(help="a registered model (fastladder.models.list_models())")),
+    "--model-kwargs": ("model_kwargs", dict(
+        type=_json_dict, metavar="JSON", help="keyword arguments of the model, e.g. '{\"growth_rate\": 8}'")),
+    "--backbone-weights": ("backbone_weights", dict(metavar="FILE",
+                                                    help="torchvision DenseNet state_dict for the backbone")),
+    "--dataset": ("dataset", dict(choices=("cityscapes", "voc", "camvid", "synthetic"))),
+    "--root": ("root", dict(metavar="DIR", help="the dataset's folder (official layout)")),
+    "--dataset-kwargs": ("dataset_kwargs", dict(type=_json_dict, metavar="JSON",
+                                                help="extra dataset arguments, e.g. '{\"num_images\": 64}'")),
+    "--crop-size": ("crop_size", dict(type=_size, metavar="HxW", help="training crop, e.g. 448 or 448x896")),
+    "--batch-size": ("batch_size", dict(type=int, help="images per step and process")),
+    "--val-batch-size": ("val_batch_size", dict(type=int)),
+    "--epochs": ("epochs", dict(type=int)),
+    "--steps": ("steps", dict(type=int, help="length of the run in steps (instead of epochs)")),
+    "--optimizer": ("optimizer", dict(choices=("adam", "adamw", "sgd"))),
+    "--lr": ("lr", dict(type=float)),
+    "--backbone-lr-divisor": ("backbone_lr_divisor", dict(type=float,
+                                                          help="backbone lr = lr / this (paper: 5)")),
+    "--weight-decay": ("weight_decay", dict(type=float)),
+    "--schedule": ("schedule", dict(choices=("poly", "step", "cosine", "constant"))),
+    "--poly-power": ("poly_power", dict(type=float)),
+    "--warmup-steps": ("warmup_steps", dict(type=int)),
+    "--clip-grad-norm": ("clip_grad_norm", dict(type=float)),
+    "--workers": ("workers", dict(type=int, help="data-loading processes")),
+    "--seed": ("seed", dict(type=int)),
+    "--device": ("device", dict(help="cpu, cuda or cuda:N (default: cuda when available)")),
+    "--amp": ("amp", dict(action=argparse.BooleanOptionalAction,
+                          help="mixed precision (float16 on CUDA, bfloat16 on CPU)")),
+    "--amp-dtype": ("amp_dtype", dict(choices=("float16", "bfloat16"))),
+    "--channels-last": ("channels_last", dict(action=argparse.BooleanOptionalAction)),
+    "--memory-efficient": ("memory_efficient", dict(action=argparse.BooleanOptionalAction,
+                                                    help="recompute dense layers in backward (less memory)")),
+    "--sync-bn": ("sync_bn", dict(action=argparse.BooleanOptionalAction)),
+    "--eval-every": ("eval_every", dict(type=int, metavar="STEPS", help="default: every epoch")),
+    "--checkpoint-every": ("checkpoint_every", dict(type=int, metavar="STEPS")),
+    "--log-every": ("log_every", dict(type=int, metavar="STEPS")),
+    "--stop-at": ("stop_at", dict(type=int, metavar="STEP", help="end this run at that step (resumable)")),
+    "--progress": ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars")),
+}
+
+
+def register(subparsers):
+    train = subparsers.add_parser("train", help="train a model (segmentation: train seg)")
+    tasks = train.add_subparsers(dest="task", required=True)
+    seg = tasks.add_parser("seg", help="train a segmentation model", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    seg.add_argument("--config", metavar="FILE", help="a YAML or JSON file of TrainConfig options")
+    seg.add_argument("--resume", nargs="?", const="last", default=argparse.SUPPRESS, metavar="CKPT",
+                     help="continue from a checkpoint (without a path: <out>/last.pt)")
+    for flag, (field, kwargs) in _FLAGS.items():
+        seg.add_argument(flag, dest=field, default=argparse.SUPPRESS, **kwargs)
+    seg.add_argument("--set", dest="assignments", action="append", type=_assignment, default=[],
+                     metavar="KEY=VALUE", help="any TrainConfig option (value parsed as YAML); repeatable")
+    seg.set_defaults(func=cmd_train_seg)
+
+
+def config_from_args(args, task: str = "seg"):
+    """The TrainConfig of a parsed command line: the config file, then --set, then the flags."""
+    from fastladder.train.config import TrainConfig, load_config_file
+    values = load_config_file(args.config) if getattr(args, "config", None) else {}
+    values.update(dict(getattr(args, "assignments", [])))
+    fields = set(TrainConfig.field_names())
+    values.update({key: value for key, value in vars(args).items() if key in fields and key != "task"})
+    values["task"] = task
+    return TrainConfig.from_dict(values, source=args.config or "command line")
+
+
+def cmd_train_seg(args) -> int:
+    from fastladder.train.loop import train
+    try:
+        config = config_from_args(args, "seg")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"fastladder train seg: error: {error}", file=sys.stderr)
+        return 2
+    summary = train(config)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    best = summary["best"]
+    print(f"\ntrained {config.model} on {config.dataset}: {summary['step']}/{summary['total_steps']} steps "
+          f"in {summary['seconds']:.0f} s")
+    if best.get("value") is not None:
+        print(f"best {best['metric']}: {best['value']:.4f} at step {best['step']}")
+    for label, key in (("best checkpoint", "best_checkpoint"), ("last checkpoint", "checkpoint"),
+                       ("log", "log"), ("curves", "curves")):
+        if summary.get(key):
+            print(f"{label}: {summary[key]}")
+    return 0

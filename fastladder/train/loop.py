@@ -1,0 +1,539 @@
+"""The training loop: one :class:`Trainer` for every task (segmentation now, detection later).
+
+A :class:`Task` says what to build (datasets, model), how to batch and what one training step and
+one evaluation compute; the Trainer owns everything else: devices and processes, the optimizer and
+schedule, mixed precision, progress bars, the CSV log and curves, evaluation and checkpoints.
+
+Resuming is exact: training N steps in one go gives bit-identical weights and optimizer state to
+training N/2 steps, stopping, and resuming for N/2 more (for any number of data-loading workers).
+What makes it so:
+
+* the order of the samples is a pure function of (seed, epoch) (:class:`EpochBatchSampler`), and
+  a resumed epoch skips the batches already done;
+* each sample's random augmentation is seeded from (seed, epoch, index) inside
+  :class:`SeededDataset`, so it does not depend on which worker loads it, or when;
+* the schedules are closed-form functions of the step; the model, optimizer, scheduler, grad
+  scaler and the global random generators are restored from the checkpoint;
+* the data loaders draw their worker seeds from their own generators, never the global one.
+"""
+import abc
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm import tqdm
+
+from fastladder.train._log import CSVLog, plot_curves
+from fastladder.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fastladder.train.config import TrainConfig
+from fastladder.train.distributed import (DistributedContext, EpochBatchSampler, ShardSampler, all_reduce_sum,
+                                          broadcast_buffers, init_distributed, unwrap_model, wrap_model)
+from fastladder.train.optim import build_optimizer, build_scheduler
+
+__all__ = ["Task", "Runtime", "SeededDataset", "Trainer", "train", "sample_seed", "move_to_device", "TASKS"]
+
+# task name -> "module:class", imported when used
+TASKS = {"seg": "fastladder.train.segmentation:SegmentationTask"}
+
+
+def move_to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Moves every tensor of a (nested list / tuple / dict) batch to ``device``; 4-D floating
+    tensors (images) become channels_last when asked."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(item, device, channels_last) for item in batch)
+    if isinstance(batch, dict):
+        return {key: move_to_device(value, device, channels_last) for key, value in batch.items()}
+    return batch
+
+
+# --- tasks --------------------------------------------------------------------------------------
+
+class Task(abc.ABC):
+    """What a kind of training run builds and computes. Subclasses set the class attributes.
+
+    Attributes:
+        name: a short name (``seg``, ``det``).
+        main_metric: the metric that selects the best checkpoint and is plotted.
+        higher_is_better: whether a larger main metric is better.
+        metric_names: the scalar metrics :meth:`evaluate` returns (columns of the CSV log).
+    """
+
+    name: str = "task"
+    main_metric: str = "loss"
+    higher_is_better: bool = True
+    metric_names: Tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def build_datasets(self, config: TrainConfig) -> Tuple[Dataset, Optional[Dataset]]:
+        """(training set, validation set or None). The training set's transforms may draw from
+        torch's global random generator: :class:`SeededDataset` seeds it per sample."""
+
+    @abc.abstractmethod
+    def model_spec(self, config: TrainConfig, train_dataset: Dataset) -> Dict[str, Any]:
+        """``{"model_name", "model_kwargs", "num_classes"}``: how to rebuild the model from the
+        registry (also stored in checkpoints)."""
+
+    def build_model(self, config: TrainConfig, spec: Dict[str, Any]) -> nn.Module:
+        """The model from the registry (with ``config.backbone_weights`` in its backbone)."""
+        from fastladder.models import create_model
+        return create_model(spec["model_name"], spec["num_classes"], backbone_weights=config.backbone_weights,
+                            **spec["model_kwargs"])
+
+    def collate(self, samples: Sequence[Any]) -> Any:
+        """Joins a list of samples into a batch (torch's default_collate)."""
+        return default_collate(samples)
+
+    def to_device(self, batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+        """The batch on ``device`` (see :func:`move_to_device`)."""
+        return move_to_device(batch, device, channels_last)
+
+    @abc.abstractmethod
+    def training_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """(scalar loss to minimize, extra values to show in the progress bar). The model is in
+        train mode and the batch is on the device; the Trainer runs this under autocast."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime: "Runtime") -> Dict[str, Any]:
+        """Metrics over this process's share of the validation set, reduced over all processes
+        with ``runtime.reduce_sum``. Must contain ``main_metric`` and ``metric_names``; may
+        contain ``loss`` and tensors or lists (per-class values). The model is the bare model in
+        eval mode, under torch.no_grad()."""
+
+
+class Runtime:
+    """What a task's evaluate needs from the Trainer: device, autocast, reductions, progress bars."""
+
+    def __init__(self, context: DistributedContext, autocast_dtype: Optional[torch.dtype],
+                 channels_last: bool, progress: bool, to_device: Callable):
+        self.context, self.device = context, context.device
+        self.autocast_dtype, self.channels_last, self.show_progress = autocast_dtype, channels_last, progress
+        self._to_device = to_device
+
+    def autocast(self):
+        """The Trainer's mixed-precision context (a no-op without AMP)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def to_device(self, batch):
+        return self._to_device(batch, self.device, self.channels_last)
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sums a tensor over all processes (in place; identity in one process)."""
+        return all_reduce_sum(tensor, self.context)
+
+    def progress(self, iterable: Iterable, desc: str, total: Optional[int] = None) -> Iterable:
+        """A tqdm bar over ``iterable`` on the main process."""
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
+                    disable=not (self.show_progress and self.context.is_main))
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed for the augmentation of sample ``index`` in ``epoch`` of a run seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0])
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that item ``(epoch, index)`` is ``dataset[index]`` with torch's, Python's
+    and numpy's global generators seeded from :func:`sample_seed` (seed, epoch, index).
+
+    The generators' previous states are restored afterwards, so loading in the main process
+    (``num_workers=0``) leaves the training's own random stream untouched.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Union[int, Tuple[int, int]]):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        seed = sample_seed(self.seed, epoch, index)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+# --- the trainer --------------------------------------------------------------------------------
+
+def _plain(value):
+    """Metrics as plain Python values (floats, lists, dicts) for JSON and weights_only checkpoints."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.dim() == 0 else value.tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _json_safe(value):
+    """NaN and infinities as None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+class Trainer:
+    """Trains ``task`` as ``config`` says; :meth:`fit` runs it and returns a summary.
+
+    Files written to ``config.out`` (by the main process): ``config.json``, ``log.csv``,
+    ``curves.png``, ``metrics.json`` (the last evaluation), ``last.pt`` and ``best.pt``
+    (checkpoints, see :mod:`fastladder.train.checkpoint`).
+
+    After :meth:`fit`, ``model`` (possibly DDP-wrapped), ``optimizer``, ``scheduler`` and ``step``
+    stay available.
+    """
+
+    def __init__(self, task: Task, config: TrainConfig, context: Optional[DistributedContext] = None):
+        if not isinstance(config, TrainConfig):
+            raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+        self.task, self.config, self.context = task, config, context
+        self.model = self.optimizer = self.scheduler = None
+        self.step = 0
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    def _amp(self, device: torch.device) -> Tuple[Optional[torch.dtype], bool]:
+        """(autocast dtype or None, whether a GradScaler is needed)."""
+        config = self.config
+        if not config.amp:
+            return None, False
+        name = config.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
+        dtype = getattr(torch, name)
+        if device.type == "cpu" and dtype == torch.float16:
+            raise ValueError("amp_dtype float16 needs CUDA; on CPU use bfloat16")
+        return dtype, dtype == torch.float16
+
+    def _resume_path(self) -> Optional[str]:
+        resume = self.config.resume
+        if not resume:
+            return None
+        if resume in ("last", "auto", "true", "True"):
+            return os.path.join(self.config.out, "last.pt")
+        return resume
+
+    def _setup(self):
+        config, task = self.config, self.task
+        self.context = context = self.context or init_distributed(config.device)
+        self.main = context.is_main
+        if self.main:
+            os.makedirs(config.out, exist_ok=True)
+            config.save(os.path.join(config.out, "config.json"))
+        # The same seed on every process: identical initial weights (DDP also broadcasts rank 0's).
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+
+        if context.device.type == "cuda":
+            # Fixed crop sizes: let cuDNN pick the fastest convolution algorithms (not bit-reproducible).
+            torch.backends.cudnn.benchmark = True
+
+        self.train_dataset, self.val_dataset = task.build_datasets(config)
+        self.spec = task.model_spec(config, self.train_dataset)
+        model = task.build_model(config, self.spec)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = wrap_model(model, context, sync_bn=config.sync_bn)
+        self.bare_model = unwrap_model(self.model)
+
+        self.sampler = EpochBatchSampler(len(self.train_dataset), config.batch_size, seed=config.seed,
+                                         rank=context.rank, world_size=context.world_size)
+        self.steps_per_epoch = len(self.sampler)
+        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.end_step = min(self.total_steps, config.stop_at) if config.stop_at else self.total_steps
+
+        self.optimizer = build_optimizer(config, self.bare_model)
+        self.scheduler = build_scheduler(config, self.optimizer, self.total_steps)
+        self.autocast_dtype, use_scaler = self._amp(context.device)
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=use_scaler)
+        self.runtime = Runtime(context, self.autocast_dtype, config.channels_last, config.progress,
+                               task.to_device)
+
+        workers = config.workers
+        self.train_loader = DataLoader(
+            SeededDataset(self.train_dataset, config.seed), batch_sampler=self.sampler, num_workers=workers,
+            collate_fn=task.collate, pin_memory=context.device.type == "cuda", persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(config.seed))
+        self.val_loader = None
+        if self.val_dataset is not None:
+            self.val_loader = DataLoader(
+                self.val_dataset, batch_size=config.val_batch_size,
+                sampler=ShardSampler(len(self.val_dataset), context.rank, context.world_size),
+                num_workers=workers, collate_fn=task.collate, pin_memory=context.device.type == "cuda",
+                generator=torch.Generator().manual_seed(config.seed))
+
+        self.best = {"metric": task.main_metric, "value": None, "step": None}
+        self.metrics: Dict[str, Any] = {}
+        self.step = 0
+        restored_rng = None
+        resume = self._resume_path()
+        if resume is not None:
+            restored_rng = self._load(resume)
+        self.log = None
+        if self.main:
+            self.log = CSVLog(os.path.join(config.out, "log.csv"), task.metric_names,
+                              resume_step=self.step if resume is not None else None)
+        self.seconds_before = self.log.last_seconds() if self.log is not None else 0.0
+        if restored_rng is not None:
+            # Last: nothing after this point may draw from the global generators before training does.
+            set_rng_state(restored_rng)
+
+    def _load(self, path: str):
+        """Restores the state of a checkpoint; returns its random generator states."""
+        checkpoint = load_checkpoint(path, map_location="cpu")
+        missing = [key for key in ("model", "optimizer", "scheduler", "step") if key not in checkpoint]
+        if missing:
+            raise RuntimeError(f"checkpoint {path!r} lacks {missing}: not a fastladder training checkpoint")
+        if checkpoint.get("model_name") not in (None, self.spec["model_name"]):
+            raise RuntimeError(f"checkpoint {path!r} is of model {checkpoint['model_name']!r}, this run "
+                               f"trains {self.spec['model_name']!r}")
+        self.bare_model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.step = int(checkpoint["step"])
+        self.metrics = checkpoint.get("metrics") or {}
+        self.best = checkpoint.get("best") or self.best
+        if self.main:
+            epoch = self.step // self.steps_per_epoch + 1
+            tqdm.write(f"resumed from {path} at step {self.step} (epoch {epoch})")
+        return checkpoint.get("rng")
+
+    # --- checkpoints and evaluation -------------------------------------------------------------
+
+    def state(self) -> Dict[str, Any]:
+        """The checkpoint dict (see :mod:`fastladder.train.checkpoint`)."""
+        return {
+            "model": self.bare_model.state_dict(),
+            "model_name": self.spec["model_name"],
+            "model_kwargs": dict(self.spec["model_kwargs"]),
+            "num_classes": int(self.spec["num_classes"]),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+            "metrics": self.metrics,
+            "best": self.best,
+        }
+
+    def _save(self, name: str) -> str:
+        path = os.path.join(self.config.out, name)
+        save_checkpoint(path, **self.state())
+        return path
+
+    def evaluate(self) -> Dict[str, Any]:
+        """Runs the task's evaluation on the validation set (all processes take part)."""
+        model = self.bare_model
+        broadcast_buffers(model, self.context)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.task.evaluate(model, self.val_loader, self.runtime)
+        finally:
+            model.train(was_training)
+        missing = [name for name in (self.task.main_metric, *self.task.metric_names) if name not in metrics]
+        if missing:
+            raise RuntimeError(f"{type(self.task).__name__}.evaluate did not return {missing}; it returned "
+                               f"{sorted(metrics)}")
+        return _plain(metrics)
+
+    def _improved(self, value: float) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        best = self.best["value"]
+        if best is None:
+            return True
+        return value > best if self.task.higher_is_better else value < best
+
+    def _after_evaluation(self, epoch: int, seconds: float):
+        metrics, task, config = self.metrics, self.task, self.config
+        self.log.write(step=self.step, epoch=epoch, split="val", loss=metrics.get("loss"), lr=None,
+                       seconds=seconds, **{name: metrics[name] for name in task.metric_names})
+        with open(os.path.join(config.out, "metrics.json"), "w") as f:
+            record = {"step": self.step, "epoch": epoch, "metrics": metrics, "best": self.best}
+            json.dump(_json_safe(record), f, indent=2)
+        plot_curves(self.log.rows, os.path.join(config.out, "curves.png"), task.main_metric,
+                    title=f"{self.spec['model_name']} on {config.dataset}",
+                    higher_is_better=task.higher_is_better)
+        summary = ", ".join(f"{name} {metrics[name]:.4f}" for name in task.metric_names
+                            if isinstance(metrics.get(name), float))
+        tqdm.write(f"step {self.step}/{self.total_steps} (epoch {epoch + 1}): {summary}")
+
+    # --- training -------------------------------------------------------------------------------
+
+    def _backward_and_step(self, loss: torch.Tensor):
+        config = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if config.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def fit(self) -> Dict[str, Any]:
+        """Trains from the current (or resumed) step up to ``total_steps`` (or ``stop_at``).
+
+        Returns:
+            ``{"step", "total_steps", "loss" (the last logged training loss), "metrics" (the last
+            evaluation), "best" ({"metric", "value", "step"}), "out", "checkpoint", "best_checkpoint",
+            "log", "curves", "seconds"}`` (paths None where nothing was written).
+        """
+        self._setup()
+        config, task, context = self.config, self.task, self.context
+        started = time.perf_counter()
+        window_loss, window_steps = torch.zeros((), dtype=torch.float64, device=context.device), 0
+        paths = {"checkpoint": None, "best_checkpoint": None}
+        last_loss = None
+        try:
+            while self.step < self.end_step:
+                epoch, done = divmod(self.step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch, done)
+                batches = min(self.steps_per_epoch - done, self.end_step - self.step)
+                bar = tqdm(total=batches, desc=f"epoch {epoch + 1}/{self.num_epochs}", dynamic_ncols=True,
+                           disable=not (config.progress and self.main))
+                self.model.train()
+                for batch in self.train_loader:
+                    batch = task.to_device(batch, context.device, config.channels_last)
+                    lr = max(group["lr"] for group in self.optimizer.param_groups)
+                    with self.runtime.autocast():
+                        loss, extra = task.training_step(self.model, batch)
+                    self._backward_and_step(loss)
+                    self.step += 1
+                    window_loss += loss.detach().double()
+                    window_steps += 1
+                    bar.update(1)
+                    end_of_epoch = self.step % self.steps_per_epoch == 0
+                    seconds = self.seconds_before + time.perf_counter() - started
+                    if self.step % config.log_every == 0 or self.step == self.end_step or end_of_epoch:
+                        last_loss = self._log_training(window_loss, window_steps, epoch, lr, seconds, bar,
+                                                       extra)
+                        window_loss.zero_()
+                        window_steps = 0
+                    evaluate = self.val_loader is not None and (
+                        (config.eval_every is not None and self.step % config.eval_every == 0)
+                        or (config.eval_every is None and end_of_epoch) or self.step == self.total_steps)
+                    if evaluate:
+                        self.metrics = self.evaluate()
+                        value = self.metrics[task.main_metric]
+                        if self._improved(value):
+                            self.best = {"metric": task.main_metric, "value": value, "step": self.step}
+                            if self.main:
+                                paths["best_checkpoint"] = self._save("best.pt")
+                        if self.main:
+                            self._after_evaluation(epoch, seconds)
+                    every = config.checkpoint_every
+                    periodic = every is not None and self.step % every == 0
+                    if self.main and (evaluate or periodic or self.step == self.end_step):
+                        paths["checkpoint"] = self._save("last.pt")
+                    if self.step >= self.end_step:
+                        break
+                bar.close()
+            # The main process may still be writing its last checkpoint; no process leaves before it.
+            context.barrier()
+        finally:
+            # (no barrier on an error: the failing process exits and the launcher stops the others)
+            context.close()
+        out = config.out
+        best_path = os.path.join(out, "best.pt")
+        last_path = os.path.join(out, "last.pt")
+        curves_path = os.path.join(out, "curves.png")
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "loss": last_loss,
+            "metrics": self.metrics,
+            "best": self.best,
+            "out": out,
+            "checkpoint": paths["checkpoint"] or (last_path if os.path.isfile(last_path) else None),
+            "best_checkpoint": paths["best_checkpoint"] or (best_path if os.path.isfile(best_path) else None),
+            "log": os.path.join(out, "log.csv") if self.main else None,
+            "curves": curves_path if os.path.isfile(curves_path) else None,
+            "seconds": self.seconds_before + time.perf_counter() - started,
+        }
+
+    def _log_training(self, window_loss, window_steps, epoch, lr, seconds, bar, extra) -> float:
+        """Logs the mean loss of the last steps (over all processes) and the lr of the last step
+        (the largest group's: the head's); returns the loss."""
+        reduced = self.runtime.reduce_sum(window_loss.clone()) / (window_steps * self.context.world_size)
+        loss = reduced.item()
+        if not math.isfinite(loss) and not self.scaler.is_enabled():
+            raise FloatingPointError(f"the training loss is {loss} at step {self.step} (epoch {epoch + 1}); "
+                                     f"lower the lr ({self.config.lr}) or enable clip_grad_norm")
+        if self.main:
+            self.log.write(step=self.step, epoch=epoch, split="train", loss=loss, lr=lr, seconds=seconds)
+            postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.3g}"}
+            postfix.update({key: f"{float(value):.4g}" for key, value in (extra or {}).items()})
+            bar.set_postfix(postfix)
+        return loss
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+def _task_from_name(name: str, **kwargs) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+    import importlib
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+def train(config: Union[TrainConfig, Dict[str, Any], str], *, task: Optional[Task] = None,
+          dataset_factory: Optional[Callable] = None) -> Dict[str, Any]:
+    """Runs a training and returns its summary (see :meth:`Trainer.fit`).
+
+    Args:
+        config: a TrainConfig, a dict of its fields, or a YAML/JSON file.
+        task: the task object; default the one ``config.task`` names.
+        dataset_factory: ``factory(config, split) -> dataset`` (``split`` ``"train"`` or ``"val"``)
+            instead of the datasets ``config.dataset`` names (tests, custom data).
+    """
+    if isinstance(config, str):
+        config = TrainConfig.from_file(config)
+    elif isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    if task is None:
+        task_kwargs = {"dataset_factory": dataset_factory} if dataset_factory is not None else {}
+        task = _task_from_name(config.task, **task_kwargs)
+    elif dataset_factory is not None:
+        raise ValueError("pass dataset_factory to the task's constructor when giving a task")
+    return Trainer(task, config).fit()

@@ -1,0 +1,160 @@
+"""Semantic segmentation as a training task: ladder loss, mIoU evaluation, the standard datasets.
+
+Datasets: ``cityscapes`` (19 train ids), ``voc`` (VOC 2012, 21 classes), ``camvid`` and
+``synthetic`` (built-in scenes, no download), each in its official layout under ``config.root``.
+Training samples are random-scale crops of ``config.crop_size`` with horizontal flips; validation
+images are whole.
+"""
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from fastladder.eval.segmentation import confusion_matrix, mean_iou
+from fastladder.train.config import TrainConfig
+from fastladder.train.loop import Runtime, Task, move_to_device
+from fastladder.train.losses import ladder_loss
+
+__all__ = ["SegmentationTask", "build_segmentation_dataset", "DATASETS"]
+
+DATASETS = ("cityscapes", "voc", "camvid", "synthetic")
+
+# ImageNet statistics on the 0-255 scale, for datasets without their own (the backbones were
+# pretrained with them).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def build_segmentation_dataset(config: TrainConfig, split: str) -> Dataset:
+    """The dataset ``config.dataset`` names, with training or evaluation transforms.
+
+    Args:
+        config: reads ``dataset``, ``root``, ``dataset_kwargs`` (extra constructor arguments,
+            e.g. ``{"num_images": 64}`` for ``synthetic``), ``crop_size``, ``scale_range``.
+        split: ``"train"`` (random-scale crops, flips) or ``"val"`` (whole images).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    name = config.dataset
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    root = config.root
+    if root is None:
+        if name != "synthetic":
+            raise ValueError(f"dataset {name!r} needs root (--root): the folder of its official layout")
+        root = os.path.join(config.out, "synthetic-data")
+    from fastladder import data
+    from fastladder.data import transforms
+
+    if name in ("cityscapes", "synthetic"):
+        mean, std = transforms.CITYSCAPES_MEAN, transforms.CITYSCAPES_STD
+    else:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if split == "train":
+        tf = transforms.segmentation_train_transforms(
+            tuple(config.crop_size), scale_range=tuple(config.scale_range), mean=mean, std=std)
+    else:
+        tf = transforms.segmentation_eval_transforms(mean=mean, std=std)
+    kwargs = dict(config.dataset_kwargs)
+    if name == "cityscapes":
+        return data.Cityscapes(root, split, transforms=tf, **kwargs)
+    if name == "voc":
+        return data.VOCSegmentation(root, image_set=split, transforms=tf, **kwargs)
+    if name == "camvid":
+        return data.CamVid(root, split, transforms=tf, **kwargs)
+    return data.SyntheticScenes(root, split, transforms=tf, **kwargs)
+
+
+class SegmentationTask(Task):
+    """Dense classification trained with :func:`ladder_loss` (0.7 main + 0.3 auxiliary CE when the
+    model returns auxiliary logits), evaluated by mIoU over the confusion matrix of the whole
+    validation set (summed over batches and processes).
+
+    Samples are ``(image Tensor[3, H, W] float, label Tensor[H, W] int64)`` with ``ignore_index``
+    on unlabelled pixels; the dataset has ``num_classes`` (and optionally ``class_names``,
+    ``ignore_index``). uint8 images are scaled to [0, 1].
+
+    Args:
+        dataset_factory: ``factory(config, split) -> dataset``; default :func:`build_segmentation_dataset`.
+    """
+
+    name = "seg"
+    main_metric = "miou"
+    higher_is_better = True
+    metric_names = ("miou", "pixel_accuracy")
+
+    def __init__(self, dataset_factory: Optional[Callable[[TrainConfig, str], Dataset]] = None):
+        self.dataset_factory = dataset_factory or build_segmentation_dataset
+        self.ignore_index = 255
+        self.num_classes = None
+        self.class_names = None
+
+    def build_datasets(self, config: TrainConfig) -> Tuple[Dataset, Optional[Dataset]]:
+        train_set = self.dataset_factory(config, "train")
+        val_set = self.dataset_factory(config, "val")
+        for split, dataset in (("train", train_set), ("val", val_set)):
+            if dataset is not None and not isinstance(getattr(dataset, "num_classes", None), int):
+                raise ValueError(f"the {split} dataset ({type(dataset).__name__}) must have an int attribute "
+                                 f"num_classes")
+        self.num_classes = train_set.num_classes
+        if val_set is not None and val_set.num_classes != self.num_classes:
+            raise ValueError(f"the train and val datasets disagree on num_classes: {self.num_classes} and "
+                             f"{val_set.num_classes}")
+        self.ignore_index = getattr(train_set, "ignore_index", 255)
+        self.class_names = list(getattr(train_set, "class_names", None) or
+                                [str(c) for c in range(self.num_classes)])
+        return train_set, val_set
+
+    def model_spec(self, config: TrainConfig, train_dataset: Dataset) -> Dict[str, Any]:
+        kwargs = dict(config.model_kwargs)
+        if config.memory_efficient:
+            kwargs["memory_efficient"] = True
+        return {"model_name": config.model, "model_kwargs": kwargs,
+                "num_classes": int(train_dataset.num_classes)}
+
+    def to_device(self, batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+        # uint8 images travel as uint8 (a quarter of the bytes) and become float on the device.
+        images, labels = move_to_device(tuple(batch), device)
+        if not images.is_floating_point():
+            images = images.float().div_(255)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
+
+    def training_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
+        images, labels = batch
+        return ladder_loss(model(images), labels, ignore_index=self.ignore_index), {}
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> Dict[str, Any]:
+        """``{"miou", "pixel_accuracy", "loss" (mean CE per labelled pixel), "iou" (per class, NaN
+        where undefined), "class_names", "pixels" (labelled pixels evaluated)}``."""
+        classes = self.num_classes
+        device = runtime.device
+        confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
+        # [summed cross-entropy, labelled pixels]
+        loss_sums = torch.zeros(2, dtype=torch.float64, device=device)
+        for batch in runtime.progress(loader, desc="val"):
+            images, labels = runtime.to_device(batch)
+            with runtime.autocast():
+                logits = model(images)
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+            logits = logits.float()
+            loss_sums[0] += F.cross_entropy(logits, labels, ignore_index=self.ignore_index,
+                                            reduction="sum").double()
+            loss_sums[1] += (labels != self.ignore_index).sum()
+            confusion += confusion_matrix(logits.argmax(1), labels, classes, self.ignore_index)
+        runtime.reduce_sum(confusion)
+        runtime.reduce_sum(loss_sums)
+        scores = mean_iou(confusion.cpu())
+        return {
+            "miou": scores["miou"],
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "loss": (loss_sums[0] / loss_sums[1]).item() if loss_sums[1] > 0 else float("nan"),
+            "iou": scores["iou"].tolist(),
+            "class_names": self.class_names,
+            "pixels": int(confusion.sum()),
+        }
