@@ -316,8 +316,10 @@ class Resize:
                                     align_corners=False, antialias=self.antialias)[0]
             image = resized.round().clamp(0, 255).to(image.dtype) if not image.is_floating_point() else \
                 resized.to(image.dtype)
-        scale = torch.tensor([new_width / width, new_height / height] * 2, dtype=boxes.dtype)
-        return image, _with_boxes(target, boxes * scale)
+        # multiply then divide in float64: a box edge on the old border lands exactly on the new one
+        numerator = torch.tensor([new_width, new_height] * 2, dtype=torch.float64, device=boxes.device)
+        denominator = torch.tensor([width, height] * 2, dtype=torch.float64, device=boxes.device)
+        return image, _with_boxes(target, (boxes.double() * numerator / denominator).to(boxes.dtype))
 
     def __repr__(self):
         return f"{type(self).__name__}(size={self.size}, antialias={self.antialias})"
