@@ -317,9 +317,9 @@ class _Walker:
         self.foot_speed = rng.uniform(-0.25, 0.25)
         self.x0 = rng.uniform(0, scene.width)
         self.speed = rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 1.0)   # body heights per 100 frames
-        self.width_ratio = rng.uniform(0.85, 1.15)
-        self.shoulder = rng.uniform(0.26, 0.33)
-        self.stride = rng.uniform(0.07, 0.12)
+        self.width_ratio = rng.uniform(0.9, 1.1)
+        self.shoulder = rng.uniform(0.24, 0.31)
+        self.stride = rng.uniform(0.05, 0.09)
         self.phase0 = rng.uniform(0, 2 * math.pi)
         self.skin = _SKIN_TONES[rng.integers(len(_SKIN_TONES))]
         self.hair = _hsv_colour(rng, hue=rng.uniform(0.02, 0.12), saturation=(0.2, 0.8), value=(0.05, 0.6))
@@ -358,7 +358,7 @@ class _Walker:
             leg = _capsule(xs, ys, hip, foot, leg_radius)
             _composite(patch, leg, self.trousers * shade)
             shoe = _ellipse(xs, ys, foot[0] + 0.03 * unit * np.sign(self.speed), foot_y - 0.6 * leg_radius,
-                            1.4 * leg_radius, 0.7 * leg_radius)
+                            1.2 * leg_radius, 0.7 * leg_radius)
             _composite(patch, shoe, self.shoes)
             coverage = np.maximum(coverage, np.maximum(leg, shoe))
         half_shoulder = self.shoulder * unit / 2

@@ -51,8 +51,12 @@ def test_read_through_mot15_loader(tmp_path, seed):
         assert (target["labels"] == 1).all()
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         assert (heights >= 0.1 * 96 - 1).all() and (heights <= 0.65 * 96).all()
-        # upright figures: tight boxes are 0.3 to 0.6 as wide as they are tall
-        assert ((widths / heights > 0.28) & (widths / heights < 0.62)).all(), (widths / heights).tolist()
+        # upright figures: tight boxes are 0.3 to 0.6 as wide as they are tall (looser for figures of a
+        # dozen pixels, whose width is three or four whole pixels)
+        aspect = widths / heights
+        large = heights >= 20
+        assert ((aspect[large] > 0.28) & (aspect[large] < 0.6)).all(), aspect[large].tolist()
+        assert ((aspect > 0.2) & (aspect < 0.7)).all(), aspect.tolist()
         # every annotated box touches the image
         assert ((boxes[:, 2] > 0) & (boxes[:, 0] < 128) & (boxes[:, 3] > 0) & (boxes[:, 1] < 96)).all()
         total += len(boxes)
