@@ -9,7 +9,9 @@ Each transform is a callable ``(image, target) -> (image, target)``:
   "ignore" (other keys pass unchanged). The input target is never modified in place.
 
 Random transforms draw from an optional ``torch.Generator`` given to their constructor (the
-global generator otherwise), so a seeded generator reproduces a pipeline exactly.
+global generator otherwise), so a seeded generator reproduces a pipeline exactly. In a DataLoader
+with workers, every worker gets a copy of that generator in the same state (so the same stream):
+leave it None there, and each worker draws from its own, differently seeded, global generator.
 
 The SSD recipe (Liu et al. 2016, the original Caffe data layer): photometric distortion, zoom
 out up to 4x on a mean-filled canvas, min-IoU random crop, horizontal flip, resize.
@@ -21,8 +23,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "Compose", "PhotometricDistort", "Expand", "MinIoURandomCrop", "RandomHorizontalFlip", "Resize",
-    "ToFloatNormalize", "ssd_train_transforms", "ssd_eval_transforms", "collate_detection", "relative_targets",
-    "IMAGENET_MEAN", "IMAGENET_STD",
+    "ToFloatNormalize", "ssd_train_transforms", "ssd_eval_transforms", "collate_detection",
+    "relative_targets", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 Target = Dict[str, torch.Tensor]
@@ -95,7 +97,8 @@ def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     saturation = torch.where(value > 0, chroma / value.clamp(min=1e-12), torch.zeros_like(value))
     safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     hue = torch.where(value == red, (green - blue) / safe_chroma,
-                      torch.where(value == green, 2 + (blue - red) / safe_chroma, 4 + (red - green) / safe_chroma))
+                      torch.where(value == green, 2 + (blue - red) / safe_chroma,
+                                  4 + (red - green) / safe_chroma))
     hue = torch.where(chroma > 0, torch.remainder(hue / 6, 1.0), torch.zeros_like(hue))
     return torch.stack([hue, saturation, value])
 
@@ -110,7 +113,8 @@ def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     t = value * (1 - saturation * (1 - fraction))
     # per sector (0..5) which of (value, q, p, t) each channel takes
     candidates = torch.stack([value, q, p, t])                                        # [4, H, W]
-    table = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=hsv.device)
+    table = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]],
+                         device=hsv.device)
     picks = table[sector].permute(2, 0, 1)                                            # [3, H, W]
     return torch.gather(candidates, 0, picks)
 
@@ -132,12 +136,14 @@ class PhotometricDistort:
         generator = self.generator
         pixels = image.to(torch.float32)
         if _chance(generator, self.p):
-            pixels = (pixels + _uniform(generator, -self.brightness_delta, self.brightness_delta)).clamp(0, 255)
+            delta = _uniform(generator, -self.brightness_delta, self.brightness_delta)
+            pixels = (pixels + delta).clamp(0, 255)
         contrast_first = _chance(generator, 0.5)
         if contrast_first and _chance(generator, self.p):
             pixels = (pixels * _uniform(generator, *self.contrast)).clamp(0, 255)
         saturation_factor = _uniform(generator, *self.saturation) if _chance(generator, self.p) else None
-        hue_shift = _uniform(generator, -self.hue_delta, self.hue_delta) if _chance(generator, self.p) else None
+        hue_shift = _uniform(generator, -self.hue_delta, self.hue_delta) if _chance(generator, self.p) \
+            else None
         if saturation_factor is not None or hue_shift is not None:
             hsv = _rgb_to_hsv(pixels / 255)
             if saturation_factor is not None:
@@ -170,8 +176,8 @@ class Expand:
             raise ValueError(f"max_ratio must be >= 1, got {max_ratio}")
         if len(mean) != 3:
             raise ValueError(f"mean must have 3 values (RGB), got {len(mean)}")
-        self.mean, self.max_ratio, self.p, self.generator = tuple(float(m) for m in mean), float(max_ratio), float(p), \
-            generator
+        self.mean = tuple(float(m) for m in mean)
+        self.max_ratio, self.p, self.generator = float(max_ratio), float(p), generator
 
     def __call__(self, image, target):
         _check_image(image, type(self).__name__)
@@ -216,7 +222,8 @@ class MinIoURandomCrop:
     then up to ``max_trials`` patches are sampled: sides uniform in [min_scale, 1] of the image's,
     aspect ratio h / w in ``aspect_range``, position uniform. A patch is accepted when some box has
     IoU >= the constraint with it (the Caffe sampler's rule, also torchvision's) and at least one
-    box centre lies strictly inside it (an image without boxes accepts any patch). The boxes whose
+    box centre lies strictly inside it (an image without boxes accepts any patch; ignored boxes
+    count like the others). The boxes whose
     centres are inside are kept, clipped to the patch and shifted; the others are dropped. When
     no trial succeeds the input is returned unchanged (the Caffe layer's fallback)."""
 
@@ -330,7 +337,8 @@ class ToFloatNormalize:
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std must be 3 values (std positive), got {tuple(mean)} and {tuple(std)}")
+            raise ValueError(f"mean and std must be 3 values (std positive), got {tuple(mean)} and "
+                             f"{tuple(std)}")
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     def __call__(self, image, target):
@@ -344,7 +352,8 @@ class ToFloatNormalize:
 
 
 def ssd_train_transforms(size: Union[int, Tuple[int, int]] = 300, mean: Sequence[float] = IMAGENET_MEAN,
-                         std: Sequence[float] = IMAGENET_STD, generator: Optional[torch.Generator] = None) -> Compose:
+                         std: Sequence[float] = IMAGENET_STD,
+                         generator: Optional[torch.Generator] = None) -> Compose:
     """SSD training augmentation: PhotometricDistort, Expand (4x, mean fill), MinIoURandomCrop,
     RandomHorizontalFlip, Resize(size), ToFloatNormalize(mean, std)."""
     return Compose([
@@ -374,7 +383,8 @@ def collate_detection(batch: Sequence[Tuple[torch.Tensor, Target]]) -> Tuple[tor
     images = [image for image, _ in batch]
     shapes = {tuple(image.shape) for image in images}
     if len(shapes) != 1:
-        raise ValueError(f"collate_detection: images must share one shape to be stacked, got {sorted(shapes)}")
+        raise ValueError(f"collate_detection: images must share one shape to be stacked, got "
+                         f"{sorted(shapes)}")
     return torch.stack(images), [target for _, target in batch]
 
 

@@ -44,8 +44,9 @@ class SequenceInfo:
         self.length, self.width, self.height, self.extension = length, width, height, extension
 
     def __repr__(self):
-        return (f"SequenceInfo(name={self.name!r}, image_dir={self.image_dir!r}, frame_rate={self.frame_rate}, "
-                f"length={self.length}, width={self.width}, height={self.height}, extension={self.extension!r})")
+        return (f"SequenceInfo(name={self.name!r}, image_dir={self.image_dir!r}, "
+                f"frame_rate={self.frame_rate}, length={self.length}, width={self.width}, "
+                f"height={self.height}, extension={self.extension!r})")
 
 
 def read_sequence_info(sequence_dir: str) -> SequenceInfo:
@@ -77,13 +78,15 @@ def read_sequence_info(sequence_dir: str) -> SequenceInfo:
         try:
             return convert(text)
         except ValueError as error:
-            raise ValueError(f"{ini_path}: [Sequence] {key} = {text!r} is not a valid {convert.__name__}") from error
+            raise ValueError(f"{ini_path}: [Sequence] {key} = {text!r} is not a valid "
+                             f"{convert.__name__}") from error
 
     info = SequenceInfo(name=field("name", str, required=False) or name,
                         image_dir=field("imDir", str, required=False) or "img1",
                         frame_rate=field("frameRate", float, required=False),
                         length=field("seqLength", int), width=field("imWidth", int),
-                        height=field("imHeight", int), extension=field("imExt", str, required=False) or ".jpg")
+                        height=field("imHeight", int),
+                        extension=field("imExt", str, required=False) or ".jpg")
     for key, value in (("seqLength", info.length), ("imWidth", info.width), ("imHeight", info.height)):
         if value <= 0:
             raise ValueError(f"{ini_path}: [Sequence] {key} must be positive, got {value}")
@@ -91,7 +94,8 @@ def read_sequence_info(sequence_dir: str) -> SequenceInfo:
         info.extension = "." + info.extension
     image_dir = os.path.join(sequence_dir, info.image_dir)
     if not os.path.isdir(image_dir):
-        raise ValueError(f"{ini_path}: the image folder imDir={info.image_dir!r} does not exist ({image_dir})")
+        raise ValueError(f"{ini_path}: the image folder imDir={info.image_dir!r} does not exist "
+                         f"({image_dir})")
     return info
 
 
@@ -140,8 +144,9 @@ def read_mot_ground_truth(path: str, num_frames: int) -> Dict[int, Tuple[torch.T
                 continue
             fields = [field.strip() for field in text.split(",")]
             if len(fields) != _GT_COLUMNS:
-                raise ValueError(f"{path}:{line_number}: expected {_GT_COLUMNS} comma-separated values (frame, id, "
-                                 f"left, top, width, height, consider, x, y, z), got {len(fields)}: {text!r}")
+                raise ValueError(f"{path}:{line_number}: expected {_GT_COLUMNS} comma-separated values "
+                                 f"(frame, id, left, top, width, height, consider, x, y, z), got "
+                                 f"{len(fields)}: {text!r}")
             try:
                 values = [float(field) for field in fields]
             except ValueError:
@@ -153,7 +158,8 @@ def read_mot_ground_truth(path: str, num_frames: int) -> Dict[int, Tuple[torch.T
                 raise ValueError(f"{path}:{line_number}: frame {fields[0]} is outside 1..{num_frames} "
                                  f"(the sequence length)")
             if width < 0 or height < 0:
-                raise ValueError(f"{path}:{line_number}: negative box size (width {fields[4]}, height {fields[5]})")
+                raise ValueError(f"{path}:{line_number}: negative box size (width {fields[4]}, "
+                                 f"height {fields[5]})")
             ignore = consider == 0 or width == 0 or height == 0
             rows.setdefault(int(frame), []).append((left - 1, top - 1, width, height, ignore))
     result = {}
@@ -193,8 +199,10 @@ class MOT15Detection(torch.utils.data.Dataset):
             raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
         train_dir = os.path.join(root, "train")
         if not os.path.isdir(train_dir):
-            raise ValueError(f"{train_dir}: folder not found (expected the 2DMOT2015 layout root/train/SEQ/...)")
-        available = sorted(entry for entry in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, entry)))
+            raise ValueError(f"{train_dir}: folder not found (expected the 2DMOT2015 layout "
+                             f"root/train/SEQ/...)")
+        available = sorted(entry for entry in os.listdir(train_dir)
+                           if os.path.isdir(os.path.join(train_dir, entry)))
         if sequences is None:
             sequences = available
             if not sequences:
@@ -204,7 +212,8 @@ class MOT15Detection(torch.utils.data.Dataset):
             missing = [name for name in sequences if name not in available]
             if missing:
                 raise ValueError(f"sequences {missing} not found in {train_dir} (available: {available})")
-        self.root, self.split, self.val_fraction, self.transforms = root, split, float(val_fraction), transforms
+        self.root, self.split, self.transforms = root, split, transforms
+        self.val_fraction = float(val_fraction)
         self.sequences = tuple(sequences)
         self.sequence_info: Dict[str, SequenceInfo] = {}
         self.frames: List[Tuple[str, int, str]] = []
@@ -226,7 +235,8 @@ class MOT15Detection(torch.utils.data.Dataset):
                 continue
             file_name = f"{frame:06d}{info.extension}"
             if file_name not in present:
-                raise ValueError(f"{os.path.join(image_dir, file_name)}: frame {frame} has ground truth but no image")
+                raise ValueError(f"{os.path.join(image_dir, file_name)}: frame {frame} has ground truth "
+                                 f"but no image")
             self.frames.append((name, frame, os.path.join(image_dir, file_name)))
             self._targets.append(annotations[frame])
 
@@ -248,5 +258,5 @@ class MOT15Detection(torch.utils.data.Dataset):
         return image, target
 
     def __repr__(self):
-        return (f"{type(self).__name__}(root={self.root!r}, split={self.split!r}, val_fraction={self.val_fraction}, "
-                f"sequences={len(self.sequences)}, images={len(self)})")
+        return (f"{type(self).__name__}(root={self.root!r}, split={self.split!r}, "
+                f"val_fraction={self.val_fraction}, sequences={len(self.sequences)}, images={len(self)})")

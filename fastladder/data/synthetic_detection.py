@@ -64,13 +64,15 @@ class SyntheticPedestrians(MOT15Detection):
     def __init__(self, root: str, split: str = "train", transforms: Optional[Callable] = None, *,
                  num_sequences: int = 8, frames_per_sequence: int = 100, size: Tuple[int, int] = (240, 320),
                  seed: int = 0, val_fraction: float = 0.2, progress: bool = True):
-        generate_synthetic_pedestrians(root, num_sequences=num_sequences, frames_per_sequence=frames_per_sequence,
-                                       size=size, seed=seed, progress=progress)
+        generate_synthetic_pedestrians(root, num_sequences=num_sequences,
+                                       frames_per_sequence=frames_per_sequence, size=size, seed=seed,
+                                       progress=progress)
         super().__init__(root, split=split, val_fraction=val_fraction, transforms=transforms)
 
 
 def generate_synthetic_pedestrians(root: str, *, num_sequences: int = 8, frames_per_sequence: int = 100,
-                                   size: Tuple[int, int] = (240, 320), seed: int = 0, progress: bool = True) -> bool:
+                                   size: Tuple[int, int] = (240, 320), seed: int = 0,
+                                   progress: bool = True) -> bool:
     """Writes the set into ``root`` unless the manifest there already records these parameters.
 
     Returns:
@@ -98,7 +100,8 @@ def generate_synthetic_pedestrians(root: str, *, num_sequences: int = 8, frames_
             with open(manifest_path, encoding="utf-8") as f:
                 recorded = json.load(f)
         except (OSError, ValueError) as error:
-            raise ValueError(f"{manifest_path}: unreadable manifest ({error}); delete {root} to regenerate") from error
+            raise ValueError(f"{manifest_path}: unreadable manifest ({error}); delete {root} to "
+                             f"regenerate") from error
         if recorded.get("complete") and recorded.get("parameters") == parameters:
             return False
         if recorded.get("parameters", {}).get("generator") != parameters["generator"]:
@@ -271,11 +274,12 @@ class _Scene:
                                _hsv_colour(rng, saturation=(0.6, 1.0), value=(0.6, 1.0)))
             elif kind == 1:   # a bush or ball: round
                 radius = size * rng.uniform(0.15, 0.35)
-                _composite(image, _ellipse(xs, ys, centre, foot - radius, radius * rng.uniform(1.0, 1.6), radius),
-                           colour)
+                radius_x = radius * rng.uniform(1.0, 1.6)
+                _composite(image, _ellipse(xs, ys, centre, foot - radius, radius_x, radius), colour)
             elif kind == 2:   # a crate: square-ish
                 side = size * rng.uniform(0.2, 0.4)
-                _composite(image, _rectangle(xs, ys, centre - side / 2, foot - side, centre + side / 2, foot), colour)
+                crate = _rectangle(xs, ys, centre - side / 2, foot - side, centre + side / 2, foot)
+                _composite(image, crate, colour)
             else:             # a parked car
                 _draw_car(image, xs, ys, centre, foot, size, colour, rng.uniform(0.05, 0.25) * 255)
 
@@ -368,7 +372,7 @@ class _Walker:
         arm_radius = 0.04 * unit
         for side in (-1.0, 1.0):
             shoulder = (centre_x + side * (half_shoulder - arm_radius * 0.6), top + 0.2 * height)
-            hand = (centre_x + side * (half_shoulder + 0.015 * unit) - side * swing * 0.5 * self.stride * unit,
+            hand = (centre_x + side * (half_shoulder + 0.015 * unit - swing * 0.5 * self.stride * unit),
                     top + 0.55 * height)
             arm = _capsule(xs, ys, shoulder, hand, arm_radius)
             _composite(patch, arm, self.shirt * shade * 0.9)
@@ -424,7 +428,8 @@ def _write_sequence(sequence_dir: str, rng, num_frames: int, height: int, width:
     scene = _Scene(rng, height, width)
     walkers = [_Walker(rng, scene, track_id) for track_id in range(1, int(rng.integers(4, 11)) + 1)]
     drivers = [_Driver(rng, scene) for _ in range(int(rng.integers(0, 3)))]
-    gain_amplitude, gain_period, gain_phase = rng.uniform(0.08, 0.25), rng.uniform(30, 120), rng.uniform(0, 6.3)
+    gain_amplitude, gain_period = rng.uniform(0.08, 0.25), rng.uniform(30, 120)
+    gain_phase = rng.uniform(0, 2 * math.pi)
     side_light, side_period = rng.uniform(0.0, 0.2), rng.uniform(50, 200)
     noise_sigma = rng.uniform(2.0, 7.0)
     columns = ((np.arange(width, dtype=np.float32) + 0.5) / width - 0.5)[None, :, None]
@@ -462,7 +467,8 @@ def _write_sequence(sequence_dir: str, rng, num_frames: int, height: int, width:
             if isinstance(item, _Walker) and solid.any():
                 row_hits, column_hits = np.flatnonzero(solid.any(axis=1)), np.flatnonzero(solid.any(axis=0))
                 boxes[item.track_id] = (x0 + int(column_hits[0]), y0 + int(row_hits[0]),
-                                        x0 + int(column_hits[-1]) + 1, y0 + int(row_hits[-1]) + 1, int(solid.sum()))
+                                        x0 + int(column_hits[-1]) + 1, y0 + int(row_hits[-1]) + 1,
+                                        int(solid.sum()))
         visible = np.bincount(owner[owner > 0].ravel(), minlength=len(walkers) + 1)
         for track_id in sorted(boxes):
             left, top, right, bottom, area = boxes[track_id]
@@ -470,7 +476,8 @@ def _write_sequence(sequence_dir: str, rng, num_frames: int, height: int, width:
                 continue   # entirely outside the image: not annotated
             consider = int(visible[track_id] >= _MIN_VISIBLE_FRACTION * area)
             # MOT rows are 1-based: the 0-based left/top plus one
-            rows.append(f"{frame},{track_id},{left + 1},{top + 1},{right - left},{bottom - top},{consider},-1,-1,-1")
+            rows.append(f"{frame},{track_id},{left + 1},{top + 1},{right - left},{bottom - top},{consider},"
+                        f"-1,-1,-1")
         # illumination: slow global gain, a side light, a colour cast; then sensor noise
         gain = 1.0 + gain_amplitude * math.sin(2 * math.pi * frame / gain_period + gain_phase)
         side = side_light * math.sin(2 * math.pi * frame / side_period)

@@ -228,7 +228,8 @@ def _split_by_label(detections, ground_truth) -> Tuple[bool, Dict[Optional[int],
     if isinstance(detections, Mapping) or isinstance(ground_truth, Mapping):
         raise ValueError("detections and ground_truth must be sequences of per-image dicts, got a dict")
     if len(detections) != len(ground_truth):
-        raise ValueError(f"detections and ground_truth must have one entry per image, got {len(detections)} and "
+        raise ValueError(f"detections and ground_truth must have one entry per image, got "
+                         f"{len(detections)} and "
                          f"{len(ground_truth)}")
     has_labels = [("labels" in entry) for entry in list(detections) + list(ground_truth)]
     labelled = any(has_labels)
@@ -236,7 +237,8 @@ def _split_by_label(detections, ground_truth) -> Tuple[bool, Dict[Optional[int],
         missing = has_labels.index(False)
         side, index = ("detections", missing) if missing < len(detections) else \
             ("ground_truth", missing - len(detections))
-        raise ValueError(f"some dicts carry 'labels' and {side}[{index}] does not: give labels everywhere or nowhere")
+        raise ValueError(f"some dicts carry 'labels' and {side}[{index}] does not: give labels everywhere "
+                         f"or nowhere")
 
     parsed = []
     for index, (det, gt) in enumerate(zip(detections, ground_truth)):
@@ -254,7 +256,8 @@ def _split_by_label(detections, ground_truth) -> Tuple[bool, Dict[Optional[int],
         if "ignore" in gt and gt["ignore"] is not None:
             ignore_tensor = torch.as_tensor(gt["ignore"])
             if ignore_tensor.numel() and ignore_tensor.dtype != torch.bool:
-                raise ValueError(f"{gt_name}['ignore'] must be a bool tensor, got dtype {ignore_tensor.dtype}")
+                raise ValueError(f"{gt_name}['ignore'] must be a bool tensor, got dtype "
+                                 f"{ignore_tensor.dtype}")
             ignore = _read_vector(gt, "ignore", gt_name, gt_boxes.shape[0], np.bool_)
         else:
             ignore = np.zeros(gt_boxes.shape[0], np.bool_)
@@ -323,10 +326,13 @@ def _match_crowd(image: _Image, threshold: float) -> np.ndarray:
         return states
     regular, crowd = image.gt_boxes[~image.ignore], image.gt_boxes[image.ignore]
     regular_overlap = _overlaps(image.det_boxes, regular, np.zeros(regular.shape[0], np.bool_))
-    crowd_hit = (_overlaps(image.det_boxes, crowd, np.ones(crowd.shape[0], np.bool_)) >= threshold).any(axis=1)
+    crowd_overlap = _overlaps(image.det_boxes, crowd, np.ones(crowd.shape[0], np.bool_))
+    crowd_hit = (crowd_overlap >= threshold).any(axis=1)
     candidates = regular_overlap >= threshold
+    # detections that reach no regular box cannot take one: decided without the greedy loop
+    states[crowd_hit] = _IGNORED
     free = np.ones(regular.shape[0], np.bool_)
-    for d in range(num_detections):
+    for d in np.flatnonzero(candidates.any(axis=1)):
         available = candidates[d] & free
         if available.any():
             values = np.where(available, regular_overlap[d], -1.0)
@@ -334,8 +340,6 @@ def _match_crowd(image: _Image, threshold: float) -> np.ndarray:
             g = values.shape[0] - 1 - int(np.argmax(values[::-1]))
             free[g] = False
             states[d] = _TRUE_POSITIVE
-        elif crowd_hit[d]:
-            states[d] = _IGNORED
     return states
 
 

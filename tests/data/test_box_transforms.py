@@ -17,7 +17,8 @@ def painted_sample(generator, height=90, width=120):
     boxes = []
     rows, cols = 2, 3
     cell_h, cell_w = height // rows, width // cols
-    for cell in torch.randperm(rows * cols, generator=generator)[: int(torch.randint(1, 7, (), generator=generator))]:
+    num_boxes = int(torch.randint(1, rows * cols + 1, (), generator=generator))
+    for cell in torch.randperm(rows * cols, generator=generator)[:num_boxes]:
         r, c = divmod(int(cell), cols)
         box_h = int(torch.randint(14, cell_h - 2, (), generator=generator))
         box_w = int(torch.randint(14, cell_w - 2, (), generator=generator))
@@ -43,7 +44,7 @@ def assert_boxes_carry_their_colour(image, target, margin=1.5, tolerance=12.0):
             continue   # a sliver left by a crop: nothing to look at
         region = image[:, inner[1]:inner[3], inner[0]:inner[2]]
         error = (region - COLOURS[label - 1].view(3, 1, 1)).abs().max().item()
-        assert error <= tolerance, f"box {label} at {(x1, y1, x2, y2)} does not carry its colour (error {error})"
+        assert error <= tolerance, f"box {label} at {(x1, y1, x2, y2)} lost its colour (error {error})"
 
 
 def test_flip(generator):
@@ -66,7 +67,8 @@ def test_expand(generator):
         left, top = (expanded_target["boxes"][0, :2] - target["boxes"][0, :2]).long().tolist()
         outside = torch.ones(expanded.shape[1:], dtype=torch.bool)
         outside[top:top + image.shape[1], left:left + image.shape[2]] = False
-        assert torch.equal(expanded[:, outside], torch.tensor([[10], [20], [30]], dtype=torch.uint8).expand(-1, int(outside.sum())))
+        mean = torch.tensor([[10], [20], [30]], dtype=torch.uint8)
+        assert torch.equal(expanded[:, outside], mean.expand(-1, int(outside.sum())))
     assert torch.equal(target["boxes"], original_boxes)   # the input target is not modified in place
 
 
@@ -123,7 +125,8 @@ def test_resize(generator, size):
 
 
 def test_geometric_pipeline_keeps_boxes_consistent(generator):
-    pipeline = T.Compose([T.Expand(mean=(0, 0, 0), generator=generator), T.MinIoURandomCrop(generator=generator),
+    pipeline = T.Compose([T.Expand(mean=(0, 0, 0), generator=generator),
+                          T.MinIoURandomCrop(generator=generator),
                           T.RandomHorizontalFlip(generator=generator), T.Resize(120)])
     for _ in range(10):
         image, target = painted_sample(generator)

@@ -9,7 +9,8 @@ from PIL import Image
 from fastladder.data.mot import MOT15Detection, read_sequence_info
 
 
-def write_sequence(root, name, num_frames, rows, *, size=(24, 32), seqinfo=True, extension=".jpg", generator=None):
+def write_sequence(root, name, num_frames, rows, *, size=(24, 32), seqinfo=True, extension=".jpg",
+                   generator=None):
     """Writes root/train/name with num_frames random frames, the given gt rows and optionally seqinfo.ini."""
     height, width = size
     sequence_dir = os.path.join(root, "train", name)
@@ -40,7 +41,8 @@ def mot_root(tmp_path, generator):
     rows_a.append(gt_row(9, 3, -2, 10, 5, 7))
     write_sequence(tmp_path, "SEQ-A", 10, rows_a, generator=generator)
     rows_b = [gt_row(frame, 7, 2, 3, 10, 15) for frame in (1, 2, 3, 5)]
-    write_sequence(tmp_path, "SEQ-B", 5, rows_b, size=(20, 28), seqinfo=False, extension=".png", generator=generator)
+    write_sequence(tmp_path, "SEQ-B", 5, rows_b, size=(20, 28), seqinfo=False, extension=".png",
+                   generator=generator)
     return tmp_path
 
 
@@ -49,7 +51,7 @@ def test_splits_frames_and_targets(mot_root):
     val = MOT15Detection(mot_root, "val")
     everything = MOT15Detection(mot_root, "all")
     assert train.sequences == ("SEQ-A", "SEQ-B")
-    # last 20% of each sequence by frame number: A frames 9-10, B frame 5; A's frame 4 has no gt; B's 4 neither
+    # last 20% of each sequence by frame number: A frames 9-10, B frame 5; frame 4 has no gt in A nor B
     assert [(seq, frame) for seq, frame, _ in train.frames] == \
         [("SEQ-A", f) for f in (1, 2, 3, 5, 6, 7, 8)] + [("SEQ-B", f) for f in (1, 2, 3)]
     assert [(seq, frame) for seq, frame, _ in val.frames] == [("SEQ-A", 9), ("SEQ-A", 10), ("SEQ-B", 5)]
@@ -79,7 +81,8 @@ def test_image_pixels_and_transforms(mot_root):
 
 def test_sequence_info_with_and_without_ini(mot_root):
     info = read_sequence_info(os.path.join(mot_root, "train", "SEQ-A"))
-    assert (info.length, info.width, info.height, info.extension, info.frame_rate) == (10, 32, 24, ".jpg", 30.0)
+    fields = (info.length, info.width, info.height, info.extension, info.frame_rate)
+    assert fields == (10, 32, 24, ".jpg", 30.0)
     info = read_sequence_info(os.path.join(mot_root, "train", "SEQ-B"))
     assert (info.length, info.width, info.height, info.extension) == (5, 28, 20, ".png")
 

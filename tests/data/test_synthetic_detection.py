@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fastladder.data.mot import MOT15Detection
-from fastladder.data.synthetic_detection import MANIFEST_NAME, SyntheticPedestrians, generate_synthetic_pedestrians
+from fastladder.data.synthetic_detection import (MANIFEST_NAME, SyntheticPedestrians,
+                                                 generate_synthetic_pedestrians)
 
 SMALL = dict(num_sequences=2, frames_per_sequence=6, size=(72, 96), progress=False)
 
@@ -37,8 +38,8 @@ def test_same_seed_gives_identical_files(tmp_path, seed):
 def test_read_through_mot15_loader(tmp_path, seed):
     train = SyntheticPedestrians(tmp_path, "train", seed=seed, num_sequences=2, frames_per_sequence=10,
                                  size=(96, 128), progress=False)
-    val = SyntheticPedestrians(tmp_path, "val", seed=seed, num_sequences=2, frames_per_sequence=10, size=(96, 128),
-                               progress=False)
+    val = SyntheticPedestrians(tmp_path, "val", seed=seed, num_sequences=2, frames_per_sequence=10,
+                               size=(96, 128), progress=False)
     assert isinstance(train, MOT15Detection) and train.sequences == ("SYN-01", "SYN-02")
     assert len(train) + len(val) == len(MOT15Detection(tmp_path, "all")) <= 20
     assert {frame for _, frame, _ in val.frames} <= {9, 10}   # the last 20% of every sequence

@@ -20,13 +20,15 @@ def random_set(generator, num_images=12, *, with_ignore=True, num_labels=None):
         gt_boxes = torch.cat([corner, corner + size], 1)
         if num_gt >= 2 and torch.rand((), generator=generator) < 0.3:
             gt_boxes[1] = gt_boxes[0]   # identical boxes: IoU ties between ground-truth boxes
-        ignore = (torch.rand(num_gt, generator=generator) < 0.25) if with_ignore else torch.zeros(num_gt, dtype=torch.bool)
+        ignore = torch.rand(num_gt, generator=generator) < (0.25 if with_ignore else 0.0)
         # detections: jittered copies of the ground truth (some twice) plus clutter
         copies = gt_boxes.repeat(2, 1)[torch.rand(2 * num_gt, generator=generator) < 0.7]
-        jitter = (torch.rand(copies.shape, generator=generator) - 0.5) * torch.rand((), generator=generator) * 12
+        spread = torch.rand((), generator=generator) * 12
+        jitter = (torch.rand(copies.shape, generator=generator) - 0.5) * spread
         num_clutter = int(torch.randint(0, 5, (), generator=generator))
         clutter_corner = torch.rand(num_clutter, 2, generator=generator) * 80
-        clutter = torch.cat([clutter_corner, clutter_corner + torch.rand(num_clutter, 2, generator=generator) * 40 + 2], 1)
+        clutter_size = torch.rand(num_clutter, 2, generator=generator) * 40 + 2
+        clutter = torch.cat([clutter_corner, clutter_corner + clutter_size], 1)
         det_boxes = torch.cat([copies + jitter, clutter])
         det_boxes = torch.cat([det_boxes[:, :2], torch.maximum(det_boxes[:, 2:], det_boxes[:, :2] + 0.5)], 1)
         # scores from a few levels: many ties, across and within images
@@ -185,7 +187,8 @@ def test_voc_matches_loop_reference(generator, method, threshold):
     for _ in range(5):
         detections, ground_truth = random_set(generator)
         expected = voc_reference(detections, ground_truth, threshold, eleven_point=(method == "voc07"))
-        assert average_precision(detections, ground_truth, threshold, method) == pytest.approx(expected, abs=1e-12)
+        ours = average_precision(detections, ground_truth, threshold, method)
+        assert ours == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.75])
@@ -193,7 +196,8 @@ def test_mot_matches_bbgt_rule(generator, threshold):
     for _ in range(5):
         detections, ground_truth = random_set(generator)
         expected = bbgt_reference(detections, ground_truth, threshold)
-        assert average_precision(detections, ground_truth, threshold, "mot") == pytest.approx(expected, abs=1e-12)
+        ours = average_precision(detections, ground_truth, threshold, "mot")
+        assert ours == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.7])
@@ -213,17 +217,21 @@ def test_coco101_matches_pycocotools_with_crowd_ignore(generator, threshold):
 
 
 def test_voc_difficult_is_neither_true_nor_false_positive():
-    gt = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "ignore": torch.tensor([False, True])}]
-    hit_difficult = [{"boxes": torch.tensor([[20.0, 20, 30, 30], [0, 0, 10, 10]]), "scores": torch.tensor([0.9, 0.8])}]
+    gt = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]),
+           "ignore": torch.tensor([False, True])}]
+    hit_difficult = [{"boxes": torch.tensor([[20.0, 20, 30, 30], [0, 0, 10, 10]]),
+                      "scores": torch.tensor([0.9, 0.8])}]
     # the difficult hit at the top does not lower the precision of the true positive after it
     assert average_precision(hit_difficult, gt, method="voc") == pytest.approx(1.0)
     precision, recall, scores = precision_recall(hit_difficult, gt)
-    assert precision.tolist() == [1.0] and recall.tolist() == [1.0] and scores.tolist() == pytest.approx([0.8])
+    assert precision.tolist() == [1.0] and recall.tolist() == [1.0]
+    assert scores.tolist() == pytest.approx([0.8])
 
 
 def test_crowd_ignore_absorbs_many_detections_and_uses_detection_area():
     # a large ignore region and two detections inside it: IoU with it is small, overlap / detection area is 1
-    gt = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [50, 0, 150, 100]]), "ignore": torch.tensor([False, True])}]
+    gt = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [50, 0, 150, 100]]),
+           "ignore": torch.tensor([False, True])}]
     det = [{"boxes": torch.tensor([[60.0, 10, 70, 30], [100, 50, 110, 70], [0, 0, 10, 10]]),
             "scores": torch.tensor([0.9, 0.8, 0.7])}]
     for method in ("coco101", "mot"):
@@ -234,20 +242,23 @@ def test_crowd_ignore_absorbs_many_detections_and_uses_detection_area():
 
 def test_multi_class_returns_one_ap_per_label(generator):
     detections, ground_truth = random_set(generator, num_labels=3)
-    detections[0]["labels"][:1] = 7   # a class with detections only
+    detections.append({"boxes": torch.tensor([[0.0, 0, 5, 5]]), "scores": torch.tensor([0.5]),
+                       "labels": torch.tensor([7])})   # a class with detections only
+    ground_truth.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
     result = average_precision(detections, ground_truth, method="voc07")
     assert isinstance(result, dict)
     labels = set()
     for entry in detections + ground_truth:
         labels.update(entry["labels"].tolist())
     assert set(result) == labels
-    for label, value in result.items():
-        pick = [{key: (value[entry["labels"] == label] if key != "labels" else value[entry["labels"] == label])
-                 for key, value in entry.items()} for entry in detections]
-        pick_gt = [{key: value[entry["labels"] == label] for key, value in entry.items()} for entry in ground_truth]
-        for entry in pick + pick_gt:
-            del entry["labels"]
-        assert value == pytest.approx(average_precision(pick, pick_gt, method="voc07"), abs=1e-12)
+
+    def only(entries, label):
+        return [{key: tensor[entry["labels"] == label] for key, tensor in entry.items() if key != "labels"}
+                for entry in entries]
+
+    for label, ap in result.items():
+        expected = average_precision(only(detections, label), only(ground_truth, label), method="voc07")
+        assert ap == pytest.approx(expected, abs=1e-12)
     assert result[7] == 0.0   # voc07 without ground truth: no recall level is reached
 
 
@@ -282,7 +293,8 @@ def test_bad_input_names_the_entry():
         average_precision([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0)}],
                           [{"boxes": torch.zeros(1, 4), "ignore": torch.zeros(2, dtype=torch.bool)}])
     with pytest.raises(ValueError, match=r"ground_truth\[0\] does not"):
-        average_precision([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}], gt)
+        labelled = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}
+        average_precision([labelled], gt)
     with pytest.raises(ValueError, match="method"):
         average_precision([], [], method="coco")
     with pytest.raises(ValueError, match="iou_threshold"):
@@ -297,7 +309,8 @@ def test_precision_recall_curve_and_plot(tmp_path, generator):
     num_positives = sum(len(gt["boxes"]) for gt in ground_truth)
     assert torch.allclose(recall * num_positives, (precision * torch.arange(1, len(precision) + 1)).round())
     loose = precision_recall(detections, ground_truth, 0.1)
-    path = plot_precision_recall({"IoU 0.5": (precision, recall), "IoU 0.1": loose[:2]}, str(tmp_path / "pr.png"))
+    curves = {"IoU 0.5": (precision, recall), "IoU 0.1": loose[:2]}
+    path = plot_precision_recall(curves, str(tmp_path / "pr.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
