@@ -16,9 +16,10 @@ them as they are). Rows whose consider flag is 0 become ``ignore=True`` boxes, a
 zero width or height (they can never be matched, so they would only count as misses).
 
 Splits: per sequence the last ``round(val_fraction * seqLength)`` frames (by frame number) are
-"val", the others "train"; "all" takes both. Frames without any gt row are skipped. On the real
-2DMOT2015 train set (11 sequences, 5500 frames) the brief this loader was written to states
-4334 train / 1087 val images for val_fraction 0.2; that figure could not be checked here.
+"val", the others "train"; "all" takes both. Frames without any gt row are skipped. Fact (from
+the project's task notes; the real data is not available here, so no test checks it): on the
+2DMOT2015 train set (11 sequences, 5500 frames) val_fraction 0.2 gives 4334 train and 1087 val
+images.
 """
 import configparser
 import math
