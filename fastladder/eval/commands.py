@@ -111,14 +111,14 @@ def _dataset_class(name: str):
 
 def _open_dataset(name: str, root, split: str):
     """The dataset (its items: uint8 image [3, H, W], int64 train-id label [H, W], 255 ignored)."""
-    cls = _dataset_class(name)
     if name == "synthetic":
+        cls = _dataset_class(name)
         return cls(split=split) if root is None else cls(root, split)
     if root is None:
         raise ValueError(f"--dataset {name} needs --root, the folder of its official layout")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--root {root!r} is not a folder")
-    return cls(root, split)
+    return _dataset_class(name)(root, split)
 
 
 class _Normalized:
