@@ -195,7 +195,7 @@ def test_save_grid_places_pictures_in_cells(tmp_path, generator):
     save_grid([[a, b]], tmp_path / "titled.png", titles=["image", "prediction"], gap=2)
     with Image.open(tmp_path / "titled.png") as image:
         titled = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
-    assert titled.shape[0] > 2 + 10 + 2 and titled.shape[1] == 2 + 12 + 2 + 12 + 2
+    assert titled.shape[0] > 2 + 10 + 2 and titled.shape[1] == 2 + 12 + 2 + 6 + 2
     assert torch.equal(titled[-12:-2, 2:14], a)
     assert (titled[:titled.shape[0] - 14] < 128).any()  # the titles' ink
     with pytest.raises(ValueError, match="uint8"):
