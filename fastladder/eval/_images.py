@@ -32,8 +32,8 @@ def _require_av(path: Path):
     try:
         import av
     except ImportError:
-        raise RuntimeError(f"reading video {str(path)!r} needs the `av` package (PyAV), which is not installed: "
-                           f"pip install av") from None
+        raise RuntimeError(f"reading video {str(path)!r} needs the `av` package (PyAV), which is not "
+                           f"installed: pip install av") from None
     return av
 
 
@@ -54,7 +54,8 @@ def collect_inputs(inputs: Sequence) -> List[InputSource]:
             if not found:
                 raise ValueError(f"input folder {str(path)!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
             for file in found:
-                sources.append(InputSource(file, "image", str(file.relative_to(path).with_suffix("").as_posix())))
+                name = file.relative_to(path).with_suffix("").as_posix()
+                sources.append(InputSource(file, "image", name))
         elif path.is_file():
             suffix = path.suffix.lower()
             if suffix in IMAGE_EXTENSIONS:
@@ -63,8 +64,8 @@ def collect_inputs(inputs: Sequence) -> List[InputSource]:
                 _require_av(path)
                 sources.append(InputSource(path, "video", path.stem))
             else:
-                raise ValueError(f"input {str(path)!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a "
-                                 f"video ({', '.join(VIDEO_EXTENSIONS)})")
+                raise ValueError(f"input {str(path)!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) "
+                                 f"nor a video ({', '.join(VIDEO_EXTENSIONS)})")
         else:
             raise FileNotFoundError(f"input {str(path)!r} does not exist")
     seen = {}
@@ -128,8 +129,9 @@ def save_png(image: torch.Tensor, path) -> None:
 
     if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.dim() not in (2, 3) or (
             image.dim() == 3 and image.shape[-1] != 3):
-        desc = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"save_png({str(path)!r}): image must be uint8 [H, W] or [H, W, 3], got {desc}")
+        is_tensor = isinstance(image, torch.Tensor)
+        seen = f"{image.dtype} {tuple(image.shape)}" if is_tensor else type(image).__name__
+        raise ValueError(f"save_png({str(path)!r}): image must be uint8 [H, W] or [H, W, 3], got {seen}")
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     array = image.cpu().numpy()
     Image.fromarray(np.ascontiguousarray(array)).save(path)
@@ -151,8 +153,8 @@ def overlay(image: torch.Tensor, colors: torch.Tensor, alpha: float = 0.5) -> to
     if image.dim() == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
         image = image.permute(1, 2, 0)
     if image.shape != colors.shape or image.dim() != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image {tuple(image.shape)} and colors {tuple(colors.shape)} must both be [H, W, 3] "
-                         f"(image may also be [3, H, W]) of the same size")
+        raise ValueError(f"image {tuple(image.shape)} and colors {tuple(colors.shape)} must both be "
+                         f"[H, W, 3] (image may also be [3, H, W]) of the same size")
     if image.dtype != torch.uint8 or colors.dtype != torch.uint8:
         raise ValueError(f"image and colors must be uint8, got {image.dtype} and {colors.dtype}")
     blended = image.float() * (1.0 - alpha) + colors.to(image.device).float() * alpha
@@ -193,11 +195,13 @@ def save_grid(rows: Sequence[Sequence[torch.Tensor]], path, titles: Optional[Seq
 
     if not rows or not any(len(row) for row in rows):
         raise ValueError("save_grid: rows must hold at least one picture")
-    pictures = [[_as_hwc(picture, f"rows[{r}][{c}]") for c, picture in enumerate(row)] for r, row in enumerate(rows)]
+    pictures = [[_as_hwc(picture, f"rows[{r}][{c}]") for c, picture in enumerate(row)]
+                for r, row in enumerate(rows)]
     num_columns = max(len(row) for row in pictures)
     if titles is not None and len(titles) > num_columns:
         raise ValueError(f"save_grid: {len(titles)} titles for a grid of {num_columns} columns")
-    widths = [max((row[c].shape[1] for row in pictures if c < len(row)), default=0) for c in range(num_columns)]
+    widths = [max((row[c].shape[1] for row in pictures if c < len(row)), default=0)
+              for c in range(num_columns)]
     heights = [max((picture.shape[0] for picture in row), default=0) for row in pictures]
     font = ImageFont.load_default()
     title_height = 0

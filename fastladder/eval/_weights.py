@@ -31,7 +31,8 @@ def _strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str,
     return state_dict
 
 
-def read_weights(weights, *, source: str = "weights", weights_only: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def read_weights(weights, *, source: str = "weights",
+                 weights_only: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Reads a checkpoint or a state_dict (a path, or an already loaded dict).
 
     Returns:
@@ -45,23 +46,26 @@ def read_weights(weights, *, source: str = "weights", weights_only: bool = True)
         try:
             weights = torch.load(source, map_location="cpu", weights_only=weights_only)
         except Exception as error:  # unpickling errors have many types; all mean "not loadable here"
-            hint = (" It holds objects other than tensors and plain containers: if you trust the file, load it "
-                    "with weights_only=False." if weights_only and "weights_only" in str(error) else "")
+            refused = weights_only and "weights_only" in str(error)
+            hint = (" It holds objects other than tensors and plain containers: if you trust the file, "
+                    "load it with weights_only=False." if refused else "")
             raise RuntimeError(f"cannot read weights file {source!r}: {type(error).__name__}: "
                                f"{str(error).splitlines()[0] if str(error) else ''}.{hint}") from error
     if not isinstance(weights, Mapping):
-        raise ValueError(f"{source}: expected a checkpoint dict or a state_dict, got {type(weights).__name__}")
+        raise ValueError(f"{source}: expected a checkpoint dict or a state_dict, got "
+                         f"{type(weights).__name__}")
     if "model" in weights and isinstance(weights["model"], Mapping):
         state_dict = weights["model"]
-        metadata = {key: weights[key] for key in ("model_name", "model_kwargs", "num_classes") if key in weights}
+        metadata = {key: weights[key] for key in ("model_name", "model_kwargs", "num_classes")
+                    if key in weights}
         if not _is_state_dict(state_dict):
             raise ValueError(f"{source}: the checkpoint's 'model' entry is not a state_dict (str -> Tensor)")
     elif _is_state_dict(weights):
         state_dict, metadata = weights, {}
     else:
         keys = sorted(map(str, weights))[:_MAX_KEYS_SHOWN]
-        raise ValueError(f"{source}: neither a checkpoint (a dict with a 'model' state_dict) nor a state_dict "
-                         f"(str -> Tensor); its keys start with {keys}")
+        raise ValueError(f"{source}: neither a checkpoint (a dict with a 'model' state_dict) nor a "
+                         f"state_dict (str -> Tensor); its keys start with {keys}")
     return _strip_wrapper_prefixes(state_dict), metadata
 
 
@@ -76,7 +80,8 @@ def _check_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
     missing = set(expected) - set(state_dict)
     unexpected = set(state_dict) - set(expected)
     mismatched = [f"{key}: weights {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-                  for key in sorted(set(expected) & set(state_dict)) if state_dict[key].shape != expected[key].shape]
+                  for key in sorted(set(expected) & set(state_dict))
+                  if state_dict[key].shape != expected[key].shape]
     if missing or unexpected or mismatched:
         problems = []
         if missing:

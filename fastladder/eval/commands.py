@@ -33,11 +33,13 @@ def _task_subparsers(subparsers, name: str, help: str):
 
 def _add_model_arguments(parser):
     parser.add_argument("--model", default=None,
-                        help="registered model name (fastladder.models.list_models()); recorded in checkpoints")
+                        help="registered model name (fastladder.models.list_models()); checkpoints record "
+                             "it")
     parser.add_argument("--weights", required=True, help="a training checkpoint or a plain state_dict (.pt)")
     parser.add_argument("--num-classes", type=int, default=None, help="classes of a plain state_dict's model")
     parser.add_argument("--model-kwargs", type=json.loads, default=None, metavar="JSON",
-                        help='constructor arguments as JSON, e.g. \'{"growth_rate": 4}\' (override a checkpoint\'s)')
+                        help='constructor arguments as JSON, e.g. \'{"growth_rate": 4}\' (they override a '
+                             "checkpoint's)")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
                         help="input scales whose softmax outputs are averaged (default: 1)")
     parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
@@ -70,11 +72,11 @@ def register(subparsers):
     predict.add_argument("inputs", nargs="+", help="image files (png/jpg), folders of them, or video files")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--dataset", choices=DATASETS, default="cityscapes",
-                         help="whose palette colours the classes (and, for 19-class Cityscapes models, enables "
-                              "the labelIds submission PNGs)")
+                         help="whose palette colours the classes (and, for 19-class Cityscapes models, "
+                              "enables the labelIds submission PNGs)")
     predict.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=None,
-                         help="which PNGs to write (default: all that apply). Only labelIds gives a folder that "
-                              "cityscapesScripts' evaluation can search (it allows one PNG per image)")
+                         help="which PNGs to write (default: all that apply). Only labelIds gives a folder "
+                              "that cityscapesScripts' evaluation can search (it allows one PNG per image)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(func=cmd_predict)
 
@@ -182,8 +184,8 @@ def cmd_eval_seg(args) -> int:
     device = torch.device(args.device)
     loader = torch.utils.data.DataLoader(data, batch_size=1, shuffle=False, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
-    result = evaluate_segmentation(model, loader, num_classes, scales=args.scales, flip=args.flip, device=device,
-                                   progress=not args.no_progress)
+    result = evaluate_segmentation(model, loader, num_classes, scales=args.scales, flip=args.flip,
+                                   device=device, progress=not args.no_progress)
     scales = ", ".join(f"{s:g}" for s in args.scales)
     print(f"\n{args.model or 'model'} ({args.weights}) on {args.dataset} {args.split}: {len(data)} images, "
           f"scales {scales}{', flip' if args.flip else ''}\n")
@@ -233,8 +235,8 @@ def cmd_predict(args) -> int:
                     if not submission and "labelIds" in wanted:
                         if args.outputs and "labelIds" in args.outputs:
                             raise ValueError(f"--outputs labelIds needs a 19-class Cityscapes model "
-                                             f"(--dataset cityscapes), got {num_classes} classes and --dataset "
-                                             f"{args.dataset}")
+                                             f"(--dataset cityscapes), got {num_classes} classes and "
+                                             f"--dataset {args.dataset}")
                         wanted.discard("labelIds")
                 base = os.path.join(args.out, name)
                 colors = colorize(train_ids, palette)

@@ -70,8 +70,8 @@ def _check_scales(scales: Sequence[float]) -> Tuple[float, ...]:
     return scales
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, *, scales: Sequence[float] = (1.0,), flip: bool = False,
-                   num_classes: Optional[int] = None) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, *, scales: Sequence[float] = (1.0,),
+                   flip: bool = False, num_classes: Optional[int] = None) -> torch.Tensor:
     """Class probabilities averaged over scales and horizontal flips.
 
     For every scale s the images are resized to :func:`scaled_size` (H, W, s) with bilinear
@@ -114,11 +114,13 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, scales: Sequence[f
                 for flipped in ((False, True) if flip else (False,)):
                     logits = _logits_of(model(scaled.flip(-1) if flipped else scaled))
                     if logits.dim() != 4 or logits.shape[0] != images.shape[0]:
-                        raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for an input of "
-                                         f"shape {tuple(scaled.shape)}; expected [N={images.shape[0]}, C, h, w]")
+                        raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for an "
+                                         f"input of shape {tuple(scaled.shape)}; expected "
+                                         f"[N={images.shape[0]}, C, h, w]")
                     if num_classes is not None and logits.shape[1] != num_classes:
-                        raise ValueError(f"num_classes={num_classes} but the model returned {logits.shape[1]} "
-                                         f"channels (logits of shape {tuple(logits.shape)})")
+                        raise ValueError(f"num_classes={num_classes} but the model returned "
+                                         f"{logits.shape[1]} channels (logits of shape "
+                                         f"{tuple(logits.shape)})")
                     logits = logits.float()
                     if tuple(logits.shape[-2:]) != size:
                         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -151,13 +153,14 @@ def _as_batches(data: Union[Iterable, Any]) -> Tuple[Iterable, Optional[int]]:
                 image, label = data[index]
                 yield image.unsqueeze(0), torch.as_tensor(label).unsqueeze(0)
         return one_by_one(), len(data)
-    raise TypeError(f"data must be a dataset (len and [i] -> (image [3, H, W], label [H, W])) or a DataLoader "
-                    f"of (images [N, 3, H, W], labels [N, H, W]) batches, got {type(data).__name__}")
+    raise TypeError(f"data must be a dataset (len and [i] -> (image [3, H, W], label [H, W])) or a "
+                    f"DataLoader of (images [N, 3, H, W], labels [N, H, W]) batches, got "
+                    f"{type(data).__name__}")
 
 
 def evaluate_segmentation(model: nn.Module, data, num_classes: int, *, scales: Sequence[float] = (1.0,),
-                          flip: bool = False, device: Union[str, torch.device, None] = None, progress: bool = True,
-                          ignore_index: int = 255) -> Dict[str, Any]:
+                          flip: bool = False, device: Union[str, torch.device, None] = None,
+                          progress: bool = True, ignore_index: int = 255) -> Dict[str, Any]:
     """Confusion matrix, per-class IoU, mIoU and pixel accuracy of a model over a dataset.
 
     Args:
@@ -192,15 +195,16 @@ def evaluate_segmentation(model: nn.Module, data, num_classes: int, *, scales: S
             data, torch.utils.data.DataLoader) else "batch", disable=not progress) as bar:
         for step, (images, labels) in enumerate(bar):
             if not isinstance(images, torch.Tensor) or images.dim() != 4:
-                raise ValueError(f"item {step}: images must be [N, 3, H, W], got "
-                                 f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)}")
+                seen = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+                raise ValueError(f"item {step}: images must be [N, 3, H, W], got {seen}")
             if not images.is_floating_point():
-                raise ValueError(f"item {step}: images have dtype {images.dtype}; evaluation expects normalized "
-                                 f"float images (apply the dataset's eval transforms or normalize_image)")
+                raise ValueError(f"item {step}: images have dtype {images.dtype}; evaluation expects "
+                                 f"normalized float images (apply the dataset's eval transforms or "
+                                 f"normalize_image)")
             labels = torch.as_tensor(labels)
             if labels.shape != images.shape[:1] + images.shape[2:]:
-                raise ValueError(f"item {step}: labels of shape {tuple(labels.shape)} do not match images of shape "
-                                 f"{tuple(images.shape)} (expected [N, H, W])")
+                raise ValueError(f"item {step}: labels of shape {tuple(labels.shape)} do not match images of "
+                                 f"shape {tuple(images.shape)} (expected [N, H, W])")
             predictions = predict(model, images.to(device, non_blocking=True), scales=scales, flip=flip,
                                   num_classes=num_classes)
             confusion += confusion_matrix(predictions, labels.to(device, non_blocking=True), num_classes,

@@ -21,8 +21,8 @@ class StridedConvNet(nn.Module):
 
     def __init__(self, num_classes=5):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, num_classes, 3,
-                                                                                                  padding=1))
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, num_classes, 3, padding=1))
 
     def forward(self, x):
         return self.body(x)
@@ -174,7 +174,8 @@ def test_evaluate_segmentation_accumulates_the_confusion_of_each_image(generator
     dataset = PairDataset(generator)
     expected = sum(confusion_matrix(predict(model, image[None], scales=(1, 0.75), flip=True)[0], label, 5)
                    for image, label in dataset.items)
-    result = evaluate_segmentation(model, dataset, 5, scales=(1, 0.75), flip=True, device="cpu", progress=False)
+    result = evaluate_segmentation(model, dataset, 5, scales=(1, 0.75), flip=True, device="cpu",
+                                   progress=False)
     assert torch.equal(result["confusion"], expected)
     reference = mean_iou(expected)
     assert result["miou"] == reference["miou"] and result["pixel_accuracy"] == reference["pixel_accuracy"]
@@ -187,7 +188,8 @@ def test_evaluate_segmentation_accumulates_the_confusion_of_each_image(generator
 
 def test_evaluate_segmentation_rejects_unnormalized_images_and_wrong_labels(generator):
     model = StridedConvNet().eval()
-    raw = [(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=generator), torch.zeros(8, 8).long())]
+    raw = [(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=generator),
+            torch.zeros(8, 8).long())]
     with pytest.raises(ValueError, match="normalized float"):
         evaluate_segmentation(model, raw, 5, progress=False)
     wrong = [(torch.randn(3, 8, 8, generator=generator), torch.zeros(8, 9).long())]

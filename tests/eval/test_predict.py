@@ -39,7 +39,8 @@ def tiny_model(num_classes=19):
 
 def save_checkpoint(model, path, num_classes=19, **extra):
     torch.save(dict(model=model.state_dict(), model_name="ladder_densenet121", model_kwargs=dict(TINY_LDN),
-                    num_classes=num_classes, optimizer={"state": {}, "param_groups": []}, epoch=3, **extra), path)
+                    num_classes=num_classes, optimizer={"state": {}, "param_groups": []}, epoch=3, **extra),
+               path)
     return path
 
 
@@ -86,13 +87,15 @@ def test_mismatched_weights_are_listed(tmp_path, seed):
         load_model(path, "dilated8_densenet121")
     # a state_dict of a 19-class model for a 21-class model: the classifier shapes differ
     torch.save(state, tmp_path / "plain.pt")
-    with pytest.raises(ValueError, match=r"shape mismatches: aux_classifier.*; classifier\.conv\.bias: weights \(19,\) vs model \(21,\)"):
+    mismatch = r"shape mismatches: aux_classifier.*; classifier\.conv\.bias: weights \(19,\) vs model \(21,\)"
+    with pytest.raises(ValueError, match=mismatch):
         load_model(tmp_path / "plain.pt", "ladder_densenet121", 21, **TINY_LDN)
     missing = dict(state)
     del missing["classifier.conv.weight"]
     missing["extra.weight"] = torch.zeros(1)
     torch.save(missing, tmp_path / "missing.pt")
-    with pytest.raises(ValueError, match=r"missing keys: classifier\.conv\.weight; unexpected keys: extra\.weight"):
+    with pytest.raises(ValueError,
+                       match=r"missing keys: classifier\.conv\.weight; unexpected keys: extra\.weight"):
         load_model(tmp_path / "missing.pt", "ladder_densenet121", 19, **TINY_LDN)
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         load_model(tmp_path / "nowhere.pt", "ladder_densenet121", 19)
@@ -138,7 +141,8 @@ def test_video_without_av_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="needs the `av` package.*pip install av"):
         collect_inputs([tmp_path / "clip.mp4"])
     with pytest.raises(RuntimeError, match="pip install av"):
-        cli.main(["predict", "--weights", "unused.pt", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "o")])
+        cli.main(["predict", "--weights", "unused.pt", str(tmp_path / "clip.mp4"),
+                  "--out", str(tmp_path / "o")])
 
 
 def test_predict_on_a_video_names_frames(tmp_path, generator, seed):
@@ -153,8 +157,8 @@ def test_predict_on_a_video_names_frames(tmp_path, generator, seed):
         for packet in stream.encode():
             container.mux(packet)
     path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
-    assert cli.main(["predict", "--weights", str(path), str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out"),
-                     "--device", "cpu", "--no-progress", *NORMALIZATION]) == 0
+    assert cli.main(["predict", "--weights", str(path), str(tmp_path / "clip.mp4"),
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress", *NORMALIZATION]) == 0
     for index in range(3):
         with Image.open(tmp_path / "out" / f"clip_{index:06d}_color.png") as image:
             assert image.size == (96, 64)
@@ -218,12 +222,13 @@ def test_save_png_round_trip_and_errors(tmp_path, generator):
 def test_predict_writes_color_overlay_and_submission_pngs(tmp_path, generator, seed):
     model = tiny_model()
     path = save_checkpoint(model, tmp_path / "ckpt.pt")
-    images = {"city_000000_000001_leftImg8bit": write_image(tmp_path / "in" / "city_000000_000001_leftImg8bit.png",
-                                                            generator, 64, 96),
+    stem = "city_000000_000001_leftImg8bit"
+    images = {stem: write_image(tmp_path / "in" / f"{stem}.png", generator, 64, 96),
               "sub/other": write_image(tmp_path / "in" / "sub" / "other.jpg", generator, 70, 65)}
     out = tmp_path / "out"
-    assert cli.main(["predict", "--weights", str(path), str(tmp_path / "in"), "--out", str(out), "--device", "cpu",
-                     "--scales", "1", "1.25", "--flip", "--no-progress", *NORMALIZATION]) == 0
+    assert cli.main(["predict", "--weights", str(path), str(tmp_path / "in"), "--out", str(out),
+                     "--device", "cpu", "--scales", "1", "1.25", "--flip", "--no-progress",
+                     *NORMALIZATION]) == 0
     for name, image in images.items():
         if name == "sub/other":  # jpg: compare with what was decoded, not with what was encoded
             image = read_image(tmp_path / "in" / "sub" / "other.jpg")
@@ -255,28 +260,32 @@ def test_predict_with_another_palette_and_class_count(tmp_path, generator, seed)
                      json.dumps(TINY_LDN), "--weights", str(tmp_path / "plain.pt"), str(tmp_path / "a.png"),
                      "--out", str(out), "--dataset", "voc", "--device", "cpu", "--no-progress",
                      *NORMALIZATION]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_overlay.png"]  # no labelIds: 21 classes
+    # no labelIds: the model has 21 classes
+    assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_overlay.png"]
     expected = predict(model, normalize_image(image[None], MEAN, STD))[0]
     with Image.open(out / "a_color.png") as png:
         assert torch.equal(torch.from_numpy(np.asarray(png).copy()), colorize(expected, pascal_palette(21)))
     with pytest.raises(ValueError, match="--outputs labelIds needs a 19-class Cityscapes model"):
         cli.main(["predict", "--model", "ladder_densenet121", "--num-classes", "21", "--model-kwargs",
                   json.dumps(TINY_LDN), "--weights", str(tmp_path / "plain.pt"), str(tmp_path / "a.png"),
-                  "--out", str(out), "--outputs", "labelIds", "--device", "cpu", "--no-progress", *NORMALIZATION])
+                  "--out", str(out), "--outputs", "labelIds", "--device", "cpu", "--no-progress",
+                  *NORMALIZATION])
 
 
 def test_predict_outputs_selects_the_pngs(tmp_path, generator, seed):
     path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
     write_image(tmp_path / "a.png", generator, 64, 64)
-    assert cli.main(["predict", "--weights", str(path), str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
-                     "--outputs", "labelIds", "--device", "cpu", "--no-progress", *NORMALIZATION]) == 0
+    assert cli.main(["predict", "--weights", str(path), str(tmp_path / "a.png"),
+                     "--out", str(tmp_path / "out"), "--outputs", "labelIds", "--device", "cpu", "--no-progress",
+                     *NORMALIZATION]) == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_labelIds.png"]
 
 
 def test_default_normalization_is_the_cityscapes_statistics():
     transforms = pytest.importorskip("fastladder.data.transforms")
     args = cli.build_parser().parse_args(["predict", "--weights", "w.pt", "x.png", "--out", "o"])
-    assert commands._normalization(args) == (list(transforms.CITYSCAPES_MEAN), list(transforms.CITYSCAPES_STD))
+    expected = [float(v) for v in transforms.CITYSCAPES_MEAN], [float(v) for v in transforms.CITYSCAPES_STD]
+    assert commands._normalization(args) == expected
 
 
 # --- the eval seg command -------------------------------------------------------------------------
@@ -301,7 +310,8 @@ class MiniCityscapes:
         self.to_train_id = cityscapes_label_to_train_id
         root = Path(root)
         self.files = sorted(root.glob(f"leftImg8bit/{split}/*/*.png"))
-        self.labels = [root / "gtFine" / split / f.parent.name / f.name.replace("leftImg8bit", "gtFine_labelIds")
+        self.labels = [root / "gtFine" / split / f.parent.name / f.name.replace("leftImg8bit",
+                                                                                 "gtFine_labelIds")
                        for f in self.files]
 
     def __len__(self):
@@ -331,7 +341,8 @@ def test_eval_seg_prints_the_table_and_writes_json(tmp_path, generator, seed, mo
                                             flip=True)[0][label != 255]), minlength=19 * 19).reshape(19, 19)
         for image, label in (dataset[i] for i in range(len(dataset))))
     assert result["confusion"] == confusion.tolist() and result["num_images"] == 2
-    iou = confusion.diagonal().double() / (confusion.sum(0) + confusion.sum(1) - confusion.diagonal()).double()
+    true_positive = confusion.diagonal().double()
+    iou = true_positive / (confusion.sum(0) + confusion.sum(1) - true_positive)
     assert result["miou"] == pytest.approx(iou[~iou.isnan()].mean().item())
     assert list(result["iou"]) == list(CITYSCAPES_CLASSES)
     for name in ("road", "bicycle", "mIoU", "pixel accuracy"):
