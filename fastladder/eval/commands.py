@@ -15,9 +15,11 @@ import os
 __all__ = ["register", "cmd_eval_seg", "cmd_predict"]
 
 DATASETS = ("cityscapes", "voc", "camvid", "synthetic")
-# The classes of fastladder.data that read each dataset.
-_DATASET_CLASSES = {"cityscapes": "Cityscapes", "voc": "VOCSegmentation", "camvid": "CamVid",
-                    "synthetic": "SyntheticSegmentation"}
+# The colours of each dataset's classes, in fastladder.data (the synthetic scenes use Cityscapes' train ids).
+_PALETTES = {"cityscapes": "CITYSCAPES_PALETTE", "synthetic": "CITYSCAPES_PALETTE", "voc": "VOC_PALETTE",
+             "camvid": "CAMVID_PALETTE"}
+# Datasets labelled with the 19 Cityscapes train ids: their predictions map to official label ids.
+_CITYSCAPES_IDS = ("cityscapes", "synthetic")
 OUTPUTS = ("color", "overlay", "labelIds")
 
 
@@ -101,26 +103,26 @@ def _load(args, num_classes=None):
     return load_model(args.weights, args.model, num_classes, **kwargs)
 
 
-def _dataset_class(name: str):
+def _data_attribute(name: str, dataset: str):
     import fastladder.data
 
-    class_name = _DATASET_CLASSES[name]
-    cls = getattr(fastladder.data, class_name, None)
-    if cls is None:
-        raise RuntimeError(f"--dataset {name}: fastladder.data has no {class_name} in this installation")
-    return cls
+    value = getattr(fastladder.data, name, None)
+    if value is None:
+        raise RuntimeError(f"--dataset {dataset}: fastladder.data has no {name} in this installation")
+    return value
 
 
 def _open_dataset(name: str, root, split: str):
     """The dataset (its items: uint8 image [3, H, W], int64 train-id label [H, W], 255 ignored)."""
-    if name == "synthetic":
-        cls = _dataset_class(name)
-        return cls(split=split) if root is None else cls(root, split)
     if root is None:
-        raise ValueError(f"--dataset {name} needs --root, the folder of its official layout")
-    if not os.path.isdir(root):
+        raise ValueError(f"--dataset {name} needs --root: the folder of its official layout (for synthetic: "
+                         f"where its generated images are kept)")
+    if name != "synthetic" and not os.path.isdir(root):
         raise FileNotFoundError(f"--root {root!r} is not a folder")
-    return _dataset_class(name)(root, split)
+    if name == "voc":
+        return _data_attribute("VOCSegmentation", name)(root, image_set=split)
+    class_name = {"cityscapes": "Cityscapes", "camvid": "CamVid", "synthetic": "SyntheticScenes"}[name]
+    return _data_attribute(class_name, name)(root, split)
 
 
 class _Normalized:
@@ -145,15 +147,12 @@ def _palette(dataset: str, num_classes: int):
     from fastladder.data.labels import CITYSCAPES_PALETTE
     from fastladder.eval._images import pascal_palette
 
-    palette = None
-    if dataset == "cityscapes":
+    if _PALETTES[dataset] == "CITYSCAPES_PALETTE":
         palette = CITYSCAPES_PALETTE
-    elif dataset != "voc":
-        try:
-            palette = getattr(_dataset_class(dataset), "palette", None)
-        except RuntimeError:
-            palette = None
-    if palette is None or not hasattr(palette, "shape") or palette.shape[0] < num_classes:
+    else:
+        import fastladder.data
+        palette = getattr(fastladder.data, _PALETTES[dataset], None)
+    if palette is None or palette.shape[0] < num_classes:
         palette = pascal_palette(min(num_classes, 256))
     return palette
 
@@ -231,12 +230,12 @@ def cmd_predict(args) -> int:
                 if palette is None:  # the first image tells the number of classes
                     num_classes = probabilities.shape[1]
                     palette = _palette(args.dataset, num_classes)
-                    submission = args.dataset == "cityscapes" and num_classes == 19
+                    submission = args.dataset in _CITYSCAPES_IDS and num_classes == 19
                     if not submission and "labelIds" in wanted:
                         if args.outputs and "labelIds" in args.outputs:
                             raise ValueError(f"--outputs labelIds needs a 19-class Cityscapes model "
-                                             f"(--dataset cityscapes), got {num_classes} classes and "
-                                             f"--dataset {args.dataset}")
+                                             f"(--dataset {' or '.join(_CITYSCAPES_IDS)}), got {num_classes} "
+                                             f"classes and --dataset {args.dataset}")
                         wanted.discard("labelIds")
                 base = os.path.join(args.out, name)
                 colors = colorize(train_ids, palette)
