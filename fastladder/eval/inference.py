@@ -191,8 +191,9 @@ def evaluate_segmentation(model: nn.Module, data, num_classes: int, *, scales: S
     model.to(device)
     batches, total = _as_batches(data)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    with tqdm(batches, total=total, desc="eval", unit="img" if not isinstance(
-            data, torch.utils.data.DataLoader) else "batch", disable=not progress) as bar:
+    one_image_batches = getattr(data, "batch_size", 1) == 1
+    with tqdm(batches, total=total, desc="eval", unit="img" if one_image_batches else "batch",
+              disable=not progress) as bar:
         for step, (images, labels) in enumerate(bar):
             if not isinstance(images, torch.Tensor) or images.dim() != 4:
                 seen = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
