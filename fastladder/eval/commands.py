@@ -30,7 +30,11 @@ def _task_subparsers(subparsers, name: str, help: str):
     if parser is None:
         parser = subparsers.add_parser(name, help=help)
         parser.add_subparsers(dest=f"{name}_task", metavar="TASK", required=True)
-    return next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError(f"the `fastladder {name}` command exists without sub-commands; the modules that add "
+                       f"tasks to it must create it with _task_subparsers")
 
 
 def _add_model_arguments(parser):

@@ -347,6 +347,9 @@ def test_eval_seg_prints_the_table_and_writes_json(tmp_path, generator, seed, mo
     for name in ("road", "bicycle", "mIoU", "pixel accuracy"):
         assert name in printed
     assert f"{100 * result['miou']:6.2f}" in printed
+    assert cli.main(["eval", "seg", "--weights", str(path), "--root", str(root), "--limit", "1", "--workers", "0",
+                     "--device", "cpu", "--no-progress", "--json", str(out), *NORMALIZATION]) == 0
+    assert json.loads(out.read_text())["num_images"] == 1
 
 
 def test_eval_seg_reports_what_is_wrong(tmp_path, seed, monkeypatch):
