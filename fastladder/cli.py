@@ -17,6 +17,7 @@ __all__ = ["main"]
 # Each module defines register(subparsers): adds its subcommands, each with set_defaults(func=...).
 _COMMAND_MODULES = (
     "fastladder.train.commands",
+    "fastladder.eval.commands",
 )
 
 

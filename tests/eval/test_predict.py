@@ -1,0 +1,380 @@
+"""Model loading from checkpoints, image I/O, and the `predict` / `eval seg` commands on tiny files."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from fastladder import cli
+from fastladder.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_LABELS, CITYSCAPES_PALETTE, colorize
+from fastladder.eval import commands
+from fastladder.eval._images import collect_inputs, overlay, pascal_palette, read_image, save_grid, save_png
+from fastladder.eval._weights import load_model
+from fastladder.eval.inference import normalize_image, predict
+from fastladder.models import create_model
+
+TINY_LDN = dict(growth_rate=4, block_config=[1, 1, 1, 2], num_init_features=8, context_channels=16,
+                upsample_channels=8)
+MEAN, STD = [75.2, 85.0, 75.1], [46.9, 47.6, 46.5]
+NORMALIZATION = ["--mean", *map(str, MEAN), "--std", *map(str, STD)]
+EVALUATED_IDS = {label.id for label in CITYSCAPES_LABELS if label.train_id != 255}
+
+
+def tiny_model(num_classes=19):
+    model = create_model("ladder_densenet121", num_classes, **TINY_LDN)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+            # a large classifier bias spread: predictions cover many classes rather than one
+            if isinstance(module, nn.Conv2d) and module.bias is not None:
+                module.bias.uniform_(-1, 1)
+    return model.eval()
+
+
+def save_checkpoint(model, path, num_classes=19, **extra):
+    torch.save(dict(model=model.state_dict(), model_name="ladder_densenet121", model_kwargs=dict(TINY_LDN),
+                    num_classes=num_classes, optimizer={"state": {}, "param_groups": []}, epoch=3, **extra),
+               path)
+    return path
+
+
+def write_image(path, generator, height, width):
+    array = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+# --- loading weights ------------------------------------------------------------------------------
+
+def test_checkpoint_and_state_dict_load_the_same_model(tmp_path, seed):
+    model = tiny_model()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    from_checkpoint = load_model(save_checkpoint(model, tmp_path / "ckpt.pt"))
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    from_state_dict = load_model(tmp_path / "plain.pt", "ladder_densenet121", 19, **TINY_LDN)
+    # a DataParallel / DDP state_dict: every key prefixed with "module."
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp.pt")
+    from_ddp = load_model(str(tmp_path / "ddp.pt"), "ladder_densenet121", 19, **TINY_LDN)
+    for loaded in (from_checkpoint, from_state_dict, from_ddp):
+        assert not loaded.training
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+
+
+def test_plain_state_dict_needs_model_name_and_num_classes(tmp_path, seed):
+    torch.save(tiny_model().state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="plain state_dict without a model name"):
+        load_model(tmp_path / "plain.pt", num_classes=19, **TINY_LDN)
+    with pytest.raises(ValueError, match="plain state_dict without the number of classes"):
+        load_model(tmp_path / "plain.pt", "ladder_densenet121", **TINY_LDN)
+
+
+def test_mismatched_weights_are_listed(tmp_path, seed):
+    state = tiny_model().state_dict()
+    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="num_classes=21 but checkpoint .* 19 classes"):
+        load_model(path, num_classes=21)
+    with pytest.raises(ValueError, match="model_name='dilated8_densenet121' but checkpoint"):
+        load_model(path, "dilated8_densenet121")
+    # a state_dict of a 19-class model for a 21-class model: the classifier shapes differ
+    torch.save(state, tmp_path / "plain.pt")
+    mismatch = r"shape mismatches: aux_classifier.*; classifier\.conv\.bias: weights \(19,\) vs model \(21,\)"
+    with pytest.raises(ValueError, match=mismatch):
+        load_model(tmp_path / "plain.pt", "ladder_densenet121", 21, **TINY_LDN)
+    missing = dict(state)
+    del missing["classifier.conv.weight"]
+    missing["extra.weight"] = torch.zeros(1)
+    torch.save(missing, tmp_path / "missing.pt")
+    with pytest.raises(ValueError,
+                       match=r"missing keys: classifier\.conv\.weight; unexpected keys: extra\.weight"):
+        load_model(tmp_path / "missing.pt", "ladder_densenet121", 19, **TINY_LDN)
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        load_model(tmp_path / "nowhere.pt", "ladder_densenet121", 19)
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="neither a checkpoint"):
+        load_model(tmp_path / "junk.pt", "ladder_densenet121", 19)
+
+
+def test_checkpoint_with_arbitrary_objects_needs_trust(tmp_path, seed):
+    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt", args=_Opaque())
+    with pytest.raises(RuntimeError, match="weights_only=False"):
+        load_model(path)
+    assert isinstance(load_model(path, weights_only=False), nn.Module)
+
+
+class _Opaque:
+    """An object that torch.load(weights_only=True) refuses to unpickle."""
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+def test_collect_inputs_expands_folders_sorted_and_keeps_subfolders(tmp_path, generator):
+    for name in ("b.png", "a.jpg", "sub/c.png", "notes.txt"):
+        if name.endswith(".txt"):
+            (tmp_path / "in" / name).write_text("x")
+        else:
+            write_image(tmp_path / "in" / name, generator, 4, 5)
+    single = write_image(tmp_path / "single.png", generator, 6, 7)
+    sources = collect_inputs([tmp_path / "in", tmp_path / "single.png"])
+    assert [s.name for s in sources] == ["a", "b", "sub/c", "single"]
+    assert torch.equal(read_image(tmp_path / "single.png"), single)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        collect_inputs([tmp_path / "missing.png"])
+    with pytest.raises(ValueError, match="neither an image"):
+        collect_inputs([tmp_path / "in" / "notes.txt"])
+    with pytest.raises(ValueError, match="would both write outputs named 'single'"):
+        collect_inputs([tmp_path / "single.png", tmp_path / "single.png"])
+
+
+def test_video_without_av_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 16)
+    monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` fail even where av is installed
+    with pytest.raises(RuntimeError, match="needs the `av` package.*pip install av"):
+        collect_inputs([tmp_path / "clip.mp4"])
+    with pytest.raises(RuntimeError, match="pip install av"):
+        cli.main(["predict", "--weights", "unused.pt", str(tmp_path / "clip.mp4"),
+                  "--out", str(tmp_path / "o")])
+
+
+def test_predict_on_a_video_names_frames(tmp_path, generator, seed):
+    av = pytest.importorskip("av")
+    frames = [torch.randint(0, 256, (64, 96, 3), dtype=torch.uint8, generator=generator) for _ in range(3)]
+    with av.open(str(tmp_path / "clip.mp4"), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.numpy(), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
+    assert cli.main(["predict", "--weights", str(path), str(tmp_path / "clip.mp4"),
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress", *NORMALIZATION]) == 0
+    for index in range(3):
+        with Image.open(tmp_path / "out" / f"clip_{index:06d}_color.png") as image:
+            assert image.size == (96, 64)
+    assert not (tmp_path / "out" / "clip_000003_color.png").exists()
+
+
+def test_overlay_blends_half_and_half(generator):
+    image = torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8, generator=generator)
+    colors = torch.randint(0, 256, (4, 5, 3), dtype=torch.uint8, generator=generator)
+    blended = overlay(image, colors)
+    expected = ((image.permute(1, 2, 0).double() + colors.double()) / 2).round()
+    assert blended.dtype == torch.uint8 and blended.shape == (4, 5, 3)
+    assert (blended.double() - expected).abs().max() <= 0.5  # .5 sums round either way in float32
+
+
+def test_pascal_palette_first_colors():
+    palette = pascal_palette(21)
+    assert palette[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    assert palette[20].tolist() == [0, 64, 128]
+    assert len({tuple(c) for c in pascal_palette(256).tolist()}) == 256
+
+
+def test_save_grid_places_pictures_in_cells(tmp_path, generator):
+    a = torch.randint(0, 256, (10, 12, 3), dtype=torch.uint8, generator=generator)
+    b = torch.randint(0, 256, (8, 6, 3), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 256, (10, 12), dtype=torch.uint8, generator=generator)
+    path = tmp_path / "deep" / "grid.png"
+    save_grid([[a, b, labels], [b, a]], path, gap=2)
+    with Image.open(path) as image:
+        grid = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+    # columns 12, 12, 12 wide; rows 10 and 10 tall; gaps of 2
+    assert grid.shape == (2 + 10 + 2 + 10 + 2, 2 + 12 + 2 + 12 + 2 + 12 + 2, 3)
+    assert torch.equal(grid[2:12, 2:14], a)
+    assert torch.equal(grid[2:10, 16:22], b)
+    assert torch.equal(grid[2:12, 30:42], labels[..., None].expand(-1, -1, 3))
+    assert torch.equal(grid[14:22, 2:8], b) and torch.equal(grid[14:24, 16:28], a)
+    assert (grid[10:12, 16:22] == 255).all()  # the unused part of a cell is background
+    save_grid([[a, b]], tmp_path / "titled.png", titles=["image", "prediction"], gap=2)
+    with Image.open(tmp_path / "titled.png") as image:
+        titled = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+    assert titled.shape[0] > 2 + 10 + 2 and titled.shape[1] == 2 + 12 + 2 + 6 + 2
+    assert torch.equal(titled[-12:-2, 2:14], a)
+    assert (titled[:titled.shape[0] - 14] < 128).any()  # the titles' ink
+    with pytest.raises(ValueError, match="uint8"):
+        save_grid([[a.float()]], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="3 titles for a grid of 2 columns"):
+        save_grid([[a, b]], tmp_path / "bad.png", titles=["x", "y", "z"])
+
+
+def test_save_png_round_trip_and_errors(tmp_path, generator):
+    ids = torch.randint(0, 34, (5, 7), dtype=torch.uint8, generator=generator)
+    save_png(ids, tmp_path / "ids.png")
+    with Image.open(tmp_path / "ids.png") as image:
+        assert image.mode == "L" and torch.equal(torch.from_numpy(np.asarray(image).copy()), ids)
+    with pytest.raises(ValueError, match=r"uint8 \[H, W\] or \[H, W, 3\]"):
+        save_png(torch.zeros(3, 5, 7, dtype=torch.uint8), tmp_path / "chw.png")
+
+
+# --- the predict command --------------------------------------------------------------------------
+
+def test_predict_writes_color_overlay_and_submission_pngs(tmp_path, generator, seed):
+    model = tiny_model()
+    path = save_checkpoint(model, tmp_path / "ckpt.pt")
+    stem = "city_000000_000001_leftImg8bit"
+    images = {stem: write_image(tmp_path / "in" / f"{stem}.png", generator, 64, 96),
+              "sub/other": write_image(tmp_path / "in" / "sub" / "other.jpg", generator, 70, 65)}
+    out = tmp_path / "out"
+    assert cli.main(["predict", "--weights", str(path), str(tmp_path / "in"), "--out", str(out),
+                     "--device", "cpu", "--scales", "1", "1.25", "--flip", "--no-progress",
+                     *NORMALIZATION]) == 0
+    for name, image in images.items():
+        if name == "sub/other":  # jpg: compare with what was decoded, not with what was encoded
+            image = read_image(tmp_path / "in" / "sub" / "other.jpg")
+        expected = predict(model, normalize_image(image[None], MEAN, STD), scales=(1, 1.25), flip=True)[0]
+        files = {kind: Image.open(out / f"{name}_{kind}.png") for kind in ("color", "overlay", "labelIds")}
+        for kind, png in files.items():
+            assert png.size == (image.shape[2], image.shape[1]), kind
+        assert files["labelIds"].mode == "L" and files["color"].mode == "RGB"
+        label_ids = torch.from_numpy(np.asarray(files["labelIds"]).copy())
+        assert set(label_ids.unique().tolist()) <= EVALUATED_IDS
+        # the label ids are the prediction's train ids mapped back
+        id_to_train = {label.id: label.train_id for label in CITYSCAPES_LABELS}
+        assert torch.equal(label_ids.long().apply_(id_to_train.get), expected)
+        color = torch.from_numpy(np.asarray(files["color"]).copy())
+        assert torch.equal(color, colorize(expected, CITYSCAPES_PALETTE))
+        blended = torch.from_numpy(np.asarray(files["overlay"]).copy())
+        assert torch.equal(blended, overlay(image, color))
+        for png in files.values():
+            png.close()
+
+
+def test_predict_with_another_palette_and_class_count(tmp_path, generator, seed):
+    model = tiny_model(num_classes=21)
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    image = write_image(tmp_path / "a.png", generator, 64, 64)
+    out = tmp_path / "out"
+    assert cli.main(["predict", "--model", "ladder_densenet121", "--num-classes", "21", "--model-kwargs",
+                     json.dumps(TINY_LDN), "--weights", str(tmp_path / "plain.pt"), str(tmp_path / "a.png"),
+                     "--out", str(out), "--dataset", "voc", "--device", "cpu", "--no-progress",
+                     *NORMALIZATION]) == 0
+    # no labelIds: the model has 21 classes
+    assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_overlay.png"]
+    expected = predict(model, normalize_image(image[None], MEAN, STD))[0]
+    with Image.open(out / "a_color.png") as png:
+        assert torch.equal(torch.from_numpy(np.asarray(png).copy()), colorize(expected, pascal_palette(21)))
+    with pytest.raises(ValueError, match="--outputs labelIds needs a 19-class Cityscapes model"):
+        cli.main(["predict", "--model", "ladder_densenet121", "--num-classes", "21", "--model-kwargs",
+                  json.dumps(TINY_LDN), "--weights", str(tmp_path / "plain.pt"), str(tmp_path / "a.png"),
+                  "--out", str(out), "--outputs", "labelIds", "--device", "cpu", "--no-progress",
+                  *NORMALIZATION])
+
+
+def test_predict_outputs_selects_the_pngs(tmp_path, generator, seed):
+    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
+    write_image(tmp_path / "a.png", generator, 64, 64)
+    assert cli.main(["predict", "--weights", str(path), str(tmp_path / "a.png"),
+                     "--out", str(tmp_path / "out"), "--outputs", "labelIds", "--device", "cpu", "--no-progress",
+                     *NORMALIZATION]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_labelIds.png"]
+
+
+def test_default_normalization_is_the_cityscapes_statistics():
+    transforms = pytest.importorskip("fastladder.data.transforms")
+    args = cli.build_parser().parse_args(["predict", "--weights", "w.pt", "x.png", "--out", "o"])
+    expected = [float(v) for v in transforms.CITYSCAPES_MEAN], [float(v) for v in transforms.CITYSCAPES_STD]
+    assert commands._normalization(args) == expected
+
+
+# --- the eval seg command -------------------------------------------------------------------------
+
+def write_cityscapes(root, generator, split="val", sizes=((64, 80), (72, 64))):
+    """A tiny Cityscapes layout: leftImg8bit and gtFine label-id PNGs (with void and unused ids)."""
+    ids = torch.tensor(sorted(EVALUATED_IDS) + [0, 1, 4, 9])  # 9 (parking) and 0/1/4 are ignored in eval
+    for index, (h, w) in enumerate(sizes):
+        city = ["aachen", "bremen"][index % 2]
+        stem = f"{city}_{index:06d}_000019"
+        write_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", generator, h, w)
+        label_ids = ids[torch.randint(0, len(ids), (h, w), generator=generator)].to(torch.uint8)
+        save_png(label_ids, root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+
+
+class MiniCityscapes:
+    """The dataset contract of fastladder.data.Cityscapes, read from the layout above (for this test only)."""
+    num_classes, class_names, palette = 19, list(CITYSCAPES_CLASSES), CITYSCAPES_PALETTE
+
+    def __init__(self, root, split):
+        from fastladder.data.labels import cityscapes_label_to_train_id
+        self.to_train_id = cityscapes_label_to_train_id
+        root = Path(root)
+        self.files = sorted(root.glob(f"leftImg8bit/{split}/*/*.png"))
+        self.labels = [root / "gtFine" / split / f.parent.name / f.name.replace("leftImg8bit",
+                                                                                 "gtFine_labelIds")
+                       for f in self.files]
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        with Image.open(self.labels[index]) as png:
+            label = self.to_train_id(torch.from_numpy(np.asarray(png).copy()))
+        return read_image(self.files[index]), label
+
+
+def test_eval_seg_prints_the_table_and_writes_json(tmp_path, generator, seed, monkeypatch, capsys):
+    root = tmp_path / "cityscapes"
+    write_cityscapes(root, generator)
+    model = tiny_model()
+    path = save_checkpoint(model, tmp_path / "ckpt.pt")
+    monkeypatch.setattr(commands, "_open_dataset", lambda name, root, split: MiniCityscapes(root, split))
+    out = tmp_path / "result.json"
+    assert cli.main(["eval", "seg", "--weights", str(path), "--dataset", "cityscapes", "--root", str(root),
+                     "--scales", "1", "1.25", "--flip", "--workers", "0", "--device", "cpu", "--no-progress",
+                     "--json", str(out), *NORMALIZATION]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    dataset = MiniCityscapes(root, "val")
+    confusion = sum(torch.bincount(
+        (label[label != 255] * 19 + predict(model, normalize_image(image[None], MEAN, STD), scales=(1, 1.25),
+                                            flip=True)[0][label != 255]), minlength=19 * 19).reshape(19, 19)
+        for image, label in (dataset[i] for i in range(len(dataset))))
+    assert result["confusion"] == confusion.tolist() and result["num_images"] == 2
+    true_positive = confusion.diagonal().double()
+    iou = true_positive / (confusion.sum(0) + confusion.sum(1) - true_positive)
+    assert result["miou"] == pytest.approx(iou[~iou.isnan()].mean().item())
+    assert list(result["iou"]) == list(CITYSCAPES_CLASSES)
+    for name in ("road", "bicycle", "mIoU", "pixel accuracy"):
+        assert name in printed
+    assert f"{100 * result['miou']:6.2f}" in printed
+    assert cli.main(["eval", "seg", "--weights", str(path), "--root", str(root), "--limit", "1", "--workers", "0",
+                     "--device", "cpu", "--no-progress", "--json", str(out), *NORMALIZATION]) == 0
+    assert json.loads(out.read_text())["num_images"] == 1
+
+
+def test_eval_seg_reports_what_is_wrong(tmp_path, seed, monkeypatch):
+    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="--dataset cityscapes needs --root"):
+        cli.main(["eval", "seg", "--weights", str(path), "--device", "cpu", *NORMALIZATION])
+    # a dataset of another class count than the checkpoint's
+    monkeypatch.setattr(commands, "_open_dataset", lambda name, root, split: type(
+        "Voc", (), {"num_classes": 21, "class_names": None, "__len__": lambda self: 1})())
+    with pytest.raises(ValueError, match="num_classes=21 but checkpoint"):
+        cli.main(["eval", "seg", "--weights", str(path), "--dataset", "voc", "--root", str(tmp_path),
+                  "--device", "cpu", *NORMALIZATION])
+
+
+def test_eval_seg_on_the_real_cityscapes_reader(tmp_path, generator, seed, monkeypatch):
+    data = pytest.importorskip("fastladder.data")
+    if not hasattr(data, "Cityscapes"):
+        pytest.skip("fastladder.data.Cityscapes is not in this tree")
+    root = tmp_path / "cityscapes"
+    write_cityscapes(root, generator)
+    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
+    argv = ["eval", "seg", "--weights", str(path), "--root", str(root), "--workers", "0", "--device", "cpu",
+            "--no-progress", *NORMALIZATION]
+    assert cli.main(argv + ["--json", str(tmp_path / "reader.json")]) == 0
+    monkeypatch.setattr(commands, "_open_dataset", lambda name, root, split: MiniCityscapes(root, split))
+    assert cli.main(argv + ["--json", str(tmp_path / "mini.json")]) == 0
+    via_reader, via_mini = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("reader", "mini"))
+    assert via_reader["num_images"] == 2 and via_reader["confusion"] == via_mini["confusion"]
