@@ -3,6 +3,7 @@ from fastladder.nn.densenet import BNReluConv, DenseBlock, DenseLayer, Transitio
 from fastladder.nn.detection import DetectionPostprocess
 from fastladder.nn.ladder_upsample import LadderUpsample
 from fastladder.nn.spp import SpatialPyramidPooling
+from fastladder.nn.ssd import L2Norm, SSDHead
 
 __all__ = ["LadderUpsample", "DenseLayer", "DenseBlock", "Transition", "BNReluConv", "SpatialPyramidPooling",
-           "DetectionPostprocess"]
+           "DetectionPostprocess", "L2Norm", "SSDHead"]

@@ -4,12 +4,13 @@ from fastladder.train.config import TrainConfig
 from fastladder.train.distributed import DistributedContext, init_distributed
 from fastladder.train.loop import Task, Trainer, train
 from fastladder.train.losses import ladder_loss
+from fastladder.train.multibox import MultiBoxLoss, match_priors
 from fastladder.train.optim import (PolyLR, WarmupCosineLR, WarmupStepLR, build_optimizer, build_scheduler,
                                     param_groups)
 from fastladder.train.segmentation import SegmentationTask
 
 __all__ = [
-    "ladder_loss", "TrainConfig", "Task", "Trainer", "train", "SegmentationTask",
+    "ladder_loss", "MultiBoxLoss", "match_priors", "TrainConfig", "Task", "Trainer", "train", "SegmentationTask",
     "save_checkpoint", "load_checkpoint", "param_groups", "build_optimizer", "build_scheduler",
     "PolyLR", "WarmupStepLR", "WarmupCosineLR", "DistributedContext", "init_distributed",
 ]
