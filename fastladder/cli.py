@@ -1,6 +1,6 @@
 """The ``fastladder`` command.
 
-    fastladder demo                 the main job on a fresh machine, on built-in data
+    fastladder demo                 the main job on a fresh machine: synthetic scenes, train, evaluate, pictures
     fastladder bench ladder-blend   ladder_blend vs its baselines (time and memory ratios)
     fastladder info                 what this build contains
 
@@ -56,13 +56,13 @@ def _run_ladder_blend_bench(height, width, *, device, channels_last, with_compil
 
 def cmd_demo(args):
     import fastladder
+    from fastladder.demo import run_demo
+
     info = fastladder.build_info()
     print(f"fastladder {fastladder.__version__}: compiled extension built against torch {info['torch_version']}, "
           f"CUDA kernels {'compiled' if info['with_cuda'] else 'not compiled'}, "
           f"CUDA device {'available' if info['cuda_available'] else 'not available'}")
-    size = (256, 512) if args.quick else (512, 1024)
-    _run_ladder_blend_bench(*size, device=args.device, channels_last=False, with_compile=not args.quick,
-                            memory=True, repeats=3, json_path=None)
+    run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed)
     return 0
 
 
@@ -85,7 +85,9 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the built-in demo (no data or weights to download)")
-    demo.add_argument("--quick", action="store_true", help="smaller sizes, no torch.compile baseline")
+    demo.add_argument("--quick", action="store_true", help="toy sizes: a smoke test of the whole demo (about a minute)")
+    demo.add_argument("--out", default="fastladder-demo", help="folder for the data, the run and the pictures")
+    demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.set_defaults(func=cmd_demo)
 
