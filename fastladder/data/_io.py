@@ -53,7 +53,7 @@ def write_image(path: PathLike, image: torch.Tensor) -> None:
     """Writes uint8 Tensor[3, H, W] (RGB) to ``path`` (format from the suffix, e.g. PNG)."""
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be uint8 [3, H, W], got {image.dtype} {tuple(image.shape)}")
-    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy(), mode="RGB").save(path)
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)
 
 
 def write_label(path: PathLike, label: torch.Tensor, palette: Optional[torch.Tensor] = None) -> None:
@@ -63,7 +63,7 @@ def write_label(path: PathLike, label: torch.Tensor, palette: Optional[torch.Ten
         raise ValueError(f"label must be an integer [H, W] tensor, got {label.dtype} {tuple(label.shape)}")
     if label.numel() and (label.min() < 0 or label.max() > 255):
         raise ValueError(f"label values must lie in 0…255 for an 8-bit PNG, got [{label.min()}, {label.max()}]")
-    image = Image.fromarray(label.to(torch.uint8).numpy(), mode="L")
+    image = Image.fromarray(label.to(torch.uint8).numpy())
     if palette is not None:
         if palette.dim() != 2 or palette.shape[1] != 3 or palette.shape[0] > 256:
             raise ValueError(f"palette must be [C, 3] with C <= 256, got {tuple(palette.shape)}")
