@@ -58,12 +58,12 @@ def _devkit(root: Union[str, os.PathLike]) -> Path:
     return root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
 
 
-def _read_ids(path: Path, what: str) -> List[str]:
+def _read_ids(path: Path, what: str, allow_empty: bool = False) -> List[str]:
     if not path.is_file():
         raise ValueError(f"{what}: list {path} does not exist")
     # detection lists of one class hold "id flag" pairs; the id is the first field
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
+    if not ids and not allow_empty:
         raise ValueError(f"{what}: list {path} is empty")
     return ids
 
@@ -124,7 +124,7 @@ class VOCSegmentation(SegmentationDataset):
         voc_val = set(_read_ids(lists / "val.txt", "VOC val list"))
         sbd_ids = []
         for name in ("train.txt", "val.txt"):
-            sbd_ids += _read_ids(sbd / name, f"SBD list {name}")
+            sbd_ids += _read_ids(sbd / name, f"SBD list {name}", allow_empty=True)
         files: List[Tuple[Path, Path]] = []
         seen = set()
         for image_id in voc_train:
