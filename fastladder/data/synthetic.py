@@ -580,9 +580,13 @@ class SyntheticScenes(Cityscapes):
         root = Path(root)
         if not self.is_generated(root, split, num_images, size, seed):
             recorded = _read_manifest(root)["splits"].get(split) if root.is_dir() else None
-            if recorded is not None:
+            requested = _parameters(num_images, size, seed)
+            if recorded == requested:
+                warnings.warn(f"{root}: files of synthetic split {split!r} are missing, regenerating it",
+                              stacklevel=2)
+            elif recorded is not None:
                 warnings.warn(f"{root}: synthetic split {split!r} was generated with {recorded}, regenerating it "
-                              f"with {_parameters(num_images, size, seed)}", stacklevel=2)
+                              f"with {requested}", stacklevel=2)
             self.generate(root, split, num_images, size, seed)
         self.size, self.seed = size, seed
         super().__init__(root, split, target="trainIds", transforms=transforms)
