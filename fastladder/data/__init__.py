@@ -4,9 +4,10 @@ from fastladder.data.cityscapes import Cityscapes
 from fastladder.data.labels import (CITYSCAPES_CLASSES, CITYSCAPES_LABELS, CITYSCAPES_PALETTE, IGNORE_INDEX,
                                     cityscapes_label_to_train_id, cityscapes_train_to_label_id, colorize)
 from fastladder.data.synthetic import SyntheticScenes, render_street_scene
-from fastladder.data.transforms import (CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD, ColorJitter,
-                                        Compose, Normalize, RandomCrop, RandomHorizontalFlip, RandomScale, Resize,
-                                        ToFloat, segmentation_eval_transforms, segmentation_train_transforms)
+from fastladder.data.transforms import (CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD,
+                                        ColorJitter, Compose, Normalize, RandomCrop, RandomHorizontalFlip,
+                                        RandomScale, Resize, ToFloat, segmentation_eval_transforms,
+                                        segmentation_train_transforms)
 from fastladder.data.voc import VOC_CLASSES, VOC_PALETTE, VOCDetection, VOCSegmentation, voc_colormap
 
 __all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_LABELS", "CITYSCAPES_PALETTE", "IGNORE_INDEX",

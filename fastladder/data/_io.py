@@ -41,8 +41,8 @@ def read_label(path: PathLike) -> torch.Tensor:
         with Image.open(path) as image:
             mode = image.mode
             if mode not in _LABEL_MODES:
-                raise ValueError(f"{path}: a label image must hold class ids (palette or grey PNG), got PIL mode "
-                                 f"{mode!r} of size {image.size[0]}x{image.size[1]}")
+                raise ValueError(f"{path}: a label image must hold class ids (palette or grey PNG), got "
+                                 f"PIL mode {mode!r} of size {image.size[0]}x{image.size[1]}")
             values = np.asarray(image)
     except (OSError, SyntaxError) as error:
         raise ValueError(f"{path}: cannot read the label image ({error})") from error
@@ -62,7 +62,8 @@ def write_label(path: PathLike, label: torch.Tensor, palette: Optional[torch.Ten
     if label.dim() != 2 or label.is_floating_point():
         raise ValueError(f"label must be an integer [H, W] tensor, got {label.dtype} {tuple(label.shape)}")
     if label.numel() and (label.min() < 0 or label.max() > 255):
-        raise ValueError(f"label values must lie in 0…255 for an 8-bit PNG, got [{label.min()}, {label.max()}]")
+        raise ValueError(f"label values must lie in 0…255 for an 8-bit PNG, got "
+                         f"[{label.min()}, {label.max()}]")
     image = Image.fromarray(label.to(torch.uint8).numpy())
     if palette is not None:
         if palette.dim() != 2 or palette.shape[1] != 3 or palette.shape[0] > 256:
@@ -97,7 +98,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __init__(self, files: Sequence[Tuple[Path, Optional[Path]]],
                  transforms: Optional[Callable] = None):
         if transforms is not None and not callable(transforms):
-            raise ValueError(f"transforms must be callable (image, label) -> (image, label), got {transforms!r}")
+            raise ValueError(f"transforms must be callable (image, label) -> (image, label), got "
+                             f"{transforms!r}")
         self.files: List[Tuple[Path, Optional[Path]]] = list(files)
         self.transforms = transforms
 
@@ -122,8 +124,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return image, torch.full(image.shape[1:], self.ignore_index, dtype=torch.int64)
         values = self.read_label_file(label_path)
         if values.shape != image.shape[1:]:
-            raise ValueError(f"{image_path} is {image.shape[2]}x{image.shape[1]} (WxH) but its label {label_path} "
-                             f"is {values.shape[1]}x{values.shape[0]}")
+            raise ValueError(f"{image_path} is {image.shape[2]}x{image.shape[1]} (WxH) but its label "
+                             f"{label_path} is {values.shape[1]}x{values.shape[0]}")
         return image, self.decode_label(values, label_path)
 
     def __getitem__(self, index: int):

@@ -17,8 +17,8 @@ from fastladder.data._io import SegmentationDataset, allowed_values_check, check
 __all__ = ["CAMVID_CLASSES", "CAMVID_PALETTE", "CamVid"]
 
 SPLITS = ("train", "val", "test")
-CAMVID_CLASSES: Tuple[str, ...] = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
-                                   "Car", "Pedestrian", "Bicyclist")
+CAMVID_CLASSES: Tuple[str, ...] = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol",
+                                   "Fence", "Car", "Pedestrian", "Bicyclist")
 # the SegNet tutorial's colours
 CAMVID_PALETTE = torch.tensor([
     (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
@@ -42,7 +42,8 @@ class CamVid(SegmentationDataset):
     num_classes = len(CAMVID_CLASSES)
     class_names = CAMVID_CLASSES
 
-    def __init__(self, root: Union[str, os.PathLike], split: str = "train", transforms: Optional[Callable] = None):
+    def __init__(self, root: Union[str, os.PathLike], split: str = "train",
+                 transforms: Optional[Callable] = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.root = check_folder(Path(root), "CamVid root")

@@ -66,7 +66,8 @@ class Cityscapes(SegmentationDataset):
                     raise ValueError(f"image {image_path} has no label file: {label_path} does not exist")
                 files.append((image_path, label_path))
         if not files:
-            raise ValueError(f"Cityscapes split {split!r}: no {{city}}/*{_IMAGE_SUFFIX} images under {image_folder}")
+            raise ValueError(f"Cityscapes split {split!r}: no {{city}}/*{_IMAGE_SUFFIX} images under "
+                             f"{image_folder}")
         super().__init__(files, transforms)
         if target == "trainIds":
             self.num_classes = len(CITYSCAPES_CLASSES)

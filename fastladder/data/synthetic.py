@@ -61,7 +61,7 @@ _SKIN_COLORS = np.array([(240, 200, 170), (200, 150, 110), (140, 95, 65), (90, 6
 # --- noise and geometry helpers --------------------------------------------------------------------
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
-    """Bilinearly interpolated N(0, 1) lattice noise with features of about ``cell`` pixels: [H, W] float32."""
+    """Bilinearly interpolated N(0, 1) lattice noise, features of about ``cell`` pixels: [H, W] float32."""
     rows, cols = int(np.ceil(height / cell)) + 2, int(np.ceil(width / cell)) + 2
     lattice = rng.standard_normal((rows, cols)).astype(np.float32)
     y = (np.arange(height, dtype=np.float32) + 0.5) / cell
@@ -250,14 +250,16 @@ def _paint_facades(canvas: _Canvas, street: _Street, rng: np.random.Generator) -
 
         building_color = _BUILDING_COLORS[rng.integers(len(_BUILDING_COLORS), size=count)]
         building_color = building_color * rng.uniform(0.85, 1.12, (count, 1)).astype(np.float32)
-        color = building_color[segment][None, :, :] + 6 * canvas.coarse[..., None] + 5 * canvas.medium[..., None]
+        color = (building_color[segment][None, :, :] + 6 * canvas.coarse[..., None]
+                 + 5 * canvas.medium[..., None])
         floor = rng.uniform(1.6, 2.3, count)[segment][None, :]
         window_spacing = rng.uniform(0.12, 0.3, count)[segment][None, :]
         phase = rng.random(count)[segment][None, :]
         windows = ((np.mod(height_above / floor, 1.0) > 0.3) & (np.mod(height_above / floor, 1.0) < 0.78)
                    & (height_above > floor) & (np.mod(z[None, :] / window_spacing + phase, 1.0) > 0.3)
                    & (np.mod(z[None, :] / window_spacing + phase, 1.0) < 0.75))
-        glass = np.array([48, 58, 74], np.float32) + 14 * canvas.coarse[..., None] + 3 * canvas.fine[..., None]
+        glass = (np.array([48, 58, 74], np.float32) + 14 * canvas.coarse[..., None]
+                 + 3 * canvas.fine[..., None])
         color = np.where(windows[..., None], glass, color)
         building_mask = facade & is_building[segment][None, :] & (ys >= top_row[None, :])
         canvas.paint(whole, building_mask, BUILDING, color)
@@ -503,7 +505,8 @@ def _read_manifest(root: Path) -> Dict:
         if not isinstance(manifest.get("splits"), dict):
             raise ValueError("no 'splits' object")
     except ValueError as error:
-        raise ValueError(f"{path}: not a synthetic-scenes manifest ({error}); delete it to regenerate") from error
+        raise ValueError(f"{path}: not a synthetic-scenes manifest ({error}); delete it to "
+                         f"regenerate") from error
     return manifest
 
 
@@ -542,12 +545,12 @@ def _check_no_foreign_data(root: Path, split: str) -> None:
             continue
         for entry in folder.iterdir():
             if entry.name != CITY:
-                raise ValueError(f"{folder} holds {entry.name!r}, which the synthetic-scene generator did not write: "
-                                 f"give SyntheticScenes a root of its own")
+                raise ValueError(f"{folder} holds {entry.name!r}, which the synthetic-scene generator did "
+                                 f"not write: give SyntheticScenes a root of its own")
             for item in entry.iterdir():
                 if not (item.name.startswith(f"{CITY}_") and item.suffix == ".png"):
-                    raise ValueError(f"{entry} holds {item.name!r}, which the synthetic-scene generator did not "
-                                     f"write: give SyntheticScenes a root of its own")
+                    raise ValueError(f"{entry} holds {item.name!r}, which the synthetic-scene generator "
+                                     f"did not write: give SyntheticScenes a root of its own")
 
 
 class SyntheticScenes(Cityscapes):
@@ -572,8 +575,9 @@ class SyntheticScenes(Cityscapes):
     scenes use 9 of them, see ``SYNTHETIC_LABEL_IDS``).
     """
 
-    def __init__(self, root: Union[str, os.PathLike], split: str = "train", transforms: Optional[Callable] = None,
-                 *, num_images: Optional[int] = None, size: Tuple[int, int] = (128, 256), seed: int = 0):
+    def __init__(self, root: Union[str, os.PathLike], split: str = "train",
+                 transforms: Optional[Callable] = None, *, num_images: Optional[int] = None,
+                 size: Tuple[int, int] = (128, 256), seed: int = 0):
         if num_images is None and split in DEFAULT_NUM_IMAGES:
             num_images = DEFAULT_NUM_IMAGES[split]
         num_images, size, seed = _check_parameters(split, num_images, size, seed)
@@ -585,8 +589,8 @@ class SyntheticScenes(Cityscapes):
                 warnings.warn(f"{root}: files of synthetic split {split!r} are missing, regenerating it",
                               stacklevel=2)
             elif recorded is not None:
-                warnings.warn(f"{root}: synthetic split {split!r} was generated with {recorded}, regenerating it "
-                              f"with {requested}", stacklevel=2)
+                warnings.warn(f"{root}: synthetic split {split!r} was generated with {recorded}, "
+                              f"regenerating it with {requested}", stacklevel=2)
             self.generate(root, split, num_images, size, seed)
         self.size, self.seed = size, seed
         super().__init__(root, split, target="trainIds", transforms=transforms)
@@ -606,8 +610,9 @@ class SyntheticScenes(Cityscapes):
         return all(path.is_file() for path in _paths(root, split, num_images - 1))
 
     @classmethod
-    def generate(cls, root: Union[str, os.PathLike], split: str, num_images: int, size: Sequence[int] = (128, 256),
-                 seed: int = 0, progress: bool = True) -> List[Tuple[Path, Path]]:
+    def generate(cls, root: Union[str, os.PathLike], split: str, num_images: int,
+                 size: Sequence[int] = (128, 256), seed: int = 0,
+                 progress: bool = True) -> List[Tuple[Path, Path]]:
         """Writes ``num_images`` scenes of ``size`` (height, width) for ``split`` into ``root`` in the
         Cityscapes layout, replacing a previous generation of that split, and records the parameters
         in the manifest. Returns the (image, label) paths."""
@@ -627,7 +632,8 @@ class SyntheticScenes(Cityscapes):
                     item.unlink()
             old.mkdir(parents=True, exist_ok=True)
         files = []
-        for index in tqdm(range(num_images), desc=f"synthetic scenes ({split})", unit="img", disable=not progress):
+        bar = tqdm(range(num_images), desc=f"synthetic scenes ({split})", unit="img", disable=not progress)
+        for index in bar:
             image, label = render_street_scene(size[0], size[1], _image_rng(seed, split, index))
             image_path, label_path = _paths(root, split, index)
             Image.fromarray(image).save(image_path)

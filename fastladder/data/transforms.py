@@ -37,7 +37,8 @@ def _check_pair(image: torch.Tensor, label: Optional[torch.Tensor], name: str) -
         raise ValueError(f"{name}: image must be a Tensor[C, H, W], got {shape}")
     if label is not None and (not isinstance(label, torch.Tensor) or label.shape != image.shape[1:]):
         shape = tuple(label.shape) if isinstance(label, torch.Tensor) else type(label).__name__
-        raise ValueError(f"{name}: label must be a Tensor[H, W] of the image's size {tuple(image.shape[1:])}, "
+        raise ValueError(f"{name}: label must be a Tensor[H, W] of the image's size "
+                         f"{tuple(image.shape[1:])}, "
                          f"got {shape}")
 
 
@@ -58,11 +59,12 @@ def _size_pair(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _resample(image: torch.Tensor, label: Optional[torch.Tensor], size: Tuple[int, int], interpolation: str) -> Pair:
+def _resample(image: torch.Tensor, label: Optional[torch.Tensor], size: Tuple[int, int],
+              interpolation: str) -> Pair:
     """Resizes the image (``interpolation``, antialiased when shrinking, values kept inside the input's
     range so bicubic overshoot never leaves it) and the label (nearest, pixel-centre aligned)."""
     if tuple(image.shape[1:]) != size:
-        values = image.float()[None]
+        values = (image if image.is_floating_point() else image.float())[None]
         resized = F.interpolate(values, size=size, mode=interpolation, align_corners=False, antialias=True)[0]
         if image.numel():
             resized = resized.clamp(image.min().float(), image.max().float())
@@ -70,7 +72,8 @@ def _resample(image: torch.Tensor, label: Optional[torch.Tensor], size: Tuple[in
     if label is not None and tuple(label.shape) != size:
         # "nearest-exact" samples the source pixel under the output pixel's centre, as the bilinear
         # image path does (align_corners=False); plain "nearest" is shifted by half a pixel
-        label = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(label.dtype)
+        resized = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+        label = resized.to(label.dtype)
     return image, label
 
 
@@ -104,7 +107,8 @@ class RandomScale:
     def __init__(self, min_scale: float, max_scale: float, interpolation: str = "bilinear",
                  generator: Optional[torch.Generator] = None):
         if not 0 < min_scale <= max_scale:
-            raise ValueError(f"need 0 < min_scale <= max_scale, got min_scale={min_scale}, max_scale={max_scale}")
+            raise ValueError(f"need 0 < min_scale <= max_scale, got min_scale={min_scale}, "
+                             f"max_scale={max_scale}")
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
@@ -127,7 +131,8 @@ class RandomCrop:
     one per channel on the image's own scale; label: ``ignore_index``)."""
 
     def __init__(self, size: Union[int, Sequence[int]], ignore_index: int = IGNORE_INDEX,
-                 image_fill: Union[float, Sequence[float]] = 0.0, generator: Optional[torch.Generator] = None):
+                 image_fill: Union[float, Sequence[float]] = 0.0,
+                 generator: Optional[torch.Generator] = None):
         self.size = _size_pair(size, "RandomCrop size")
         self.ignore_index = ignore_index
         self.image_fill = image_fill
@@ -197,7 +202,8 @@ class ColorJitter:
         for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"ColorJitter {name} must lie in [0, 1], got {value}")
-        self.brightness, self.contrast, self.saturation = float(brightness), float(contrast), float(saturation)
+        self.brightness, self.contrast = float(brightness), float(contrast)
+        self.saturation = float(saturation)
         self.generator = generator
 
     def __call__(self, image: torch.Tensor, label: Optional[torch.Tensor] = None) -> Pair:
@@ -216,7 +222,8 @@ class ColorJitter:
         return x, label
 
     def __repr__(self) -> str:
-        return f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation})"
+        return (f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, "
+                f"saturation={self.saturation})")
 
 
 class Resize:
@@ -269,13 +276,14 @@ class Normalize:
         self.mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
         self.std = torch.as_tensor(std, dtype=torch.float32).flatten()
         if self.mean.numel() != self.std.numel() or not (self.std > 0).all():
-            raise ValueError(f"Normalize needs mean and std of the same length and std > 0, got mean={list(mean)}, "
-                             f"std={list(std)}")
+            raise ValueError(f"Normalize needs mean and std of the same length and std > 0, got "
+                             f"mean={list(mean)}, std={list(std)}")
 
     def __call__(self, image: torch.Tensor, label: Optional[torch.Tensor] = None) -> Pair:
         _check_pair(image, label, "Normalize")
         if image.shape[0] != self.mean.numel():
-            raise ValueError(f"Normalize has {self.mean.numel()} channel means, image has {image.shape[0]} channels")
+            raise ValueError(f"Normalize has {self.mean.numel()} channel means, image has "
+                             f"{image.shape[0]} channels")
         image = (image.to(torch.float32) - self.mean.view(-1, 1, 1)) / self.std.view(-1, 1, 1)
         return image, label
 
@@ -283,8 +291,10 @@ class Normalize:
         return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
 
 
-def segmentation_train_transforms(crop_size: Union[int, Sequence[int]], scale_range: Tuple[float, float] = (0.5, 2.0),
-                                  mean: Sequence[float] = CITYSCAPES_MEAN, std: Sequence[float] = CITYSCAPES_STD,
+def segmentation_train_transforms(crop_size: Union[int, Sequence[int]],
+                                  scale_range: Tuple[float, float] = (0.5, 2.0),
+                                  mean: Sequence[float] = CITYSCAPES_MEAN,
+                                  std: Sequence[float] = CITYSCAPES_STD,
                                   jitter: Optional[Tuple[float, float, float]] = (0.2, 0.2, 0.2),
                                   flip: bool = True, generator: Optional[torch.Generator] = None) -> Compose:
     """The usual training pipeline: RandomScale(scale_range, bilinear) → RandomCrop(crop_size; pad

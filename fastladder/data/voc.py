@@ -22,13 +22,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from fastladder.data._io import SegmentationDataset, allowed_values_check, check_folder, read_image, read_label
+from fastladder.data._io import (SegmentationDataset, allowed_values_check, check_folder, read_image,
+                                 read_label)
 
-__all__ = ["VOC_CLASSES", "VOC_PALETTE", "voc_colormap", "VOCSegmentation", "VOCDetection", "parse_voc_annotation"]
+__all__ = ["VOC_CLASSES", "VOC_PALETTE", "voc_colormap", "VOCSegmentation", "VOCDetection",
+           "parse_voc_annotation", "read_sbd_mat"]
 
 VOC_CLASSES: Tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
 )
 _CLASS_INDEX = {name: index for index, name in enumerate(VOC_CLASSES)}
 
@@ -106,7 +109,8 @@ class VOCSegmentation(SegmentationDataset):
             files = self._train_aug_files(voc, Path(sbd_root), lists)
         else:
             if sbd_root is not None:
-                raise ValueError(f"sbd_root is only used by image_set 'train_aug', got image_set {image_set!r}")
+                raise ValueError(f"sbd_root is only used by image_set 'train_aug', got image_set "
+                                 f"{image_set!r}")
             files = []
             for image_id in _read_ids(lists / f"{image_set}.txt", f"VOC{year} image_set {image_set!r}"):
                 image_path = _existing(voc / "JPEGImages" / f"{image_id}.jpg", f"image of id {image_id}")
@@ -168,8 +172,8 @@ def read_sbd_mat(path: Path) -> torch.Tensor:
     try:
         from scipy.io import loadmat
     except ImportError as error:
-        raise RuntimeError(f"{path}: reading SBD .mat labels needs scipy (pip install scipy), or convert them "
-                           f"to PNGs under cls_png/") from error
+        raise RuntimeError(f"{path}: reading SBD .mat labels needs scipy (pip install scipy), or convert "
+                           f"them to PNGs under cls_png/") from error
     try:
         contents = loadmat(str(path), squeeze_me=True, struct_as_record=False)
         segmentation = contents["GTcls"].Segmentation
@@ -266,13 +270,15 @@ class VOCDetection(torch.utils.data.Dataset):
         if not years:
             raise ValueError("year must name at least one VOC year")
         if transforms is not None and not callable(transforms):
-            raise ValueError(f"transforms must be callable (image, target) -> (image, target), got {transforms!r}")
+            raise ValueError(f"transforms must be callable (image, target) -> (image, target), got "
+                             f"{transforms!r}")
         devkit = _devkit(root)
         self.years, self.image_set, self.transforms = years, image_set, transforms
         self.files: List[Tuple[Path, Path]] = []
         for y in years:
             voc = check_folder(devkit / f"VOC{y}", f"VOC year {y!r}")
-            ids = _read_ids(voc / "ImageSets" / "Main" / f"{image_set}.txt", f"VOC{y} image_set {image_set!r}")
+            ids = _read_ids(voc / "ImageSets" / "Main" / f"{image_set}.txt",
+                            f"VOC{y} image_set {image_set!r}")
             for image_id in ids:
                 image_path = _existing(voc / "JPEGImages" / f"{image_id}.jpg", f"image of id {image_id}")
                 self.files.append((image_path, _existing(voc / "Annotations" / f"{image_id}.xml",

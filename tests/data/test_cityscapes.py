@@ -7,8 +7,8 @@ from PIL import Image
 from fastladder.data.cityscapes import Cityscapes
 
 # label id → train id, typed from the cityscapesScripts table (independent of fastladder.data.labels)
-TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
-             27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+             26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 
 
 def expected_train_ids(label_ids: np.ndarray) -> np.ndarray:
@@ -30,7 +30,8 @@ def write_split(root, split, generator, cities=(("bochum", 1), ("aachen", 2)), s
             label_ids = torch.randint(0, 34, size, dtype=torch.uint8, generator=generator).numpy()
             Image.fromarray(image).save(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
             if labels:
-                Image.fromarray(label_ids).save(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+                label_path = root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
+                Image.fromarray(label_ids).save(label_path)
             written[(city, index)] = (image, label_ids)
     return written
 
@@ -102,7 +103,8 @@ def test_image_without_label_names_both_files(tmp_path, generator):
     write_split(tmp_path, "train", generator, cities=(("ulm", 2),))
     label = tmp_path / "gtFine" / "train" / "ulm" / "ulm_000001_000020_gtFine_labelIds.png"
     label.unlink()
-    with pytest.raises(ValueError, match=r"ulm_000001_000020_leftImg8bit\.png.*ulm_000001_000020_gtFine_labelIds"):
+    message = r"ulm_000001_000020_leftImg8bit\.png.*ulm_000001_000020_gtFine_labelIds"
+    with pytest.raises(ValueError, match=message):
         Cityscapes(tmp_path)
 
 

@@ -1,4 +1,5 @@
-"""fastladder.data.SyntheticScenes: deterministic generation, class coverage, the Cityscapes reader, the manifest."""
+"""fastladder.data.SyntheticScenes: deterministic generation, class coverage, the Cityscapes reader and
+the manifest."""
 import json
 
 import numpy as np
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from fastladder.data.cityscapes import Cityscapes
-from fastladder.data.synthetic import DEFAULT_NUM_IMAGES, SYNTHETIC_LABEL_IDS, SyntheticScenes, render_street_scene
+from fastladder.data.synthetic import (DEFAULT_NUM_IMAGES, SYNTHETIC_LABEL_IDS, SyntheticScenes,
+                                       render_street_scene)
 
 SMALL = (48, 96)
 # road, sidewalk, building, pole, traffic sign, vegetation, sky, person, car
@@ -15,7 +17,8 @@ TRAIN_IDS = {7: 0, 8: 1, 11: 2, 17: 5, 20: 7, 21: 8, 23: 10, 24: 11, 26: 13}
 
 
 def split_bytes(root, split):
-    files = sorted((root / "leftImg8bit" / split).rglob("*.png")) + sorted((root / "gtFine" / split).rglob("*.png"))
+    files = sorted((root / "leftImg8bit" / split).rglob("*.png"))
+    files += sorted((root / "gtFine" / split).rglob("*.png"))
     return [(f.relative_to(root).as_posix(), f.read_bytes()) for f in files]
 
 
@@ -30,7 +33,8 @@ def test_same_seed_gives_identical_bytes(tmp_path, seed):
     assert [data for _, data in a] != [data for _, data in c]
     assert all(data_a != data_c for (_, data_a), (_, data_c) in zip(a, c))
     assert first[0][0].name == "synthetic_000000_000000_leftImg8bit.png"
-    assert first[2][1] == tmp_path / "a" / "gtFine" / "train" / "synthetic" / "synthetic_000000_000002_gtFine_labelIds.png"
+    label_folder = tmp_path / "a" / "gtFine" / "train" / "synthetic"
+    assert first[2][1] == label_folder / "synthetic_000000_000002_gtFine_labelIds.png"
     # splits draw from their own streams
     SyntheticScenes.generate(tmp_path / "a", "val", 3, SMALL, seed, progress=False)
     assert [data for _, data in split_bytes(tmp_path / "a", "val")][:3] != [data for _, data in a][:3]

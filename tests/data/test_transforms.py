@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastladder.data.transforms import (CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, ColorJitter, Compose,
-                                        Normalize, RandomCrop, RandomHorizontalFlip, RandomScale, Resize, ToFloat,
-                                        segmentation_eval_transforms, segmentation_train_transforms)
+from fastladder.data.transforms import (CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, ColorJitter,
+                                        Compose, Normalize, RandomCrop, RandomHorizontalFlip, RandomScale,
+                                        Resize, ToFloat, segmentation_eval_transforms,
+                                        segmentation_train_transforms)
 
 # well separated colours: the class of a pixel can be read back from its colour
 PALETTE = torch.tensor([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20], [20, 230, 230],
@@ -22,7 +23,8 @@ def pixel_label(image: torch.Tensor) -> torch.Tensor:
 
 def block_pair(height, width, generator, block=9):
     """An image of constant-colour blocks and its label (the block's palette index)."""
-    grid = torch.randint(0, len(PALETTE), (math.ceil(height / block), math.ceil(width / block)), generator=generator)
+    grid_size = (math.ceil(height / block), math.ceil(width / block))
+    grid = torch.randint(0, len(PALETTE), grid_size, generator=generator)
     label = grid.repeat_interleave(block, 0).repeat_interleave(block, 1)[:height, :width].contiguous()
     return PALETTE[label].permute(2, 0, 1).contiguous(), label
 
@@ -179,7 +181,8 @@ def test_normalize_and_to_float(generator):
     as_float, label = ToFloat()(image, None)
     assert as_float.dtype == torch.float32 and torch.equal(as_float, image.float()) and label is None
     out, _ = Normalize(CITYSCAPES_MEAN, CITYSCAPES_STD)(image, None)
-    expected = (image.float() - torch.tensor(CITYSCAPES_MEAN).view(3, 1, 1)) / torch.tensor(CITYSCAPES_STD).view(3, 1, 1)
+    mean, std = torch.tensor(CITYSCAPES_MEAN).view(3, 1, 1), torch.tensor(CITYSCAPES_STD).view(3, 1, 1)
+    expected = (image.float() - mean) / std
     torch.testing.assert_close(out, expected)
     eval_out, _ = segmentation_eval_transforms()(image, torch.zeros(5, 6, dtype=torch.int64))
     torch.testing.assert_close(eval_out, expected)
@@ -188,7 +191,8 @@ def test_normalize_and_to_float(generator):
 
 def test_train_preset_pads_with_the_mean_and_ignore(generator):
     image, label = block_pair(9, 11, generator)
-    transform = segmentation_train_transforms((40, 50), scale_range=(1.0, 1.0), jitter=None, generator=generator)
+    transform = segmentation_train_transforms((40, 50), scale_range=(1.0, 1.0), jitter=None,
+                                              generator=generator)
     out, out_label = transform(image, label)
     assert out.shape == (3, 40, 50) and out.dtype == torch.float32 and out_label.shape == (40, 50)
     padded = out_label == 255

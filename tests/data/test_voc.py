@@ -16,7 +16,8 @@ def pil_rgb(path):
 
 def write_image(path, generator, size=SIZE):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(torch.randint(0, 256, (*size, 3), dtype=torch.uint8, generator=generator).numpy()).save(path)
+    pixels = torch.randint(0, 256, (*size, 3), dtype=torch.uint8, generator=generator)
+    Image.fromarray(pixels.numpy()).save(path)
 
 
 def write_palette_label(path, values):
@@ -122,8 +123,8 @@ def test_train_aug_merges_sbd_without_voc_val(tmp_path, generator):
     devkit = tmp_path / "VOCdevkit"
     voc_labels = write_segmentation(devkit, generator, {"train": ["t1", "t2"], "val": ["v1", "v2"]})
     # SBD holds a VOC train id (VOC's label wins), VOC val ids (excluded) and new ids (one as PNG)
-    sbd_labels = write_sbd(tmp_path / "SBD", generator, train_ids=["s1", "t1", "v1"], val_ids=["s2", "v2", "s3"],
-                           as_png=("s3",))
+    sbd_labels = write_sbd(tmp_path / "SBD", generator, train_ids=["s1", "t1", "v1"],
+                           val_ids=["s2", "v2", "s3"], as_png=("s3",))
     ds = VOCSegmentation(devkit, image_set="train_aug", sbd_root=tmp_path / "SBD")
     ids = [image.stem for image, _ in ds.files]
     assert ids == ["s1", "s2", "s3", "t1", "t2"]
@@ -165,16 +166,17 @@ def write_detection(devkit, year, generator, objects_by_id, image_set="trainval"
     for image_id, objects in objects_by_id.items():
         write_image(voc / "JPEGImages" / f"{image_id}.jpg", generator)
         text = "".join(OBJECT.format(name=name, x1=x1, y1=y1, x2=x2, y2=y2,
-                                     difficult="" if difficult is None else f"<difficult>{difficult}</difficult>")
-                       for name, (x1, y1, x2, y2), difficult in objects)
-        (voc / "Annotations" / f"{image_id}.xml").write_text(ANNOTATION.format(id=image_id, w=SIZE[1], h=SIZE[0],
-                                                                               objects=text))
+                                     difficult="" if flag is None else f"<difficult>{flag}</difficult>")
+                       for name, (x1, y1, x2, y2), flag in objects)
+        xml = ANNOTATION.format(id=image_id, w=SIZE[1], h=SIZE[0], objects=text)
+        (voc / "Annotations" / f"{image_id}.xml").write_text(xml)
 
 
 def test_detection_boxes_labels_difficult(tmp_path, generator):
     devkit = tmp_path / "VOCdevkit"
     write_detection(devkit, "2007", generator, {
-        "000005": [("chair", (3, 2, 10, 9), 0), ("person", (1, 1, 17, 11), 1), ("tvmonitor", (5, 6, 5, 6), None)],
+        "000005": [("chair", (3, 2, 10, 9), 0), ("person", (1, 1, 17, 11), 1),
+                   ("tvmonitor", (5, 6, 5, 6), None)],
         "000007": []})
     ds = VOCDetection(tmp_path, year="2007", image_set="trainval")
     assert len(ds) == 2 and ds.num_classes == 21
@@ -188,7 +190,8 @@ def test_detection_boxes_labels_difficult(tmp_path, generator):
     assert target["labels"].tolist() == [VOC_CLASSES.index("chair"), 15, 20]
     assert target["difficult"].dtype == torch.bool and target["difficult"].tolist() == [False, True, False]
     _, empty = ds[1]
-    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,) and empty["difficult"].shape == (0,)
+    assert empty["boxes"].shape == (0, 4) and empty["boxes"].dtype == torch.float32
+    assert empty["labels"].shape == (0,) and empty["difficult"].shape == (0,)
 
 
 def test_detection_union_of_years(tmp_path, generator):
@@ -201,15 +204,17 @@ def test_detection_union_of_years(tmp_path, generator):
     assert [p.parent.parent.name for p, _ in ds.files] == ["VOC2007", "VOC2012", "VOC2012"]
     assert ds[2][1]["boxes"].tolist() == [[1, 2, 9, 10]] and ds[2][1]["labels"].tolist() == [6]
     calls = []
-    ds = VOCDetection(devkit, year="2012", transforms=lambda image, target: calls.append(target) or (image, target))
+    ds = VOCDetection(devkit, year="2012",
+                      transforms=lambda image, target: calls.append(target) or (image, target))
     ds[0]
     assert calls[0]["labels"].tolist() == [VOC_CLASSES.index("cat")]
 
 
 def test_detection_malformed_annotations_name_the_file(tmp_path, generator):
     devkit = tmp_path / "VOCdevkit"
-    write_detection(devkit, "2007", generator, {"a": [("dog", (1, 1, 4, 4), 0)], "b": [("unicorn", (1, 1, 4, 4), 0)],
-                                                "c": [("dog", (5, 1, 4, 4), 0)], "d": []})
+    write_detection(devkit, "2007", generator, {
+        "a": [("dog", (1, 1, 4, 4), 0)], "b": [("unicorn", (1, 1, 4, 4), 0)],
+        "c": [("dog", (5, 1, 4, 4), 0)], "d": []})
     annotations = devkit / "VOC2007" / "Annotations"
     (annotations / "a.xml").write_text("<annotation><size><width>3</width>")
     (annotations / "d.xml").write_text("<annotation><object><name>dog</name></object></annotation>")
