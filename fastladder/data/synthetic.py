@@ -86,6 +86,8 @@ class _Canvas:
         self.fine = rng.standard_normal((height, width)).astype(np.float32)
         self.medium = _smooth_noise(rng, height, width, max(2.0, width / 100))
         self.coarse = _smooth_noise(rng, height, width, width / 12)
+        # foliage brightness: leaf-sized blobs plus speckle, shared by all vegetation
+        self.leaf = (0.45 + 0.75 * np.clip(0.5 + 0.35 * self.medium + 0.3 * self.fine, 0, 1))[..., None]
 
     def window(self, top: float, bottom: float, left: float, right: float):
         """Slices of the pixels whose centres may lie in [top, bottom) × [left, right), or None."""
@@ -149,8 +151,7 @@ def _paint_sky(canvas: _Canvas, street: _Street, rng: np.random.Generator) -> No
 
 def _foliage_color(canvas: _Canvas, window, rng: np.random.Generator, haze: float = 0.0) -> np.ndarray:
     base = np.array([rng.uniform(35, 85), rng.uniform(90, 145), rng.uniform(15, 55)], np.float32)
-    leaf = np.clip(0.5 + 0.35 * canvas.medium[window] + 0.3 * canvas.fine[window], 0, 1)[..., None]
-    color = base * (0.45 + 0.75 * leaf)
+    color = base * canvas.leaf[window]
     return color * (1 - haze) + np.array([170, 190, 210], np.float32) * haze
 
 
@@ -240,33 +241,43 @@ def _paint_facades(canvas: _Canvas, street: _Street, rng: np.random.Generator) -
         heights = np.where(is_building, rng.uniform(3.0, 10.0, count), rng.uniform(1.6, 3.5, count))
         present = on_side & (segment < count)
         segment = np.clip(segment, 0, count - 1)
-        base_row = street.row(t)
-        top_row = street.horizon - t * street.ground * (heights[segment] - 1.0)
-        ys = canvas.ys
-        # height above the ground in camera heights, for window rows and vegetation tops
-        height_above = (base_row[None, :] - ys) / np.maximum(t * street.ground, 1e-3)[None, :]
-        whole = (slice(0, canvas.height), slice(0, canvas.width))
-        facade = present[None, :] & (ys < base_row[None, :])
-
         building_color = _BUILDING_COLORS[rng.integers(len(_BUILDING_COLORS), size=count)]
         building_color = building_color * rng.uniform(0.85, 1.12, (count, 1)).astype(np.float32)
-        color = (building_color[segment][None, :, :] + 6 * canvas.coarse[..., None]
-                 + 5 * canvas.medium[..., None])
-        floor = rng.uniform(1.6, 2.3, count)[segment][None, :]
-        window_spacing = rng.uniform(0.12, 0.3, count)[segment][None, :]
-        phase = rng.random(count)[segment][None, :]
-        windows = ((np.mod(height_above / floor, 1.0) > 0.3) & (np.mod(height_above / floor, 1.0) < 0.78)
-                   & (height_above > floor) & (np.mod(z[None, :] / window_spacing + phase, 1.0) > 0.3)
-                   & (np.mod(z[None, :] / window_spacing + phase, 1.0) < 0.75))
-        glass = (np.array([48, 58, 74], np.float32) + 14 * canvas.coarse[..., None]
-                 + 3 * canvas.fine[..., None])
+        floor = rng.uniform(1.6, 2.3, count)
+        window_spacing = rng.uniform(0.12, 0.3, count)
+        phase = rng.random(count)
+        columns = np.nonzero(present)[0]
+        if columns.size == 0:
+            continue
+        # work on the facade's bounding window only
+        cols = slice(columns[0], columns[-1] + 1)
+        t, z, segment, present = t[cols], z[cols], segment[cols], present[cols]
+        base_row = street.row(t)
+        top_row = street.horizon - t * street.ground * (heights[segment] - 1.0)
+        window = canvas.window(top_row.min() - 0.5 * t.max() * street.ground, base_row.max(),
+                               cols.start, cols.stop)
+        if window is None:
+            continue
+        ys = canvas.ys[window[0]]
+        coarse, medium, fine = canvas.coarse[window], canvas.medium[window], canvas.fine[window]
+        # height above the ground in camera heights, for window rows and vegetation tops
+        height_above = (base_row[None, :] - ys) / np.maximum(t * street.ground, 1e-3)[None, :]
+        facade = present[None, :] & (ys < base_row[None, :])
+
+        color = building_color[segment][None, :, :] + 6 * coarse[..., None] + 5 * medium[..., None]
+        floor_phase = np.mod(height_above / floor[segment][None, :], 1.0)
+        column_phase = np.mod(z / window_spacing[segment] + phase[segment], 1.0)[None, :]
+        windows = ((floor_phase > 0.3) & (floor_phase < 0.78) & (height_above > floor[segment][None, :])
+                   & (column_phase > 0.3) & (column_phase < 0.75))
+        glass = np.array([48, 58, 74], np.float32) + 14 * coarse[..., None] + 3 * fine[..., None]
         color = np.where(windows[..., None], glass, color)
         building_mask = facade & is_building[segment][None, :] & (ys >= top_row[None, :])
-        canvas.paint(whole, building_mask, BUILDING, color)
+        canvas.paint(window, building_mask, BUILDING, color)
 
-        bumpy_top = top_row[None, :] + 0.25 * t[None, :] * street.ground * canvas.medium
+        bumpy_top = top_row[None, :] + 0.25 * t[None, :] * street.ground * medium
         park_mask = facade & ~is_building[segment][None, :] & (ys >= bumpy_top)
-        canvas.paint(whole, park_mask, VEGETATION, _foliage_color(canvas, whole, rng))
+        if park_mask.any():
+            canvas.paint(window, park_mask, VEGETATION, _foliage_color(canvas, window, rng))
 
 
 def _paint_tree(canvas: _Canvas, street: _Street, rng: np.random.Generator, t: float, x: float) -> None:
@@ -636,8 +647,8 @@ class SyntheticScenes(Cityscapes):
         for index in bar:
             image, label = render_street_scene(size[0], size[1], _image_rng(seed, split, index))
             image_path, label_path = _paths(root, split, index)
-            Image.fromarray(image).save(image_path)
-            Image.fromarray(label).save(label_path)
+            Image.fromarray(image).save(image_path, compress_level=1)  # noise does not compress anyway
+            Image.fromarray(label).save(label_path, compress_level=1)
             files.append((image_path, label_path))
         manifest["splits"][split] = _parameters(num_images, size, seed)
         _write_manifest(root, manifest)
