@@ -2,7 +2,8 @@
 from fastladder.nn.densenet import BNReluConv, DenseBlock, DenseLayer, Transition
 from fastladder.nn.detection import DetectionPostprocess
 from fastladder.nn.ladder_upsample import LadderUpsample
+from fastladder.nn.normalize import Normalize
 from fastladder.nn.spp import SpatialPyramidPooling
 
 __all__ = ["LadderUpsample", "DenseLayer", "DenseBlock", "Transition", "BNReluConv", "SpatialPyramidPooling",
-           "DetectionPostprocess"]
+           "DetectionPostprocess", "Normalize"]
