@@ -16,6 +16,7 @@ __all__ = ["main"]
 
 # Each module defines register(subparsers): adds its subcommands, each with set_defaults(func=...).
 _COMMAND_MODULES = (
+    "fastladder.analysis.commands",
 )
 
 
