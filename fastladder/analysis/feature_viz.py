@@ -199,10 +199,33 @@ def _capture(model: nn.Module, names: Sequence[str]):
             handle.remove()
 
 
+def _check_ran(model, activations, names, images):
+    """A hooked module that did not run (a model may compute a layer in fused form, e.g. with its
+    BatchNorm folded into the convolution in eval mode) is an error naming the modules that do."""
+    missing = [name for name in names if name not in activations]
+    if not missing:
+        return
+    ran = []
+    handles = [module.register_forward_hook(lambda *_, name=name: ran.append(name))
+               for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    ran = list(dict.fromkeys(ran))
+    shown = ", ".join(ran[:40]) + (", ..." if len(ran) > 40 else "")
+    raise ValueError(f"layer(s) {missing} did not run in {type(model).__name__}'s forward pass (eval mode; the "
+                     f"model computes them inside a fused operation), so their outputs cannot be read; modules "
+                     f"that run: {shown}")
+
+
 def _evaluate(model, objective, images):
     with _capture(model, objective.layers) as activations:
         output = model(images)
         output = output[0] if isinstance(output, (tuple, list)) else output
+        _check_ran(model, activations, objective.layers, images)
         values = objective(activations, output)
     if values.shape != (images.shape[0],):
         raise ValueError(f"{objective!r} must give one value per image ({images.shape[0]}), got shape "
@@ -422,6 +445,7 @@ def visualize(model: nn.Module, objective: Objective, *, steps: int = 256, num_i
                                      blur_sigma=blur_sigma, pad_value=pad_value)
             output = model(x)
             output = output[0] if isinstance(output, (tuple, list)) else output
+            _check_ran(model, activations, full.layers, x)
             value = full(activations, output)
             loss = -value.sum()
             if l2:

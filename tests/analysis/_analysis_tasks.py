@@ -47,6 +47,7 @@ def train_classifier(generator, *, size=16, steps=150, num_classes=4):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return model.eval()
 
 
@@ -98,6 +99,7 @@ def train_segmenter(generator, *, size=24, steps=120, num_classes=4):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return model.eval()
 
 
@@ -139,4 +141,5 @@ def train_detector(generator, *, size=16, steps=100, num_classes=3):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return model.eval()
