@@ -89,7 +89,7 @@ def test_pgd_random_start_and_target(classifier, norm):
 
 
 def test_ddn_finds_smaller_perturbations_than_deepfool(classifier):
-    images, labels = correctly_classified(classifier, 24)
+    images, labels = correctly_classified(classifier, 12)
     result = ddn(classifier.model, images, labels, steps=100)
     check_result(result, images)
     assert result.success.all()

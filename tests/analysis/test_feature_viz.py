@@ -83,9 +83,9 @@ def test_random_transform_geometry(generator):
 def test_visualize_raises_the_objective_and_is_reproducible(classifier):
     model = classifier.model
     objective = channel("features.7", 0) + class_logit(1)
-    settings = dict(steps=24, num_images=3, size=20, progress=False)
+    settings = dict(steps=16, num_images=3, size=16, progress=False)
     images = visualize(model, objective, generator=torch.Generator().manual_seed(7), **settings)
-    assert images.shape == (3, 3, 20, 20) and images.min() >= 0 and images.max() <= 1
+    assert images.shape == (3, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
     again = visualize(model, objective, generator=torch.Generator().manual_seed(7), **settings)
     torch.testing.assert_close(images, again)
     start = visualize(model, objective, generator=torch.Generator().manual_seed(7), **{**settings, "steps": 0})
@@ -112,10 +112,11 @@ def test_regularised_visualisation_is_robust(classifier):
         busiest = model.features(images).mean((0, 2, 3)).argmax().item()
     objective = unit("features.7", busiest)
     geometry = dict(jitter=(4, 4))
-    regularised = visualize(model, objective, steps=128, num_images=2, size=32, generator=classifier.generator,
-                            progress=False, **geometry)
-    unregularised = visualize(model, objective, steps=128, num_images=2, size=32, transforms=(), fourier=False,
-                              decorrelate=False, generator=classifier.generator, progress=False)
+    # lr 0.1 (twice Lucid's) over 128 steps: with 0.05 the regularised result is still converging and
+    # keeps 0.77–0.90 of its value depending on the seed; with 0.1, 0.82–0.92 over the seeds tried
+    settings = dict(steps=128, lr=0.1, num_images=2, size=32, generator=classifier.generator, progress=False)
+    regularised = visualize(model, objective, **settings, **geometry)
+    unregularised = visualize(model, objective, transforms=(), fourier=False, decorrelate=False, **settings)
     assert (objective_values(model, objective, regularised) > 0).all()
     assert (objective_values(model, objective, unregularised) > 0).all()
     kept_regularised = objective_robustness(model, objective, regularised, num_transforms=16,
