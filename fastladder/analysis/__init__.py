@@ -6,8 +6,11 @@ segmentation; a DAG-style attack on SSD detections.
 """
 from fastladder.analysis import adversarial, feature_viz
 from fastladder.analysis.adversarial import AttackResult, dag, ddn, deepfool, fgsm, pgd, ssd_attack
-from fastladder.analysis.feature_viz import (class_logit, channel, first_layer_filters, layer, segmentation_class,
+from fastladder.analysis.feature_viz import (class_logit, channel, first_layer_filters, layer,
+                                             segmentation_class,
                                              unit, visualize)
 
-__all__ = ["adversarial", "feature_viz", "AttackResult", "deepfool", "ddn", "fgsm", "pgd", "dag", "ssd_attack",
-           "visualize", "channel", "unit", "layer", "class_logit", "segmentation_class", "first_layer_filters"]
+__all__ = ["adversarial", "feature_viz", "AttackResult", "deepfool", "ddn", "fgsm", "pgd", "dag",
+           "ssd_attack",
+           "visualize", "channel", "unit", "layer", "class_logit", "segmentation_class",
+           "first_layer_filters"]

@@ -139,7 +139,8 @@ def save_attack_figure(path: PathLike, images: torch.Tensor, adversarial: torch.
     Small images are enlarged (nearest) to at least ``min_size`` pixels per side.
     """
     if images.shape != adversarial.shape or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images and adversarial must be [N, 3, H, W] of one shape, got {tuple(images.shape)} and "
+        raise ValueError("images and adversarial must be [N, 3, H, W] of one shape, got "
+                         f"{tuple(images.shape)} and "
                          f"{tuple(adversarial.shape)}")
     n, _, h, w = images.shape
     factor = max(1, math.ceil(min_size / min(h, w)))

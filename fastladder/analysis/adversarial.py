@@ -77,7 +77,8 @@ def _first(output):
 
 def _warn_if_training(model: nn.Module):
     if isinstance(model, nn.Module) and model.training:
-        warnings.warn("the attacked model is in train mode: batch-norm statistics couple the images of a batch "
+        warnings.warn("the attacked model is in train mode: batch-norm statistics couple the images of a "
+                      "batch "
                       "and change the model; call model.eval() first", stacklevel=3)
 
 
@@ -154,7 +155,8 @@ def deepfool(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, ste
     if candidates is None:
         candidates = num_classes
     if not 2 <= candidates <= num_classes:
-        raise ValueError(f"candidates must be in [2, {num_classes}] (the number of classes), got {candidates}")
+        raise ValueError(f"candidates must be in [2, {num_classes}] (the number of classes), "
+                         f"got {candidates}")
     n = images.shape[0]
     with torch.no_grad():
         clean = _classifier_logits(model, images)
@@ -243,7 +245,8 @@ def ddn(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, steps: i
         delta = delta.detach()
         with torch.no_grad():
             prediction = logits.argmax(1)
-            is_adversarial = prediction == target_labels if target_labels is not None else prediction != labels
+            is_adversarial = (prediction == target_labels) if target_labels is not None \
+                else (prediction != labels)
             l2 = delta.flatten(1).norm(dim=1)
             better = is_adversarial & (l2 < best_l2)
             best_l2 = torch.where(better, l2, best_l2)
@@ -307,9 +310,11 @@ def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * _view((eps / length.clamp_min(1e-12)).clamp(max=1), delta)
 
 
-def pgd(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: Optional[float] = None,
+def pgd(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
+        alpha: Optional[float] = None,
         steps: int = 10, norm: str = "linf", random_start: bool = False,
-        target_labels: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> AttackResult:
+        target_labels: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None) -> AttackResult:
     """Projected Gradient Descent (Madry et al. 2018) in an L∞ or L2 ball of radius ``eps``.
 
     Each step moves by ``alpha`` along the sign of the cross-entropy gradient (L∞) or along its
@@ -337,7 +342,8 @@ def pgd(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, eps: flo
     if alpha is None:
         alpha = 2.5 * eps / max(steps, 1)
     if not eps >= 0 or not alpha >= 0 or steps < 0:
-        raise ValueError(f"need eps >= 0, alpha >= 0, steps >= 0; got eps={eps}, alpha={alpha}, steps={steps}")
+        raise ValueError(f"need eps >= 0, alpha >= 0, steps >= 0; got eps={eps}, alpha={alpha}, "
+                         f"steps={steps}")
     goal, sign = (target_labels, -1.0) if target_labels is not None else (labels, 1.0)
     delta = torch.zeros_like(images)
     if random_start:
@@ -375,25 +381,29 @@ def _check_dense(images, labels, target_labels, mask, num_classes):
     labels = check_map(labels, "labels", lambda t: not t.is_floating_point() and t.dtype != torch.bool).long()
     bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE_INDEX))
     if bad.any():
-        raise ValueError(f"labels must be class indices in [0, {num_classes}) or {IGNORE_INDEX} (ignored), got "
+        raise ValueError(f"labels must be class indices in [0, {num_classes}) or {IGNORE_INDEX} (ignored), "
+                         "got "
                          f"values {sorted(set(labels[bad].tolist()))[:8]}")
     if mask is None:
         mask = labels != IGNORE_INDEX
     else:
         mask = check_map(mask, "mask", lambda t: t.dtype == torch.bool)
         if (mask & (labels == IGNORE_INDEX)).any():
-            raise ValueError(f"mask covers {int((mask & (labels == IGNORE_INDEX)).sum())} pixels whose label is "
+            raise ValueError(f"mask covers {int((mask & (labels == IGNORE_INDEX)).sum())} pixels whose "
+                             "label is "
                              f"{IGNORE_INDEX} (ignored): their true class is unknown")
     if target_labels is not None:
         target_labels = check_map(target_labels, "target_labels",
                                   lambda t: not t.is_floating_point() and t.dtype != torch.bool).long()
         bad = mask & ((target_labels < 0) | (target_labels >= num_classes))
         if bad.any():
-            raise ValueError(f"target_labels must be class indices in [0, {num_classes}) on the attacked pixels, "
+            raise ValueError(f"target_labels must be class indices in [0, {num_classes}) on the attacked "
+                             "pixels, "
                              f"got values {sorted(set(target_labels[bad].tolist()))[:8]}")
         same = mask & (target_labels == labels)
         if same.any():
-            raise ValueError(f"target_labels equal labels on {int(same.sum())} attacked pixels: a pixel cannot be "
+            raise ValueError(f"target_labels equal labels on {int(same.sum())} attacked pixels: a pixel "
+                             "cannot be "
                              f"flipped to its own class (leave such pixels out of the mask)")
     return labels, target_labels, mask
 
@@ -403,12 +413,14 @@ def _dense_logits(model, x, num_classes=None):
     if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[0] != x.shape[0] \
             or logits.shape[-2:] != x.shape[-2:]:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return dense logits [N, num_classes, H, W] at the input's size for images "
+        raise ValueError("the model must return dense logits [N, num_classes, H, W] at the input's size "
+                         "for images "
                          f"of shape {tuple(x.shape)}, got {shape}")
     return logits
 
 
-def dag(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, target_labels: Optional[torch.Tensor] = None,
+def dag(model: Callable, images: torch.Tensor, labels: torch.Tensor, *,
+        target_labels: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None, gamma: float = 0.5, max_iter: int = 200,
         pixel_scale: float = 255.0) -> AttackResult:
     """Dense Adversary Generation (Xie et al. 2017) against a semantic segmentation model.
@@ -442,7 +454,8 @@ def dag(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, target_l
     images = _check_images(images)
     _warn_if_training(model)
     if not gamma > 0 or max_iter < 0 or not pixel_scale > 0:
-        raise ValueError(f"need gamma > 0, max_iter >= 0, pixel_scale > 0; got gamma={gamma}, max_iter={max_iter}, "
+        raise ValueError(f"need gamma > 0, max_iter >= 0, pixel_scale > 0; got gamma={gamma}, "
+                         f"max_iter={max_iter}, "
                          f"pixel_scale={pixel_scale}")
     with torch.no_grad():
         clean = _dense_logits(model, images)
@@ -490,7 +503,8 @@ def dag(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, target_l
 # --- detection ----------------------------------------------------------------------------------
 
 _NORMALIZATION_AND_DROPOUT = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
-                              nn.modules.instancenorm._InstanceNorm, nn.modules.dropout._DropoutNd, nn.Dropout)
+                              nn.modules.instancenorm._InstanceNorm, nn.modules.dropout._DropoutNd,
+                              nn.Dropout)
 
 
 @contextmanager
@@ -516,12 +530,14 @@ def _ssd_outputs(forward, x, num_priors=None):
                          f"{type(output).__name__}")
     loc, conf = output[0], output[1]
     if conf.dim() != 3 or conf.shape[0] != x.shape[0] or loc.shape[:2] != conf.shape[:2]:
-        raise ValueError(f"the detector must return loc [B, P, 4] and conf_logits [B, P, C] for images of shape "
+        raise ValueError("the detector must return loc [B, P, 4] and conf_logits [B, P, C] for images of "
+                         "shape "
                          f"{tuple(x.shape)}, got loc {tuple(loc.shape)} and conf_logits {tuple(conf.shape)}")
     return loc, conf
 
 
-def ssd_attack(model: Callable, images: torch.Tensor, *, mode: str = "suppress", target_label: Optional[int] = None,
+def ssd_attack(model: Callable, images: torch.Tensor, *, mode: str = "suppress",
+               target_label: Optional[int] = None,
                score_thresh: float = 0.5, background: int = 0, gamma: float = 0.5, max_iter: int = 200,
                pixel_scale: float = 255.0, forward: Optional[Callable] = None) -> AttackResult:
     """DAG on an SSD's per-prior class scores (Xie et al. 2017 attack the proposals of Faster R-CNN
@@ -554,7 +570,8 @@ def ssd_attack(model: Callable, images: torch.Tensor, *, mode: str = "suppress",
         raise ValueError(f"mode must be 'suppress' or 'mislabel', got {mode!r}")
     if not 0 < score_thresh < 1 or not gamma > 0 or max_iter < 0 or not pixel_scale > 0:
         raise ValueError(f"need 0 < score_thresh < 1, gamma > 0, max_iter >= 0, pixel_scale > 0; got "
-                         f"score_thresh={score_thresh}, gamma={gamma}, max_iter={max_iter}, pixel_scale={pixel_scale}")
+                         f"score_thresh={score_thresh}, gamma={gamma}, max_iter={max_iter}, "
+                         f"pixel_scale={pixel_scale}")
     context = _raw_outputs(model) if forward is None and isinstance(model, nn.Module) else _nullcontext()
     forward = forward if forward is not None else model
     with context:
@@ -564,9 +581,11 @@ def ssd_attack(model: Callable, images: torch.Tensor, *, mode: str = "suppress",
         if not 0 <= background < num_classes:
             raise ValueError(f"background must be a class index in [0, {num_classes}), got {background}")
         if target_label is not None and (not 0 <= target_label < num_classes or target_label == background):
-            raise ValueError(f"target_label must be a non-background class in [0, {num_classes}), got {target_label}")
+            raise ValueError(f"target_label must be a non-background class in [0, {num_classes}), got "
+                             f"{target_label}")
         if mode == "mislabel" and num_classes < 3 and target_label is None:
-            raise ValueError(f"mode='mislabel' needs at least two object classes, the detector has {num_classes - 1}")
+            raise ValueError("mode='mislabel' needs at least two object classes, the detector has "
+                             f"{num_classes - 1}")
 
         def detections(conf):
             """(detecting [B, P] bool, class [B, P]) from conf_logits."""

@@ -20,7 +20,8 @@ _ATTACKS = ("deepfool", "ddn", "fgsm", "pgd", "dag")
 
 def register(subparsers):
     common = dict(formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    viz = subparsers.add_parser("visualize", help="feature visualisation: images that excite units, channels, classes",
+    viz = subparsers.add_parser("visualize",
+                                help="feature visualisation: images that excite units, channels, classes",
                                 description=_VISUALIZE_HELP, **common)
     _model_arguments(viz)
     viz.add_argument("--objective", action="append", default=[], metavar="SPEC",
@@ -35,7 +36,8 @@ def register(subparsers):
     viz.add_argument("--lr", type=float, default=0.05)
     viz.add_argument("--transforms", default="jitter,scale,rotate,blur",
                      help="comma-separated subset of jitter,scale,rotate,blur, or 'none'")
-    viz.add_argument("--no-fourier", action="store_true", help="one parameter per pixel instead of a 1/f spectrum")
+    viz.add_argument("--no-fourier", action="store_true",
+                     help="one parameter per pixel instead of a 1/f spectrum")
     viz.add_argument("--no-decorrelate", action="store_true", help="plain RGB parameters")
     viz.add_argument("--l2", type=float, default=0.0, help="weight of the L2 penalty")
     viz.add_argument("--tv", type=float, default=0.0, help="weight of the total-variation penalty")
@@ -43,7 +45,8 @@ def register(subparsers):
     viz.add_argument("--seed", type=int, default=0)
     viz.set_defaults(func=cmd_visualize)
 
-    attack = subparsers.add_parser("attack", help="adversarial examples for a classifier or a segmentation model",
+    attack = subparsers.add_parser("attack",
+                                   help="adversarial examples for a classifier or a segmentation model",
                                    description=_ATTACK_HELP, **common)
     _model_arguments(attack)
     attack.add_argument("--attack", required=True, choices=_ATTACKS)
@@ -53,12 +56,14 @@ def register(subparsers):
     attack.add_argument("--labels", type=int, nargs="+",
                         help="true classes of the images (classifiers); default: the clean predictions")
     attack.add_argument("--target-class", type=int,
-                        help="targeted attack: every image (pgd/ddn/fgsm) or every pixel not of that class (dag)")
+                        help="targeted attack: every image (pgd/ddn/fgsm) or every pixel not of that class "
+                             "(dag)")
     attack.add_argument("--eps", type=float, default=8 / 255, help="fgsm/pgd radius ([0, 1] scale)")
     attack.add_argument("--alpha", type=float, help="pgd step size (default 2.5 eps / steps)")
     attack.add_argument("--norm", choices=("linf", "l2"), default="linf", help="pgd ball")
     attack.add_argument("--random-start", action="store_true", help="pgd random start")
-    attack.add_argument("--steps", type=int, help="iterations (deepfool 50, ddn 100, pgd 10; dag: --max-iter)")
+    attack.add_argument("--steps", type=int,
+                        help="iterations (deepfool 50, ddn 100, pgd 10; dag: --max-iter)")
     attack.add_argument("--overshoot", type=float, default=0.02, help="deepfool overshoot")
     attack.add_argument("--gamma", type=float, help="ddn norm change (0.05) or dag step (0.5, 0–255 units)")
     attack.add_argument("--max-iter", type=int, default=200, help="dag iterations")
@@ -83,7 +88,8 @@ def _model_arguments(parser):
     parser.add_argument("--model-kwargs", default=None, help="JSON dict of extra model constructor arguments")
     parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="input normalisation mean on the 0–1 scale (the model is wrapped in Normalize)")
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="input normalisation std (0–1)")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="input normalisation std (0–1)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -106,7 +112,8 @@ def _load_model(args):
         if "model" in checkpoint and isinstance(checkpoint["model"], dict):
             stored = checkpoint.get("model_name")
             if name and stored and name != stored:
-                raise ValueError(f"--model {name!r} differs from the checkpoint's model_name {stored!r} ({args.weights})")
+                raise ValueError(f"--model {name!r} differs from the checkpoint's model_name {stored!r} "
+                                 f"({args.weights})")
             name = name or stored
             num_classes = num_classes or checkpoint.get("num_classes")
             kwargs = {**(checkpoint.get("model_kwargs") or {}), **kwargs}
@@ -114,13 +121,15 @@ def _load_model(args):
         else:
             state = checkpoint
     if not name or not num_classes:
-        raise ValueError("the model is not known: give --model and --num-classes (or a checkpoint that stores "
+        raise ValueError("the model is not known: give --model and --num-classes (or a checkpoint that "
+                         "stores "
                          "model_name and num_classes)")
     model = create_model(name, num_classes=num_classes, **kwargs)
     if state is not None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{args.weights} does not fit {name}: missing keys {missing[:5]}, unexpected keys "
+            raise ValueError(f"{args.weights} does not fit {name}: missing keys {missing[:5]}, unexpected "
+                             "keys "
                              f"{unexpected[:5]}")
     else:
         print(f"warning: no --weights, {name} has random weights", file=sys.stderr)
@@ -158,7 +167,8 @@ def parse_objective(spec: str, prefix: str = ""):
             return feature_viz.segmentation_class(int(rest[0]), region)
     except ValueError:
         pass
-    raise ValueError(f"--objective {spec!r}: expected channel:LAYER:I, unit:LAYER:I[:Y:X], layer:LAYER, class:I or "
+    raise ValueError(f"--objective {spec!r}: expected channel:LAYER:I, unit:LAYER:I[:Y:X], layer:LAYER, "
+                     "class:I or "
                      f"segclass:I[:TOP,LEFT,BOTTOM,RIGHT]")
 
 
@@ -175,21 +185,26 @@ def cmd_visualize(args) -> int:
         raise ValueError("nothing to do: give at least one --objective or --filters")
     model, prefix = _load_model(args)
     objectives = [parse_objective(spec, prefix) for spec in args.objective]
-    transforms = () if args.transforms in ("none", "") else tuple(t.strip() for t in args.transforms.split(","))
+    transforms = () if args.transforms in ("none",
+                                           "") else tuple(t.strip() for t in args.transforms.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.filters:
         path = save_png(out / "first_layer_filters.png", feature_viz.first_layer_filters(model),
-                        {"fastladder": "first_layer_filters", "model": args.model or "", "weights": args.weights or ""})
+                        {"fastladder": "first_layer_filters", "model": args.model or "",
+                         "weights": args.weights or ""})
         print(f"wrote {path}")
     for spec, objective in zip(args.objective, objectives):
         generator = torch.Generator().manual_seed(args.seed)
-        settings = dict(objective=spec, steps=args.steps, size=args.size, num_images=args.num_images, lr=args.lr,
-                        transforms=list(transforms), fourier=not args.no_fourier, decorrelate=not args.no_decorrelate,
+        settings = dict(objective=spec, steps=args.steps, size=args.size, num_images=args.num_images,
+                        lr=args.lr,
+                        transforms=list(transforms), fourier=not args.no_fourier,
+                        decorrelate=not args.no_decorrelate,
                         l2=args.l2, tv=args.tv, diversity=args.diversity, seed=args.seed)
         images = feature_viz.visualize(
             model, objective, steps=args.steps, num_images=args.num_images, size=args.size, lr=args.lr,
-            transforms=transforms, fourier=not args.no_fourier, decorrelate=not args.no_decorrelate, l2=args.l2,
+            transforms=transforms, fourier=not args.no_fourier, decorrelate=not args.no_decorrelate,
+            l2=args.l2,
             tv=args.tv, diversity_weight=args.diversity, generator=generator)
         values = feature_viz.objective_values(model, objective, images)
         metadata = {"fastladder": "visualize", "settings": settings, "model": args.model or "",
@@ -230,11 +245,13 @@ def cmd_attack(args) -> int:
     clean_prediction = clean.argmax(1)
     dense = clean.dim() == 4
     if dense != (args.attack == "dag"):
-        raise ValueError(f"--attack {args.attack} is for {'segmentation' if args.attack == 'dag' else 'classification'} "
+        raise ValueError(f"--attack {args.attack} is for "
+                         f"{'segmentation' if args.attack == 'dag' else 'classification'} "
                          f"models; this model's output has shape {tuple(clean.shape)}")
     if args.labels is not None:
         if dense or len(args.labels) != len(args.images):
-            raise ValueError(f"--labels takes one class per image for a classifier ({len(args.images)} images), got "
+            raise ValueError(f"--labels takes one class per image for a classifier ({len(args.images)} "
+                             "images), got "
                              f"{len(args.labels)} values")
         labels = torch.tensor(args.labels, device=images.device)
     else:
@@ -250,7 +267,8 @@ def cmd_attack(args) -> int:
     elif args.attack == "fgsm":
         result = adversarial.fgsm(model, images, labels, eps=args.eps, target_labels=target)
     elif args.attack == "pgd":
-        result = adversarial.pgd(model, images, labels, eps=args.eps, alpha=args.alpha, steps=args.steps or 10,
+        result = adversarial.pgd(model, images, labels, eps=args.eps, alpha=args.alpha,
+                                 steps=args.steps or 10,
                                  norm=args.norm, random_start=args.random_start, target_labels=target)
     else:
         mask = None if target is None else labels != args.target_class
@@ -272,7 +290,8 @@ def cmd_attack(args) -> int:
         figure = save_attack_figure(out / f"{_file_stem(Path(path).stem)}_{args.attack}.png", images[i:i + 1],
                                     result.adversarial[i:i + 1], clean_prediction[i:i + 1],
                                     adversarial_prediction[i:i + 1], class_names=class_names,
-                                    metadata={"fastladder": "attack", "attack": args.attack, "image": str(path),
+                                    metadata={"fastladder": "attack", "attack": args.attack,
+                                              "image": str(path),
                                               "success": bool(result.success[i]), "l2": result.l2[i].item(),
                                               "linf": result.linf[i].item()})
         print(f"wrote {figure}")

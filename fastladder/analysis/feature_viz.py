@@ -128,26 +128,30 @@ def class_logit(i: int) -> Objective:
     """Logit ``i`` of a classifier's output [K, num_classes]."""
     def fn(activations, output):
         if output.dim() != 2 or not 0 <= i < output.shape[1]:
-            raise ValueError(f"class_logit({i}) needs classification logits [K, num_classes] with more than {i} "
+            raise ValueError(f"class_logit({i}) needs classification logits [K, num_classes] with more than "
+                             f"{i} "
                              f"classes, the model returned shape {tuple(output.shape)}")
         return output[:, i]
     return Objective(fn, [], f"class_logit({i})")
 
 
-def segmentation_class(i: int, region: Optional[Union[Tuple[int, int, int, int], torch.Tensor]] = None) -> Objective:
+def segmentation_class(i: int, region: Optional[Union[Tuple[int, int, int, int],
+                                                      torch.Tensor]] = None) -> Objective:
     """Mean logit of class ``i`` of a segmentation output [K, num_classes, H, W] over ``region``:
     None (the whole image), a box ``(top, left, bottom, right)`` in output pixels (bottom and right
     exclusive), or a BoolTensor[H, W] mask."""
     def fn(activations, output):
         if output.dim() != 4 or not 0 <= i < output.shape[1]:
-            raise ValueError(f"segmentation_class({i}) needs dense logits [K, num_classes, H, W] with more than {i} "
+            raise ValueError(f"segmentation_class({i}) needs dense logits [K, num_classes, H, W] with more "
+                             f"than {i} "
                              f"classes, the model returned shape {tuple(output.shape)}")
         logits = output[:, i]
         if region is None:
             return logits.mean((1, 2))
         if isinstance(region, torch.Tensor):
             if region.shape != logits.shape[-2:] or region.dtype != torch.bool:
-                raise ValueError(f"region must be a bool mask of the output's size {tuple(logits.shape[-2:])}, got "
+                raise ValueError("region must be a bool mask of the output's size "
+                                 f"{tuple(logits.shape[-2:])}, got "
                                  f"a {region.dtype} tensor of shape {tuple(region.shape)}")
             if not region.any():
                 raise ValueError("region is an empty mask")
@@ -158,7 +162,9 @@ def segmentation_class(i: int, region: Optional[Union[Tuple[int, int, int, int],
             raise ValueError(f"region (top, left, bottom, right) = {tuple(region)} is empty or outside the "
                              f"{logits.shape[-2]}×{logits.shape[-1]} output")
         return logits[:, top:bottom, left:right].mean((1, 2))
-    return Objective(fn, [], f"segmentation_class({i}, region={'mask' if isinstance(region, torch.Tensor) else region})")
+    return Objective(fn, [],
+                     f"segmentation_class({i}, "
+                     f"region={'mask' if isinstance(region, torch.Tensor) else region})")
 
 
 def diversity(layer_name: str) -> Objective:
@@ -187,7 +193,8 @@ def _capture(model: nn.Module, names: Sequence[str]):
             except AttributeError:
                 available = [n for n, _ in model.named_modules() if n]
                 shown = ", ".join(available[:20]) + (", ..." if len(available) > 20 else "")
-                raise ValueError(f"layer {name!r} is not a submodule of {type(model).__name__}; its submodules are: "
+                raise ValueError(f"layer {name!r} is not a submodule of {type(model).__name__}; its "
+                                 "submodules are: "
                                  f"{shown}") from None
 
             def hook(module, inputs, output, name=name):
@@ -216,8 +223,10 @@ def _check_ran(model, activations, names, images):
             handle.remove()
     ran = list(dict.fromkeys(ran))
     shown = ", ".join(ran[:40]) + (", ..." if len(ran) > 40 else "")
-    raise ValueError(f"layer(s) {missing} did not run in {type(model).__name__}'s forward pass (eval mode; the "
-                     f"model computes them inside a fused operation), so their outputs cannot be read; modules "
+    raise ValueError(f"layer(s) {missing} did not run in {type(model).__name__}'s forward pass (eval mode; "
+                     "the "
+                     "model computes them inside a fused operation), so their outputs cannot be read; "
+                     "modules "
                      f"that run: {shown}")
 
 
@@ -245,7 +254,7 @@ def _eval_mode(model: nn.Module):
 
 
 def objective_values(model: nn.Module, objective: Objective, images: torch.Tensor) -> torch.Tensor:
-    """The objective of each image: images [K, 3, H, W] in [0, 1] → Tensor[K] (model in eval mode, no grad)."""
+    """The objective of each image: images [K, 3, H, W] in [0, 1] → Tensor[K] (eval mode, no grad)."""
     with torch.no_grad(), _eval_mode(model):
         return _evaluate(model, objective, images)
 
@@ -264,7 +273,8 @@ class _Image(nn.Module):
             fx = torch.fft.rfftfreq(width)[None, :]
             frequency = (fy ** 2 + fx ** 2).sqrt()
             # 1/f: natural images' spectra fall off about so; the floor keeps the DC term finite
-            self.register_buffer("spectrum_scale", (1.0 / frequency.clamp_min(1.0 / max(height, width))).to(device))
+            self.register_buffer("spectrum_scale", (1.0 / frequency.clamp_min(1.0 / max(height,
+                                                                                        width))).to(device))
         else:
             shape = (k, 3, height, width)
         self.param = nn.Parameter((torch.randn(shape, generator=generator) * init_std).to(device))
@@ -353,7 +363,8 @@ def random_transform(images: torch.Tensor, transforms: Sequence[str] = TRANSFORM
     return out
 
 
-def objective_robustness(model: nn.Module, objective: Objective, images: torch.Tensor, *, num_transforms: int = 16,
+def objective_robustness(model: nn.Module, objective: Objective, images: torch.Tensor, *,
+                         num_transforms: int = 16,
                          transforms: Sequence[str] = ("jitter", "scale", "rotate"),
                          generator: Optional[torch.Generator] = None, **transform_kwargs) -> torch.Tensor:
     """How much of its objective value an image keeps under random transforms.
@@ -365,7 +376,8 @@ def objective_robustness(model: nn.Module, objective: Objective, images: torch.T
     """
     with torch.no_grad(), _eval_mode(model):
         reference = _evaluate(model, objective, images)
-        kept = torch.stack([_evaluate(model, objective, random_transform(images, transforms, generator=generator,
+        kept = torch.stack([_evaluate(model, objective, random_transform(images, transforms,
+                                                                         generator=generator,
                                                                            **transform_kwargs))
                             for _ in range(num_transforms)])
     return kept.mean(0) / reference
@@ -384,7 +396,8 @@ def visualize(model: nn.Module, objective: Objective, *, steps: int = 256, num_i
               transforms: Sequence[str] = ("jitter", "scale", "rotate", "blur"), fourier: bool = True,
               decorrelate: bool = True, l2: float = 0.0, tv: float = 0.0, diversity_weight: float = 0.0,
               diversity_layer: Optional[str] = None, init_std: float = 0.01,
-              generator: Optional[torch.Generator] = None, progress: bool = True, jitter: Tuple[int, int] = (8, 4),
+              generator: Optional[torch.Generator] = None, progress: bool = True, jitter: Tuple[int,
+                                                                                                int] = (8, 4),
               scales: Sequence[float] = LUCID_SCALES, angles: Sequence[float] = LUCID_ANGLES,
               blur_sigma: float = 1.0, pad_value: float = 0.5) -> torch.Tensor:
     """Images that maximise ``objective``, by gradient ascent (Adam) from random images.
@@ -419,7 +432,8 @@ def visualize(model: nn.Module, objective: Objective, *, steps: int = 256, num_i
     if unknown:
         raise ValueError(f"transforms must be a subset of {TRANSFORMS}, got unknown {sorted(unknown)}")
     if not isinstance(objective, Objective):
-        raise ValueError(f"objective must be an Objective (channel(...), unit(...), ...), got {type(objective).__name__}")
+        raise ValueError("objective must be an Objective (channel(...), unit(...), ...), got "
+                         f"{type(objective).__name__}")
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     if steps < 0 or num_images < 1 or height < 1 or width < 1:
         raise ValueError(f"need steps >= 0, num_images >= 1 and a positive size; got steps={steps}, "
@@ -441,7 +455,8 @@ def visualize(model: nn.Module, objective: Objective, *, steps: int = 256, num_i
         for _ in bar:
             x = image()
             if transforms:
-                x = random_transform(x, transforms, generator=generator, jitter=jitter, scales=scales, angles=angles,
+                x = random_transform(x, transforms, generator=generator, jitter=jitter, scales=scales,
+                                     angles=angles,
                                      blur_sigma=blur_sigma, pad_value=pad_value)
             output = model(x)
             output = output[0] if isinstance(output, (tuple, list)) else output
@@ -464,7 +479,8 @@ def visualize(model: nn.Module, objective: Objective, *, steps: int = 256, num_i
 
 # --- first-layer filters --------------------------------------------------------------------------
 
-def first_layer_filters(model: nn.Module, *, scale: int = 8, padding: int = 1, nrow: Optional[int] = None) -> torch.Tensor:
+def first_layer_filters(model: nn.Module, *, scale: int = 8, padding: int = 1,
+                        nrow: Optional[int] = None) -> torch.Tensor:
     """The first convolution's filters as one image: uint8 Tensor[3, H', W'].
 
     Each filter [3, k, k] (or [1, k, k], shown grey) is min–max normalised on its own to [0, 255],
@@ -479,10 +495,12 @@ def first_layer_filters(model: nn.Module, *, scale: int = 8, padding: int = 1, n
     if weight.shape[1] == 1:
         weight = weight.expand(-1, 3, -1, -1)
     elif weight.shape[1] != 3:
-        raise ValueError(f"the first convolution reads {weight.shape[1]} channels (weight shape {tuple(weight.shape)}); "
+        raise ValueError(f"the first convolution reads {weight.shape[1]} channels (weight shape "
+                         f"{tuple(weight.shape)}); "
                          f"only 1- or 3-channel filters can be shown as images")
     low = weight.flatten(1).amin(1)[:, None, None, None]
     high = weight.flatten(1).amax(1)[:, None, None, None]
-    normalized = torch.where(high > low, (weight - low) / (high - low).clamp_min(1e-12), torch.full_like(weight, 0.5))
+    normalized = torch.where(high > low, (weight - low) / (high - low).clamp_min(1e-12),
+                             torch.full_like(weight, 0.5))
     enlarged = normalized.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
     return make_grid(enlarged, nrow=nrow, padding=padding, pad_value=1.0)

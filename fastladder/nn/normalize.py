@@ -37,7 +37,8 @@ class Normalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = self.mean.shape[0]
         if x.dim() < 3 or x.shape[-3] != channels:
-            raise ValueError(f"x must be [N, {channels}, H, W] or [{channels}, H, W], got shape {tuple(x.shape)}")
+            raise ValueError(f"x must be [N, {channels}, H, W] or [{channels}, H, W], got shape "
+                             f"{tuple(x.shape)}")
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def extra_repr(self) -> str:

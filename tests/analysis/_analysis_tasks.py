@@ -111,7 +111,8 @@ class TinySSD(nn.Module):
     def __init__(self, num_classes=3, anchors=2, width=8):
         super().__init__()
         self.num_classes, self.anchors = num_classes, anchors
-        self.body = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.1),
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width),
+                                  nn.LeakyReLU(0.1),
                                   nn.Conv2d(width, width, 3, stride=2, padding=1), nn.LeakyReLU(0.1))
         self.loc = nn.Conv2d(width, anchors * 4, 3, padding=1)
         self.conf = nn.Conv2d(width, anchors * num_classes, 3, padding=1)

@@ -124,7 +124,8 @@ def test_attacks_through_normalize(classifier):
     wrapped = nn.Sequential(Normalize(mean, std), inner).eval()
     images, labels = correctly_classified(classifier, 8)
     torch.testing.assert_close(wrapped(images), classifier.model(images), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(Normalize(mean, std)(images), (images - mean.view(3, 1, 1)) / std.view(3, 1, 1))
+    torch.testing.assert_close(Normalize(mean, std)(images), (images - mean.view(3, 1, 1)) / std.view(3, 1,
+                                                                                                      1))
     ours = deepfool(wrapped, images, labels, candidates=4)
     plain = deepfool(classifier.model, images, labels, candidates=4)
     torch.testing.assert_close(ours.l2, plain.l2, rtol=1e-2, atol=1e-3)
@@ -158,7 +159,8 @@ def test_dag_flips_the_targeted_region(segmenter, tmp_path):
     assert summary["median_l2_all"] == pytest.approx(result.l2.double().median().item())
     json.dumps(summary)
     palette = torch.tensor([[40, 40, 40], [220, 60, 50], [50, 200, 80], [60, 80, 230]], dtype=torch.uint8)
-    path = save_attack_figure(tmp_path / "dag.png", images, result.adversarial, clean, prediction, palette=palette,
+    path = save_attack_figure(tmp_path / "dag.png", images, result.adversarial, clean, prediction,
+                              palette=palette,
                               metadata={"attack": "dag"})
     assert read_png_metadata(path)["attack"] == "dag"
 
@@ -209,7 +211,8 @@ def test_ssd_attack_on_stand_in(generator):
     mislabel = ssd_attack(model, images, mode="mislabel", gamma=2.0)
     relabelled = raw_conf(model, mislabel.adversarial).argmax(2) == target
     assert mislabel.success.equal((relabelled | ~detecting).all(1))
-    assert (relabelled & detecting).sum() >= 0.8 * detecting.sum(), ((relabelled & detecting).sum(), detecting.sum())
+    assert (relabelled & detecting).sum() >= 0.8 * detecting.sum(), ((relabelled & detecting).sum(),
+                                                                     detecting.sum())
     with pytest.raises(ValueError, match="target_label must be a non-background class"):
         ssd_attack(model, images, mode="mislabel", target_label=0)
 
@@ -229,7 +232,8 @@ def test_bad_input(classifier, segmenter, generator):
     with pytest.raises(ValueError, match="norm must be"):
         pgd(classifier.model, images, labels, eps=0.1, norm="l1")
     scenes, maps = rectangle_scenes(2, 24, generator)
-    with pytest.raises(ValueError, match=r"labels must be of shape \[N, H, W\] = \[2, 24, 24\].*\(2, 24, 23\)"):
+    with pytest.raises(ValueError,
+                       match=r"labels must be of shape \[N, H, W\] = \[2, 24, 24\].*\(2, 24, 23\)"):
         dag(segmenter.model, scenes, maps[..., :-1])
     with pytest.raises(ValueError, match=r"mask must be of shape \[N, H, W\].*\(1, 24, 24\)"):
         dag(segmenter.model, scenes, maps, mask=maps[:1] > 0)

@@ -41,7 +41,8 @@ def test_segmentation_objective(segmenter):
     images = torch.rand(2, 3, 20, 24, generator=segmenter.generator)
     with torch.no_grad():
         logits = model(images)
-    torch.testing.assert_close(objective_values(model, segmentation_class(2), images), logits[:, 2].mean((1, 2)))
+    torch.testing.assert_close(objective_values(model, segmentation_class(2), images), logits[:, 2].mean((1,
+                                                                                                          2)))
     torch.testing.assert_close(objective_values(model, segmentation_class(1, (3, 4, 10, 20)), images),
                                logits[:, 1, 3:10, 4:20].mean((1, 2)))
     region = torch.zeros(20, 24, dtype=torch.bool)
@@ -75,7 +76,8 @@ def test_random_transform_geometry(generator):
     # blur keeps the mean of a constant image and smooths noise
     blurred = random_transform(images, ("blur",), generator=generator, blur_sigma=1.0)
     assert blurred.shape == images.shape
-    assert (blurred[..., 1:] - blurred[..., :-1]).abs().mean() < (images[..., 1:] - images[..., :-1]).abs().mean()
+    assert (blurred[..., 1:] - blurred[..., :-1]).abs().mean() < (images[..., 1:] - images[...,
+                                                                                           :-1]).abs().mean()
     flat = torch.full((1, 3, 8, 8), 0.3)
     torch.testing.assert_close(random_transform(flat, ("blur",), generator=generator), flat)
 
@@ -90,7 +92,8 @@ def test_visualize_raises_the_objective_and_is_reproducible(classifier):
     assert images.shape == (3, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
     again = visualize(model, objective, generator=torch.Generator().manual_seed(7), **settings)
     torch.testing.assert_close(images, again)
-    start = visualize(model, objective, generator=torch.Generator().manual_seed(7), **{**settings, "steps": 0})
+    start = visualize(model, objective, generator=torch.Generator().manual_seed(7), **{**settings,
+                                                                                       "steps": 0})
     assert (objective_values(model, objective, images) > objective_values(model, objective, start)).all()
     for p, before in zip(model.parameters(), grads_before):
         assert (p.grad is None and before is None) or torch.equal(p.grad, before)
@@ -98,7 +101,8 @@ def test_visualize_raises_the_objective_and_is_reproducible(classifier):
     # the diversity term makes the images of a batch less alike
     div = diversity("features.4")
     plain = visualize(model, channel("features.4", 2), generator=torch.Generator().manual_seed(3), **settings)
-    diverse = visualize(model, channel("features.4", 2), diversity_weight=20.0, generator=torch.Generator().manual_seed(3),
+    diverse = visualize(model, channel("features.4", 2), diversity_weight=20.0,
+                        generator=torch.Generator().manual_seed(3),
                         **settings)
     assert objective_values(model, div, diverse).mean() > objective_values(model, div, plain).mean()
 
@@ -148,7 +152,8 @@ def test_first_layer_filters(classifier):
 def test_png_metadata(tmp_path, generator):
     images = torch.rand(5, 3, 8, 8, generator=generator)
     settings = {"objective": "channel:features.7:3", "steps": 12, "transforms": ["jitter", "blur"]}
-    path = save_image_grid(tmp_path / "grid.png", images, {"settings": settings, "note": "plain text"}, nrow=3)
+    path = save_image_grid(tmp_path / "grid.png", images, {"settings": settings, "note": "plain text"},
+                           nrow=3)
     metadata = read_png_metadata(path)
     assert json.loads(metadata["settings"]) == settings and metadata["note"] == "plain text"
     from PIL import Image
@@ -162,7 +167,8 @@ def test_cli_visualize_and_attack(tmp_path, generator):
     torch.save({"model": model.state_dict(), "model_name": "ladder_densenet121", "model_kwargs": TINY_LDN,
                 "num_classes": 4}, checkpoint)
     out = tmp_path / "viz"
-    assert cli.main(["visualize", "--weights", str(checkpoint), "--objective", "channel:features.transition1:3",
+    assert cli.main(["visualize", "--weights", str(checkpoint), "--objective",
+                     "channel:features.transition1:3",
                      "--objective", "segclass:1:0,0,32,32", "--filters", "--steps", "2", "--size", "64",
                      "--num-images", "2", "--out", str(out), "--device", "cpu"]) == 0
     metadata = read_png_metadata(out / "channel_features.transition1_3.png")
@@ -172,7 +178,8 @@ def test_cli_visualize_and_attack(tmp_path, generator):
     assert (out / "segclass_1_0_0_32_32.png").exists() and (out / "first_layer_filters.png").exists()
 
     # in eval mode the LDN folds norm0 into conv0 and calls F.conv2d: no module output to read
-    with pytest.raises(ValueError, match=r"\['features.conv0'\] did not run.*modules that run: features.pool0"):
+    with pytest.raises(ValueError,
+                       match=r"\['features.conv0'\] did not run.*modules that run: features.pool0"):
         cli.main(["visualize", "--weights", str(checkpoint), "--objective", "channel:features.conv0:3",
                   "--steps", "1", "--size", "64", "--out", str(out), "--device", "cpu"])
 
@@ -186,7 +193,8 @@ def test_cli_visualize_and_attack(tmp_path, generator):
     assert summary["attack"] == "dag" and summary["num_images"] == 1 and len(summary["changed_fraction"]) == 1
     assert read_png_metadata(adv / "scene_dag.png")["attack"] == "dag"
     with pytest.raises(ValueError, match="is for classification models"):
-        cli.main(["attack", "--weights", str(checkpoint), "--attack", "pgd", str(image_path), "--out", str(adv),
+        cli.main(["attack", "--weights", str(checkpoint), "--attack", "pgd", str(image_path), "--out",
+                  str(adv),
                   "--device", "cpu"])
 
 
@@ -195,7 +203,8 @@ def test_bad_input(classifier):
     images, _ = oriented_bars(2, 16, classifier.generator)
     with pytest.raises(ValueError, match=r"layer 'features.99' is not a submodule of TinyCNN.*features.0"):
         objective_values(model, channel("features.99", 0), images)
-    with pytest.raises(ValueError, match=r"channel 40 is out of range for layer 'features.4' with 32 channels"):
+    with pytest.raises(ValueError,
+                       match=r"channel 40 is out of range for layer 'features.4' with 32 channels"):
         objective_values(model, channel("features.4", 40), images)
     with pytest.raises(ValueError, match=r"unit position \(y=9, x=0\) is outside"):
         objective_values(model, unit("features.7", 0, 9, 0), images)
