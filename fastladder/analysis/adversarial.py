@@ -408,7 +408,7 @@ def _check_dense(images, labels, target_labels, mask, num_classes):
     return labels, target_labels, mask
 
 
-def _dense_logits(model, x, num_classes=None):
+def _dense_logits(model, x):
     logits = _first(model(x))
     if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[0] != x.shape[0] \
             or logits.shape[-2:] != x.shape[-2:]:
@@ -523,7 +523,7 @@ def _raw_outputs(model: nn.Module):
             module.training = mode
 
 
-def _ssd_outputs(forward, x, num_priors=None):
+def _ssd_outputs(forward, x):
     output = forward(x)
     if not isinstance(output, (tuple, list)) or len(output) < 2:
         raise ValueError(f"the detector must return (loc [B, P, 4], conf_logits [B, P, C]), got "

@@ -34,7 +34,7 @@ def check_result(result, images):
 
 def test_deepfool_matches_foolbox(classifier):
     fb = pytest.importorskip("foolbox")
-    images, labels = correctly_classified(classifier, 48)
+    images, labels = correctly_classified(classifier, 32)
     # foolbox's meaning of candidates: classes considered, the true one included (here all 4)
     result = deepfool(classifier.model, images, labels, steps=50, overshoot=0.02, candidates=4)
     check_result(result, images)
