@@ -16,12 +16,9 @@ __all__ = ["main"]
 
 # Each module defines register(subparsers): adds its subcommands, each with set_defaults(func=...).
 _COMMAND_MODULES = (
-<<<<<<< HEAD
     "fastladder.train.commands",
     "fastladder.eval.commands",
-=======
     "fastladder.analysis.commands",
->>>>>>> analysis
 )
 
 
