@@ -1,6 +1,11 @@
 """The ``fastladder`` command.
 
     fastladder demo                 the main job on a fresh machine: synthetic scenes, train, evaluate, pictures
+    fastladder train seg|det        train a segmentation model or an SSD detector
+    fastladder eval seg|det         per-class IoU table / Average Precision on a dataset
+    fastladder predict              segment (or detect in) images, folders or a video
+    fastladder visualize            filters and activation maximization of a trained model
+    fastladder attack               adversarial examples (DeepFool, DDN, FGSM, PGD, DAG)
     fastladder bench ladder-blend   ladder_blend vs its baselines (time and memory ratios)
     fastladder info                 what this build contains
 
