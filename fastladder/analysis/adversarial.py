@@ -78,8 +78,7 @@ def _first(output):
 def _warn_if_training(model: nn.Module):
     if isinstance(model, nn.Module) and model.training:
         warnings.warn("the attacked model is in train mode: batch-norm statistics couple the images of a "
-                      "batch "
-                      "and change the model; call model.eval() first", stacklevel=3)
+                      "batch and change the model; call model.eval() first", stacklevel=3)
 
 
 def _classifier_logits(model: Callable, x: torch.Tensor) -> torch.Tensor:
@@ -382,16 +381,14 @@ def _check_dense(images, labels, target_labels, mask, num_classes):
     bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE_INDEX))
     if bad.any():
         raise ValueError(f"labels must be class indices in [0, {num_classes}) or {IGNORE_INDEX} (ignored), "
-                         "got "
-                         f"values {sorted(set(labels[bad].tolist()))[:8]}")
+                         f"got values {sorted(set(labels[bad].tolist()))[:8]}")
     if mask is None:
         mask = labels != IGNORE_INDEX
     else:
         mask = check_map(mask, "mask", lambda t: t.dtype == torch.bool)
         if (mask & (labels == IGNORE_INDEX)).any():
             raise ValueError(f"mask covers {int((mask & (labels == IGNORE_INDEX)).sum())} pixels whose "
-                             "label is "
-                             f"{IGNORE_INDEX} (ignored): their true class is unknown")
+                             f"label is {IGNORE_INDEX} (ignored): their true class is unknown")
     if target_labels is not None:
         target_labels = check_map(target_labels, "target_labels",
                                   lambda t: not t.is_floating_point() and t.dtype != torch.bool).long()
@@ -403,8 +400,7 @@ def _check_dense(images, labels, target_labels, mask, num_classes):
         same = mask & (target_labels == labels)
         if same.any():
             raise ValueError(f"target_labels equal labels on {int(same.sum())} attacked pixels: a pixel "
-                             "cannot be "
-                             f"flipped to its own class (leave such pixels out of the mask)")
+                             f"cannot be flipped to its own class (leave such pixels out of the mask)")
     return labels, target_labels, mask
 
 
@@ -414,8 +410,7 @@ def _dense_logits(model, x):
             or logits.shape[-2:] != x.shape[-2:]:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError("the model must return dense logits [N, num_classes, H, W] at the input's size "
-                         "for images "
-                         f"of shape {tuple(x.shape)}, got {shape}")
+                         f"for images of shape {tuple(x.shape)}, got {shape}")
     return logits
 
 
@@ -531,8 +526,7 @@ def _ssd_outputs(forward, x):
     loc, conf = output[0], output[1]
     if conf.dim() != 3 or conf.shape[0] != x.shape[0] or loc.shape[:2] != conf.shape[:2]:
         raise ValueError("the detector must return loc [B, P, 4] and conf_logits [B, P, C] for images of "
-                         "shape "
-                         f"{tuple(x.shape)}, got loc {tuple(loc.shape)} and conf_logits {tuple(conf.shape)}")
+                         f"shape {tuple(x.shape)}, got loc {tuple(loc.shape)} and conf_logits {tuple(conf.shape)}")
     return loc, conf
 
 

@@ -122,15 +122,13 @@ def _load_model(args):
             state = checkpoint
     if not name or not num_classes:
         raise ValueError("the model is not known: give --model and --num-classes (or a checkpoint that "
-                         "stores "
-                         "model_name and num_classes)")
+                         "stores model_name and num_classes)")
     model = create_model(name, num_classes=num_classes, **kwargs)
     if state is not None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{args.weights} does not fit {name}: missing keys {missing[:5]}, unexpected "
-                             "keys "
-                             f"{unexpected[:5]}")
+                             f"keys {unexpected[:5]}")
     else:
         print(f"warning: no --weights, {name} has random weights", file=sys.stderr)
     if (args.mean is None) != (args.std is None):

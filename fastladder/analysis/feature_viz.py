@@ -224,10 +224,8 @@ def _check_ran(model, activations, names, images):
     ran = list(dict.fromkeys(ran))
     shown = ", ".join(ran[:40]) + (", ..." if len(ran) > 40 else "")
     raise ValueError(f"layer(s) {missing} did not run in {type(model).__name__}'s forward pass (eval mode; "
-                     "the "
-                     "model computes them inside a fused operation), so their outputs cannot be read; "
-                     "modules "
-                     f"that run: {shown}")
+                     "the model computes them inside a fused operation), so their outputs cannot be read; "
+                     f"modules that run: {shown}")
 
 
 def _evaluate(model, objective, images):
