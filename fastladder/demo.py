@@ -44,7 +44,7 @@ FULL = DemoSettings(
     image_size=(128, 256), num_train=300, num_val=60,
     model_kwargs=dict(growth_rate=12, block_config=(2, 4, 6, 4), num_init_features=24, context_channels=96,
                       upsample_channels=48),
-    crop_size=(128, 128), batch_size=8, steps=400, lr=2e-3, eval_every=100,
+    crop_size=(128, 256), batch_size=4, steps=400, lr=2e-3, eval_every=100,
     speed_size=(512, 1024), speed_repeats=5)
 
 QUICK = DemoSettings(
