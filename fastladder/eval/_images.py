@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "InputSource", "collect_inputs", "iterate_frames",
-           "count_frames", "read_image", "save_png", "overlay", "save_grid", "pascal_palette"]
+           "count_frames", "read_image", "save_png", "overlay", "save_grid"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -159,22 +159,6 @@ def overlay(image: torch.Tensor, colors: torch.Tensor, alpha: float = 0.5) -> to
         raise ValueError(f"image and colors must be uint8, got {image.dtype} and {colors.dtype}")
     blended = image.float() * (1.0 - alpha) + colors.to(image.device).float() * alpha
     return blended.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def pascal_palette(num_classes: int) -> torch.Tensor:
-    """The Pascal VOC colour map for ids 0…num_classes−1 (bits of the id spread over R, G, B from the
-    top bit down), uint8 [num_classes, 3]; it gives distinct colours for any number of classes up to 256."""
-    if not 0 < num_classes <= 256:
-        raise ValueError(f"num_classes must lie in 1…256, got {num_classes}")
-    palette = torch.zeros(num_classes, 3, dtype=torch.uint8)
-    for index in range(num_classes):
-        value, color = index, [0, 0, 0]
-        for bit in range(8):
-            for channel in range(3):
-                color[channel] |= ((value >> channel) & 1) << (7 - bit)
-            value >>= 3
-        palette[index] = torch.tensor(color, dtype=torch.uint8)
-    return palette
 
 
 def save_grid(rows: Sequence[Sequence[torch.Tensor]], path, titles: Optional[Sequence[str]] = None, *,

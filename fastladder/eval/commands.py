@@ -149,7 +149,7 @@ def _palette(dataset: str, num_classes: int):
     """Colours of train ids 0…num_classes−1, uint8 [num_classes, 3]: the dataset's own where it has
     one that covers every class, else the Pascal VOC colour map."""
     from fastladder.data.labels import CITYSCAPES_PALETTE
-    from fastladder.eval._images import pascal_palette
+    from fastladder.data.voc import voc_colormap
 
     if _PALETTES[dataset] == "CITYSCAPES_PALETTE":
         palette = CITYSCAPES_PALETTE
@@ -157,7 +157,7 @@ def _palette(dataset: str, num_classes: int):
         import fastladder.data
         palette = getattr(fastladder.data, _PALETTES[dataset], None)
     if palette is None or palette.shape[0] < num_classes:
-        palette = pascal_palette(min(num_classes, 256))
+        palette = voc_colormap(min(num_classes, 256))
     return palette
 
 

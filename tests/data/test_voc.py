@@ -230,3 +230,10 @@ def test_detection_malformed_annotations_name_the_file(tmp_path, generator):
     (annotations / "a.xml").unlink()
     with pytest.raises(ValueError, match=r"a\.xml does not exist"):
         VOCDetection(devkit)
+
+
+def test_voc_colormap_first_colors():
+    palette = voc_colormap(21)
+    assert palette[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    assert palette[20].tolist() == [0, 64, 128]
+    assert len({tuple(c) for c in voc_colormap(256).tolist()}) == 256

@@ -12,7 +12,8 @@ from PIL import Image
 from fastladder import cli
 from fastladder.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_LABELS, CITYSCAPES_PALETTE, colorize
 from fastladder.eval import commands
-from fastladder.eval._images import collect_inputs, overlay, pascal_palette, read_image, save_grid, save_png
+from fastladder.data.voc import voc_colormap
+from fastladder.eval._images import collect_inputs, overlay, read_image, save_grid, save_png
 from fastladder.eval._weights import load_model
 from fastladder.eval.inference import normalize_image, predict
 from fastladder.models import create_model
@@ -174,13 +175,6 @@ def test_overlay_blends_half_and_half(generator):
     assert (blended.double() - expected).abs().max() <= 0.5  # .5 sums round either way in float32
 
 
-def test_pascal_palette_first_colors():
-    palette = pascal_palette(21)
-    assert palette[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
-    assert palette[20].tolist() == [0, 64, 128]
-    assert len({tuple(c) for c in pascal_palette(256).tolist()}) == 256
-
-
 def test_save_grid_places_pictures_in_cells(tmp_path, generator):
     a = torch.randint(0, 256, (10, 12, 3), dtype=torch.uint8, generator=generator)
     b = torch.randint(0, 256, (8, 6, 3), dtype=torch.uint8, generator=generator)
@@ -263,7 +257,7 @@ def test_predict_with_another_palette_and_class_count(tmp_path, generator, seed)
     assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_overlay.png"]
     expected = predict(model, normalize_image(image[None], MEAN, STD))[0]
     with Image.open(out / "a_color.png") as png:
-        assert torch.equal(torch.from_numpy(np.asarray(png).copy()), colorize(expected, pascal_palette(21)))
+        assert torch.equal(torch.from_numpy(np.asarray(png).copy()), colorize(expected, voc_colormap(21)))
     with pytest.raises(ValueError, match="--outputs labelIds needs a 19-class Cityscapes model"):
         cli.main(["predict", "--model", "ladder_densenet121", "--num-classes", "21", "--model-kwargs",
                   json.dumps(TINY_LDN), "--weights", str(tmp_path / "plain.pt"), str(tmp_path / "a.png"),
