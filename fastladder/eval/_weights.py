@@ -11,6 +11,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from fastladder.models._state_dict import key_problems
+
 __all__ = ["load_model", "read_weights"]
 
 # Prefixes that wrappers add to every key: DistributedDataParallel / DataParallel, torch.compile.
@@ -69,28 +71,9 @@ def read_weights(weights, *, source: str = "weights",
     return _strip_wrapper_prefixes(state_dict), metadata
 
 
-def _key_list(keys) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > _MAX_KEYS_SHOWN else "")
-
-
 def _check_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, model_name: str):
-    expected = model.state_dict()
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    mismatched = [f"{key}: weights {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-                  for key in sorted(set(expected) & set(state_dict))
-                  if state_dict[key].shape != expected[key].shape]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_key_list(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_key_list(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatches: {'; '.join(mismatched[:_MAX_KEYS_SHOWN])}"
-                            + (f" ({len(mismatched)} in all)" if len(mismatched) > _MAX_KEYS_SHOWN else ""))
+    problems = key_problems(state_dict, model.state_dict())
+    if problems:
         raise ValueError(f"{source} does not fit model {model_name!r}: " + "; ".join(problems))
 
 

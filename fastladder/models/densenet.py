@@ -6,13 +6,14 @@ torchvision's architecture and state_dict keys, so a torchvision ImageNet checkp
 import os
 import re
 from collections import OrderedDict
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from fastladder.models._registry import register_model
+from fastladder.models._state_dict import copy_into, key_problems
 from fastladder.nn.densenet import DenseBlock, Transition, _conv_relu, _uses_batch_stats
 from fastladder.ops.bn_relu import fold_batch_norm
 
@@ -117,12 +118,6 @@ def _read_weights(weights: WeightsLike) -> Mapping[str, torch.Tensor]:
     return weights
 
 
-def _listing(keys: Iterable[str], limit: int = 20) -> str:
-    keys = sorted(keys)
-    text = ", ".join(keys[:limit])
-    return text + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_densenet_weights(model: nn.Module, weights: WeightsLike, *, ignore: Sequence[str] = ()) -> None:
     """Loads a torchvision-style DenseNet state_dict into ``model`` (whose keys are a subset of it).
 
@@ -136,22 +131,10 @@ def load_densenet_weights(model: nn.Module, weights: WeightsLike, *, ignore: Seq
     source = remap_legacy_keys(_read_weights(weights))
     source = OrderedDict((k, v) for k, v in source.items() if not any(k.startswith(p) for p in ignore))
     target = OrderedDict((k, v) for k, v in model.state_dict().items() if not any(k.startswith(p) for p in ignore))
-    missing = [k for k in target if k not in source and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in source if k not in target]
-    mismatched = [f"{k}: checkpoint {tuple(source[k].shape)} vs model {tuple(target[k].shape)}"
-                  for k in target if k in source and source[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatches ({len(mismatched)}): {_listing(mismatched)}")
+    problems = key_problems(source, target, optional=lambda key: key.endswith("num_batches_tracked"))
+    if problems:
         raise ValueError(f"backbone_weights do not fit {type(model).__name__}: " + "; ".join(problems))
-    with torch.no_grad():
-        for key, value in source.items():
-            target[key].copy_(value)
+    copy_into(target, source)
 
 
 # --- model --------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastladder.models._registry import register_model
-from fastladder.models.densenet import WeightsLike, _listing, _read_weights
+from fastladder.models._state_dict import copy_into, key_problems
+from fastladder.models.densenet import WeightsLike, _read_weights
 from fastladder.nn.detection import DetectionPostprocess
 from fastladder.nn.ssd import L2Norm, SSDHead
 from fastladder.ops.boxes import Detections, ssd_postprocess
@@ -460,23 +461,11 @@ class SSD(nn.Module):
         source = _read_weights(weights)
         target = OrderedDict((f"features.{k}", v) for k, v in self.features.state_dict().items())
         source = OrderedDict((k, v) for k, v in source.items() if not k.startswith("classifier."))
-        missing = [k for k in target if k not in source]
-        unexpected = [k for k in source if k not in target]
-        mismatched = [f"{k}: checkpoint {tuple(source[k].shape)} vs model {tuple(target[k].shape)}"
-                      for k in target if k in source and tuple(source[k].shape) != tuple(target[k].shape)]
-        if missing or unexpected or mismatched:
-            problems = []
-            if missing:
-                problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-            if unexpected:
-                problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-            if mismatched:
-                problems.append(f"shape mismatches ({len(mismatched)}): {_listing(mismatched)}")
+        problems = key_problems(source, target)
+        if problems:
             raise ValueError("backbone_weights are not a torchvision VGG16 state_dict (features.N keys): "
                              + "; ".join(problems))
-        with torch.no_grad():
-            for key, value in source.items():
-                target[key].copy_(value)
+        copy_into(target, source)
 
 
 # --- builders -----------------------------------------------------------------------------------

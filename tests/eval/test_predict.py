@@ -88,7 +88,7 @@ def test_mismatched_weights_are_listed(tmp_path, seed):
         load_model(path, "dilated8_densenet121")
     # a state_dict of a 19-class model for a 21-class model: the classifier shapes differ
     torch.save(state, tmp_path / "plain.pt")
-    mismatch = r"shape mismatches: aux_classifier.*; classifier\.conv\.bias: weights \(19,\) vs model \(21,\)"
+    mismatch = r"shape mismatches \(4\): aux_classifier.*, classifier\.conv\.bias: weights \(19,\) vs model \(21,\)"
     with pytest.raises(ValueError, match=mismatch):
         load_model(tmp_path / "plain.pt", "ladder_densenet121", 21, **TINY_LDN)
     missing = dict(state)
@@ -96,7 +96,7 @@ def test_mismatched_weights_are_listed(tmp_path, seed):
     missing["extra.weight"] = torch.zeros(1)
     torch.save(missing, tmp_path / "missing.pt")
     with pytest.raises(ValueError,
-                       match=r"missing keys: classifier\.conv\.weight; unexpected keys: extra\.weight"):
+                       match=r"missing keys \(1\): classifier\.conv\.weight; unexpected keys \(1\): extra\.weight"):
         load_model(tmp_path / "missing.pt", "ladder_densenet121", 19, **TINY_LDN)
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         load_model(tmp_path / "nowhere.pt", "ladder_densenet121", 19)

@@ -87,7 +87,7 @@ def test_missing_unexpected_and_mismatched_keys_are_listed(torchvision_densenet1
     text = str(error.value)
     assert "missing keys (1): features.denseblock2.denselayer3.conv1.weight" in text
     assert "unexpected keys (1): features.denseblock9.denselayer1.conv1.weight" in text
-    assert "features.conv0.weight: checkpoint (64, 3, 5, 5) vs model (64, 3, 7, 7)" in text
+    assert "features.conv0.weight: weights (64, 3, 5, 5) vs model (64, 3, 7, 7)" in text
 
 
 def test_a_densenet169_checkpoint_does_not_fit_densenet121():

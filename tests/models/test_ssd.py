@@ -287,7 +287,7 @@ def test_mismatched_weights_name_the_keys(vgg16_features_state):
     with pytest.raises(ValueError, match=r"unexpected keys \(1\): features\.1\.running_mean"):
         model.load_backbone_weights(bn_like)
     wrong = dict(vgg16_features_state, **{"features.2.weight": torch.zeros(64, 32, 3, 3)})
-    message = r"features\.2\.weight: checkpoint \(64, 32, 3, 3\) vs model \(64, 64, 3, 3\)"
+    message = r"features\.2\.weight: weights \(64, 32, 3, 3\) vs model \(64, 64, 3, 3\)"
     with pytest.raises(ValueError, match=message):
         model.load_backbone_weights(wrong)
     with pytest.raises(ValueError, match="backbone_weights must be a path or a state_dict"):
