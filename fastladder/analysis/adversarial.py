@@ -71,6 +71,18 @@ def _check_class_labels(labels, name: str, num_images: int, num_classes: int, de
     return labels.to(device=device, dtype=torch.int64)
 
 
+
+def _classification_inputs(model, images, labels, target_labels):
+    """The checked (images, labels, target_labels or None, num_classes) of a classifier attack."""
+    images = _check_images(images)
+    _warn_if_training(model)
+    num_classes = _num_classes(model, images)
+    n = images.shape[0]
+    labels = _check_class_labels(labels, "labels", n, num_classes, images.device)
+    if target_labels is not None:
+        target_labels = _check_class_labels(target_labels, "target_labels", n, num_classes, images.device)
+    return images, labels, target_labels, num_classes
+
 def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -145,10 +157,7 @@ def deepfool(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, ste
         candidates: number of classes considered, the label included: the label and the
             ``candidates - 1`` other classes of highest clean logit (foolbox's meaning); None: all.
     """
-    images = _check_images(images)
-    _warn_if_training(model)
-    num_classes = _num_classes(model, images)
-    labels = _check_class_labels(labels, "labels", images.shape[0], num_classes, images.device)
+    images, labels, _, num_classes = _classification_inputs(model, images, labels, None)
     if steps < 0 or overshoot < 0:
         raise ValueError(f"steps and overshoot must be >= 0, got steps={steps}, overshoot={overshoot}")
     if candidates is None:
@@ -218,23 +227,17 @@ def ddn(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, steps: i
         alpha, alpha_min: the step length's cosine schedule.
         target_labels: LongTensor[N] for a targeted attack, None for untargeted.
     """
-    images = _check_images(images)
-    _warn_if_training(model)
-    num_classes = _num_classes(model, images)
-    n = images.shape[0]
-    labels = _check_class_labels(labels, "labels", n, num_classes, images.device)
-    if target_labels is not None:
-        target_labels = _check_class_labels(target_labels, "target_labels", n, num_classes, images.device)
+    images, labels, target_labels, num_classes = _classification_inputs(model, images, labels, target_labels)
     if steps < 1 or not 0 < gamma < 1 or init_epsilon <= 0 or alpha <= 0 or alpha_min < 0:
         raise ValueError(f"need steps >= 1, 0 < gamma < 1, init_epsilon > 0, alpha > 0, alpha_min >= 0; got "
                          f"steps={steps}, gamma={gamma}, init_epsilon={init_epsilon}, alpha={alpha}, "
                          f"alpha_min={alpha_min}")
     goal, sign = (target_labels, -1.0) if target_labels is not None else (labels, 1.0)
     delta = torch.zeros_like(images)
-    epsilon = torch.full((n,), float(init_epsilon), device=images.device, dtype=images.dtype)
+    epsilon = torch.full((len(images),), float(init_epsilon), device=images.device, dtype=images.dtype)
     # no perturbation inside the [0, 1] box is longer than the one to the farthest corner
     worst = torch.maximum(images, 1 - images).flatten(1).norm(dim=1)
-    best_l2 = torch.full((n,), math.inf, device=images.device, dtype=images.dtype)
+    best_l2 = torch.full((len(images),), math.inf, device=images.device, dtype=images.dtype)
     best_delta = torch.zeros_like(images)
     for k in range(steps):
         step_length = alpha_min + (alpha - alpha_min) * (1 + math.cos(math.pi * k / steps)) / 2
@@ -287,13 +290,7 @@ def fgsm(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, eps: fl
     ``x' = clip(x + eps · sign(∇ₓ CE(f(x), y)), 0, 1)``; targeted: descend the cross-entropy of
     ``target_labels`` instead.
     """
-    images = _check_images(images)
-    _warn_if_training(model)
-    num_classes = _num_classes(model, images)
-    n = images.shape[0]
-    labels = _check_class_labels(labels, "labels", n, num_classes, images.device)
-    if target_labels is not None:
-        target_labels = _check_class_labels(target_labels, "target_labels", n, num_classes, images.device)
+    images, labels, target_labels, num_classes = _classification_inputs(model, images, labels, target_labels)
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     goal, sign = (target_labels, -1.0) if target_labels is not None else (labels, 1.0)
@@ -329,15 +326,9 @@ def pgd(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, eps: flo
             the ball) instead of the clean image.
         generator: for the random start (CPU generator; the noise is moved to the images' device).
     """
-    images = _check_images(images)
-    _warn_if_training(model)
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    num_classes = _num_classes(model, images)
-    n = images.shape[0]
-    labels = _check_class_labels(labels, "labels", n, num_classes, images.device)
-    if target_labels is not None:
-        target_labels = _check_class_labels(target_labels, "target_labels", n, num_classes, images.device)
+    images, labels, target_labels, num_classes = _classification_inputs(model, images, labels, target_labels)
     if alpha is None:
         alpha = 2.5 * eps / max(steps, 1)
     if not eps >= 0 or not alpha >= 0 or steps < 0:
@@ -352,7 +343,7 @@ def pgd(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, eps: flo
         else:
             direction = torch.randn(images.shape, generator=generator, dtype=images.dtype)
             dimension = images[0].numel()
-            radius = torch.rand(n, generator=generator, dtype=images.dtype) ** (1.0 / dimension)
+            radius = torch.rand(len(images), generator=generator, dtype=images.dtype) ** (1.0 / dimension)
             delta = (_l2_normalized(direction) * _view(radius * eps, direction)).to(images.device)
         delta = (images + delta).clamp(0, 1) - images
     for _ in range(steps):

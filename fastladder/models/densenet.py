@@ -6,7 +6,7 @@ torchvision's architecture and state_dict keys, so a torchvision ImageNet checkp
 import os
 import re
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
