@@ -25,7 +25,7 @@ echo "== CUDA tests"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== GPU benchmarks (bench_models.py has no CUDA branch yet)"
-"$python" -P -m pytest benchmarks/bench_ladder_blend.py benchmarks/bench_boxes.py --benchmark-enable --bench-device cuda -q -p no:cacheprovider \
+"$python" -P -m pytest benchmarks/bench_ladder_blend.py benchmarks/bench_boxes.py benchmarks/bench_ssd.py --benchmark-enable --bench-device cuda -q -p no:cacheprovider \
   --ratios-json="$out_dir/gpu-benchmarks-$stamp.json" 2>&1 | tail -40
 bench_rc=${PIPESTATUS[0]}
 
