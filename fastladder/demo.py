@@ -38,8 +38,9 @@ class DemoSettings:
     speed_repeats: int
 
 
-# Found by training runs on the synthetic scenes (see the README): this width reaches ~0.83 mIoU
-# after 200 steps of a longer schedule; the full poly schedule below ends higher.
+# Measured on the synthetic scenes: val mIoU 0.726, 0.793, 0.824, 0.828 after 100, 200, 300, 400
+# steps. Whole 128x256 images train better than 128x128 crops at the same pixels per step (0.814
+# after 400 steps of 8 crops): the classes' layout (sky on top, road below) is part of the signal.
 FULL = DemoSettings(
     image_size=(128, 256), num_train=300, num_val=60,
     model_kwargs=dict(growth_rate=12, block_config=(2, 4, 6, 4), num_init_features=24, context_channels=96,
