@@ -50,16 +50,17 @@ DETECTION_DEFAULTS = dict(task="det", model="ssd300_vgg16", dataset="voc", optim
 _NOMINAL_SIZES = {"ssd300_vgg16": 300, "ssd512_vgg16": 512}
 
 
-def detection_config(**values) -> TrainConfig:
+def detection_config(*, source: str = "detection_config()", **values) -> TrainConfig:
     """A TrainConfig for the detection task: :data:`DETECTION_DEFAULTS` updated by ``values``.
 
     With ``schedule="step"``, no ``milestones`` and a run length in ``steps``, the milestones are
-    2/3 and 5/6 of the run (SSD's 80k/100k of 120k iterations)."""
+    2/3 and 5/6 of the run (SSD's 80k/100k of 120k iterations). ``source`` names the values in
+    error messages (a file, "command line")."""
     merged = {**DETECTION_DEFAULTS, **values}
     if merged.get("schedule") == "step" and not merged.get("milestones") and merged.get("steps"):
         steps = int(merged["steps"])
         merged["milestones"] = sorted({max(1, steps * 2 // 3), max(1, steps * 5 // 6)})
-    return TrainConfig.from_dict(merged, source="detection_config()")
+    return TrainConfig.from_dict(merged, source=source)
 
 
 def input_size(config: TrainConfig) -> Tuple[int, int]:
