@@ -54,9 +54,14 @@ def detection_config(*, source: str = "detection_config()", **values) -> TrainCo
     """A TrainConfig for the detection task: :data:`DETECTION_DEFAULTS` updated by ``values``.
 
     With ``schedule="step"``, no ``milestones`` and a run length in ``steps``, the milestones are
-    2/3 and 5/6 of the run (SSD's 80k/100k of 120k iterations). ``source`` names the values in
+    2/3 and 5/6 of the run (SSD's 80k/100k of 120k iterations). Without ``amp``, mixed precision is
+    on when the run will use CUDA. ``source`` names the values in
     error messages (a file, "command line")."""
     merged = {**DETECTION_DEFAULTS, **values}
+    if "amp" not in values:
+        # float16 autocast on CUDA (SSD trains well in it); on CPU bfloat16 autocast is mostly slower
+        device = merged.get("device")
+        merged["amp"] = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
     if merged.get("schedule") == "step" and not merged.get("milestones") and merged.get("steps"):
         steps = int(merged["steps"])
         merged["milestones"] = sorted({max(1, steps * 2 // 3), max(1, steps * 5 // 6)})
