@@ -16,7 +16,7 @@ The equivalent command line::
     fastladder train det --dataset synthetic --root runs/ssd-learn/synthetic-data \\
         --dataset-kwargs '{"num_sequences": 8, "frames_per_sequence": 60, "size": [120, 160]}' \\
         --image-size 120x160 --model-kwargs '<CONFIG["model_kwargs"] as JSON>' --optimizer adam \\
-        --lr 1e-3 --schedule cosine --warmup-steps 50 --clip-grad-norm 10 --batch-size 8 --steps 1200 \\
+        --lr 1e-3 --schedule cosine --warmup-steps 50 --clip-grad-norm 10 --batch-size 8 --steps 1000 \\
         --zoom-out 1.5 --workers 0 --out runs/ssd-learn
 """
 import argparse
@@ -47,7 +47,7 @@ CONFIG = dict(
     # From scratch and without batch norm, Adam with a short warmup and gradient clipping trains the
     # plain VGG reliably; SGD at SSD's lr needs ImageNet weights (and full width) to be stable.
     optimizer="adam", lr=1e-3, weight_decay=5e-4, schedule="cosine", warmup_steps=50, clip_grad_norm=10.0,
-    batch_size=8, val_batch_size=16, steps=1200, eval_every=200, log_every=20, zoom_out=1.5,
+    batch_size=8, val_batch_size=16, steps=1000, eval_every=250, log_every=10, zoom_out=1.5,
     workers=0, seed=0,
 )
 TARGET_AP = 0.7

@@ -269,36 +269,42 @@ class DetectionTask(Task):
 
     # --- loss -----------------------------------------------------------------------------------
 
-    def _neutral_priors(self, priors: torch.Tensor, targets: Dict[str, torch.Tensor], height: int,
-                        width: int) -> Optional[torch.Tensor]:
+    def _neutral_priors(self, priors: torch.Tensor, boxes: torch.Tensor, kept_labels: torch.Tensor,
+                        ignored: torch.Tensor) -> torch.Tensor:
         """BoolTensor[B, P]: the priors that an ignored box would match (IoU > match_iou) and that
-        no kept box matches; None when the batch has no ignored box."""
+        no kept box matches. boxes [B, M, 4] image-relative; kept_labels [B, M] (-1: not kept);
+        ignored [B, M] bool."""
         from fastladder.ops.boxes import box_iou
         from fastladder.train.multibox import match_priors, priors_to_xyxy
 
-        ignore = targets["ignore"] & (targets["labels"] >= 0)
-        if not bool(ignore.any()):
-            return None
-        boxes = _relative(targets["boxes"], height, width).to(priors.dtype)
-        batch, most = ignore.shape
+        batch, most = ignored.shape
         iou = box_iou(boxes.reshape(-1, 4), priors_to_xyxy(priors)).view(batch, most, -1)
-        covered = (iou.masked_fill(~ignore[..., None], 0.0) > self.match_iou).any(dim=1)
-        _, matched_labels = match_priors(boxes, torch.where(ignore, -1, targets["labels"]), priors,
-                                         self.match_iou)
+        covered = (iou.masked_fill(~ignored[..., None], 0.0) > self.match_iou).any(dim=1)
+        _, matched_labels = match_priors(boxes, kept_labels, priors, self.match_iou)
         return covered & (matched_labels == 0)
 
     def loss(self, loc: torch.Tensor, conf_logits: torch.Tensor, priors: torch.Tensor,
              targets: Dict[str, torch.Tensor], height: int, width: int):
         """The MultiBox loss of raw head outputs against padded pixel targets (see the module
-        docstring for ignored boxes). Returns (loss, {"loc", "conf"})."""
+        docstring for ignored boxes).
+
+        Args:
+            loc [B, P, 4], conf_logits [B, P, C]: the SSD head's outputs.
+            priors [P, 4]: (cx, cy, w, h) image-relative, for inputs of height × width pixels.
+            targets: {"boxes" [B, M, 4] pixel xyxy, "labels" [B, M] (-1: padding), "ignore" [B, M]}.
+
+        Returns:
+            (loss, {"loc", "conf"}) as :class:`fastladder.train.multibox.MultiBoxLoss`.
+        """
         boxes = _relative(targets["boxes"], height, width).to(priors.dtype)
-        labels = targets["labels"]
-        # Degenerate boxes (a crop can clip a box to a line) and ignored ones are padding to the loss.
-        valid = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-        labels = torch.where(targets["ignore"] | ~valid, -1, labels)
-        boxes = torch.where(labels[..., None] >= 0, boxes, torch.zeros_like(boxes))
-        neutral = self._neutral_priors(priors, targets, height, width)
-        if neutral is not None:
+        present = targets["labels"] >= 0
+        # A box clipped to a line (or lying outside the image) can match nothing: padding to the loss.
+        usable = present & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+        ignored = usable & targets["ignore"]
+        labels = torch.where(usable & ~ignored, targets["labels"], torch.full_like(targets["labels"], -1))
+        boxes = torch.where(usable[..., None], boxes, torch.zeros_like(boxes))
+        if bool(ignored.any()):
+            neutral = self._neutral_priors(priors, boxes, labels, ignored)
             # A constant, confidently-background row: cross-entropy ~1e-13 and no gradient, so the
             # hard-negative mining ranks these priors last and they teach nothing.
             certain = torch.zeros(self.num_classes, dtype=conf_logits.dtype, device=conf_logits.device)

@@ -123,6 +123,11 @@ def test_ignored_boxes_are_neither_positives_nor_negatives(generator):
     torch.testing.assert_close(plain, MultiBoxLoss(2)(loc.detach(), conf.detach(), priors, kept[None] / 64,
                                                       torch.tensor([[1]]))[0])
 
+    # a box clipped to a line is left out (it could match no prior), not an error
+    line = {"boxes": torch.tensor([[[4.0, 6.0, 20.0, 50.0], [30.0, 5.0, 30.0, 40.0]]]),
+            "labels": torch.tensor([[1, 1]]), "ignore": torch.tensor([[False, False]])}
+    torch.testing.assert_close(task.loss(loc.detach(), conf.detach(), priors, line, 64, 64)[0], plain)
+
     # an image whose only box is ignored contributes nothing (no positives, no mined negatives)
     only_ignored = {"boxes": ignored[None], "labels": torch.tensor([[1]]), "ignore": torch.tensor([[True]])}
     nothing, parts = task.loss(loc.detach(), conf.detach(), priors, only_ignored, 64, 64)
