@@ -86,15 +86,17 @@ def run(out: str, steps: int = None, progress: bool = True) -> dict:
 
 def _print(report: dict):
     methods = ", ".join(f"{name} {value:.3f}" for name, value in report["ap_methods"].items())
-    print(f"\nSSD learnability on SyntheticPedestrians: {report['steps']} steps of {report['batch_size']} images "
-          f"at {report['image_size'][0]}x{report['image_size'][1]}")
+    print(f"\nSSD learnability on SyntheticPedestrians: {report['steps']} steps of {report['batch_size']} "
+          f"images at {report['image_size'][0]}x{report['image_size'][1]}")
     print(f"AP@0.5 {report['ap']:.3f} (target {TARGET_AP}); by definition: {methods}")
-    print(f"wall {report['wall_minutes']:.1f} min, CPU {report['cpu_minutes']:.1f} min on {report['threads']} "
-          f"threads ({report['cpu_minutes_per_thread']:.1f} min per thread); load average before "
-          f"{report['load_average_before'][0]:.2f}, after {report['load_average_after'][0]:.2f}")
+    print(f"wall {report['wall_minutes']:.1f} min, CPU {report['cpu_minutes']:.1f} min on "
+          f"{report['threads']} threads ({report['cpu_minutes_per_thread']:.1f} min per thread); "
+          f"load average before {report['load_average_before'][0]:.2f}, "
+          f"after {report['load_average_after'][0]:.2f}")
 
 
-@pytest.mark.skipif(os.environ.get("FASTLADDER_SLOW") != "1", reason="a 10-minute training: FASTLADDER_SLOW=1")
+@pytest.mark.skipif(os.environ.get("FASTLADDER_SLOW") != "1",
+                    reason="a 10-minute training: set FASTLADDER_SLOW=1")
 def test_ssd_learns_synthetic_pedestrians(tmp_path):
     report = run(str(tmp_path / "run"), progress=False)
     _print(report)
@@ -102,7 +104,8 @@ def test_ssd_learns_synthetic_pedestrians(tmp_path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/ssd-learn", help="run folder (its previous run is replaced)")
     parser.add_argument("--steps", type=int, default=None, help=f"override the run's {CONFIG['steps']} steps")
     parser.add_argument("--json", default=None, help="also write the report to this JSON file")

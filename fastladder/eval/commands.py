@@ -224,7 +224,8 @@ def cmd_predict(args) -> int:
     if getattr(args, "task", "seg") == "det":
         from fastladder.eval.detection_commands import cmd_predict_det
         if args.scales != [1.0] or args.flip:
-            raise ValueError("--scales and --flip are for segmentation; detection (--task det) runs one scale")
+            raise ValueError("--scales and --flip are for segmentation; detection (--task det) runs one "
+                             "scale")
         return cmd_predict_det(args)
     import torch
     from tqdm import tqdm

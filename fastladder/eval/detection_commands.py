@@ -218,6 +218,8 @@ def cmd_eval_det(args) -> int:
 
     if not 0 < args.iou <= 1:
         raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
+    if args.scales != [1.0] or args.flip:
+        raise ValueError("--scales and --flip are for segmentation; eval det runs one scale")
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     mean, std = _normalization(args)
@@ -240,6 +242,7 @@ def cmd_eval_det(args) -> int:
     result = evaluate_detector(model, loader, device=device, methods=args.methods, iou_threshold=args.iou,
                                progress=not args.no_progress)
     names = list(getattr(dataset, "class_names", None) or [])
+
     def class_name(label):
         return names[label] if 0 <= label < len(names) else f"class {label}"
 
@@ -368,7 +371,8 @@ def cmd_predict_det(args) -> int:
                 records.append(record)
                 bar.update(1)
     with open(os.path.join(args.out, "detections.json"), "w") as f:
-        json.dump({"score_thresh": args.score_thresh, "image_size": list(size), "images": records}, f, indent=1)
+        json.dump({"score_thresh": args.score_thresh, "image_size": list(size), "images": records}, f,
+                  indent=1)
     for sequence, rows in sequences.items():
         path = os.path.join(args.out, f"{sequence}.txt")
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -118,7 +118,8 @@ _DET_FLAGS.update({
     "--backbone-weights": ("backbone_weights", dict(metavar="FILE",
                                                     help="torchvision VGG16 state_dict for the backbone")),
     "--dataset-kwargs": ("dataset_kwargs", dict(type=_json_dict, metavar="JSON",
-                                                help="extra dataset arguments, e.g. '{\"num_sequences\": 4}'")),
+                                                help="extra dataset arguments, e.g. "
+                                                     "'{\"num_sequences\": 4}'")),
     "--model-kwargs": ("model_kwargs", dict(
         type=_json_dict, metavar="JSON",
         help="SSD arguments, e.g. '{\"width\": 0.25, \"aspect_ratios\": [[0.5, 0.33]], ...}'")),
@@ -152,7 +153,8 @@ def _add_task_parser(tasks, name: str, help: str, flags, handler):
 
 
 def register(subparsers):
-    train = subparsers.add_parser("train", help="train a model (segmentation: train seg, detection: train det)")
+    train = subparsers.add_parser("train",
+                                  help="train a model (segmentation: train seg, detection: train det)")
     tasks = train.add_subparsers(dest="task", required=True)
     _add_task_parser(tasks, "seg", "train a segmentation model", _FLAGS, cmd_train_seg)
     _add_task_parser(tasks, "det", "train an SSD detector", _DET_FLAGS, cmd_train_det)

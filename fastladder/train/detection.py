@@ -160,8 +160,8 @@ def build_detection_dataset(config: TrainConfig, split: str) -> Dataset:
         from fastladder.data.mot import MOT15Detection
         return MOT15Detection(root, split, transforms=transforms, **kwargs)
     image_sets = {"train": kwargs.pop("train_image_set", "train"), "val": kwargs.pop("val_image_set", "val")}
-    return _voc_detection_class()(root, image_set=image_sets[split], transforms=_DifficultAsIgnore(transforms),
-                                  **kwargs)
+    voc = _voc_detection_class()
+    return voc(root, image_set=image_sets[split], transforms=_DifficultAsIgnore(transforms), **kwargs)
 
 
 def collate_padded(samples: Sequence[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
@@ -257,7 +257,8 @@ class DetectionTask(Task):
             if configured is not None and list(input_size(config.replace(image_size=None))) != size:
                 raise ValueError(f"image_size {size} and model_kwargs['image_size'] {configured!r} disagree")
             kwargs["image_size"] = size
-        return {"model_name": config.model, "model_kwargs": kwargs, "num_classes": int(train_dataset.num_classes)}
+        return {"model_name": config.model, "model_kwargs": kwargs,
+                "num_classes": int(train_dataset.num_classes)}
 
     def collate(self, samples):
         return collate_padded(samples)

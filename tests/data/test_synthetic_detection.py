@@ -118,6 +118,7 @@ def test_learnable_by_a_reduced_width_ssd300(tmp_path):
     AP@0.5 >= 0.7 on val (VOC all-point AP, consider-0 boxes ignored)."""
     bench = _learnability_benchmark()
     report = bench.run(str(tmp_path / "run"), progress=False)
-    print(f"AP@0.5 (voc) after {report['steps']} steps: {report['ap']:.3f}, {report['wall_minutes']:.1f} min wall, "
+    print(f"AP@0.5 (voc) after {report['steps']} steps: {report['ap']:.3f}, "
+          f"{report['wall_minutes']:.1f} min wall, "
           f"{report['cpu_minutes']:.1f} CPU min, load average {report['load_average_after'][0]:.1f}")
     assert report["ap"] >= bench.TARGET_AP

@@ -42,7 +42,8 @@ def test_eval_det_prints_ap_and_writes_curve_and_json(tmp_path, capsys):
     plot = tmp_path / "curve.png"
     assert cli.main(["eval", "det", "--weights", str(weights), "--dataset", "synthetic", "--root",
                      str(tmp_path / "data"), "--dataset-kwargs", json.dumps(TINY_DATA), "--workers", "0",
-                     "--split", "train", "--methods", "mot", "--iou", "0.3", "--plot", str(plot), *COMMON]) == 0
+                     "--split", "train", "--methods", "mot", "--iou", "0.3", "--plot", str(plot),
+                     *COMMON]) == 0
     assert plot.is_file() and "mot" in capsys.readouterr().out
 
 
@@ -122,7 +123,8 @@ def test_predict_det_writes_drawings_json_and_mot_files(tmp_path, generator):
     first = records[0]
     x1, y1, x2, y2 = first["boxes"][0]
     left, top, width, height = (float(v) for v in rows[0][2:6])
-    assert rows[0][0] == "1" and left == pytest.approx(x1 + 1, abs=0.01) and top == pytest.approx(y1 + 1, abs=0.01)
+    assert rows[0][0] == "1"
+    assert left == pytest.approx(x1 + 1, abs=0.01) and top == pytest.approx(y1 + 1, abs=0.01)
     assert width == pytest.approx(x2 - x1, abs=0.02) and height == pytest.approx(y2 - y1, abs=0.02)
     assert 0 <= x1 < x2 <= 72 and 0 <= y1 < y2 <= 48      # in the original image's pixels
 

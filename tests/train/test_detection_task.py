@@ -56,7 +56,7 @@ def test_training_end_to_end_and_exact_resume(tmp_path):
     metrics = straight["metrics"]
     assert 0.0 <= metrics["ap"] <= 1.0 and math.isfinite(metrics["loss"])
     assert set(metrics["ap_methods"]) == {"voc", "voc07", "coco101", "mot"}
-    assert metrics["images"] == 2 and metrics["class_names"] == ["pedestrian"]   # the last frame of 2 sequences
+    assert metrics["images"] == 2 and metrics["class_names"] == ["pedestrian"]  # last frame of 2 sequences
     for name in ("log.csv", "curves.png", "last.pt", "best.pt", "metrics.json", "config.json"):
         assert (tmp_path / "straight" / name).is_file(), name
     with open(tmp_path / "straight" / "log.csv", newline="") as f:
@@ -140,7 +140,8 @@ def test_collate_pads_ground_truth(generator):
         boxes = torch.rand(count, 4, generator=generator) * 20
         boxes[:, 2:] += boxes[:, :2] + 1
         samples.append((torch.randn(3, 16, 16, generator=generator),
-                        {"boxes": boxes, "labels": torch.full((count,), 2), "ignore": torch.arange(count) == 0}))
+                        {"boxes": boxes, "labels": torch.full((count,), 2),
+                         "ignore": torch.arange(count) == 0}))
     images, targets = collate_padded(samples)
     assert images.shape == (3, 3, 16, 16)
     assert targets["boxes"].shape == (3, 3, 4) and targets["labels"].shape == (3, 3)
@@ -179,7 +180,8 @@ def test_train_det_command_line(tmp_path):
                                       "--model-kwargs", '{"width": 0.125}', "--set", "zoom_out=2"])
     config = config_from_args(args, "det")
     assert config.image_size == [96, 128] and config.ap_method == "mot" and config.zoom_out == 2
-    assert config.optimizer == "sgd" and config.milestones == [20, 25] and config.model_kwargs == {"width": 0.125}
+    assert config.optimizer == "sgd" and config.milestones == [20, 25]
+    assert config.model_kwargs == {"width": 0.125}
     spec = DetectionTask().model_spec(config, type("D", (), {"num_classes": 2})())
     assert spec["model_kwargs"] == {"width": 0.125, "image_size": [96, 128]} and spec["num_classes"] == 2
     bad = build_parser().parse_args(["train", "det", "--set", "learning_rate=1"])
