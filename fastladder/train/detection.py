@@ -224,7 +224,7 @@ class DetectionTask(Task):
         self.num_classes: Optional[int] = None
         self.class_names: Optional[List[str]] = None
         self.criterion = None
-        self.ap_method, self.ap_iou = "voc", 0.5
+        self.ap_method, self.ap_iou, self.match_iou = "voc", 0.5, 0.5
 
     def build_datasets(self, config: TrainConfig) -> Tuple[Dataset, Optional[Dataset]]:
         from fastladder.train.multibox import MultiBoxLoss
