@@ -62,8 +62,9 @@ def run(out: str, steps: int = None, progress: bool = True) -> dict:
     torch.set_num_threads(THREADS)
     values = dict(CONFIG, out=out, device="cpu", progress=progress,
                   root=os.path.join(out, "synthetic-data"))
-    if steps is not None:
+    if steps is not None:   # a shorter (or longer) run: the warmup keeps its share of it at most
         values["steps"] = steps
+        values["warmup_steps"] = min(CONFIG["warmup_steps"], steps * CONFIG["warmup_steps"] // CONFIG["steps"])
     config = detection_config(**values)
     # The frames are generated before the clock starts: the budget is for training.
     from fastladder.data.synthetic_detection import generate_synthetic_pedestrians
