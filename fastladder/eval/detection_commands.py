@@ -302,7 +302,8 @@ def draw_detections(image, boxes, scores, labels, class_names=None):
     line = max(1, round(min(picture.size) / 200))
     for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
         colour = tuple(palette[int(label) % 256]) if int(label) != 1 else (255, 40, 40)
-        draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=colour, width=line)
+        # (x2, y2) are exclusive; a box under a pixel wide is drawn one pixel wide
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=colour, width=line)
         name = ""
         if class_names is not None and 0 < int(label) <= len(class_names):
             name = f"{class_names[int(label) - 1]} "

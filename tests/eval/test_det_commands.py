@@ -99,6 +99,10 @@ def test_draw_detections_outlines_boxes(generator):
     assert drawn.shape == (40, 50, 3) and drawn.dtype == torch.uint8
     assert drawn[37, 15].tolist() == [255, 40, 40] and drawn[30, 15].tolist() == [0, 0, 0]  # edge, inside
     assert drawn[2, 45].tolist() == [0, 0, 0]                                                  # elsewhere
+    # boxes thinner than a pixel (detections clipped at the border) are drawn, not an error
+    thin = draw_detections(image, torch.tensor([[49.6, 3.0, 50.0, 9.0], [10.0, 39.8, 20.0, 39.9]]),
+                           torch.tensor([0.5, 0.4]), torch.tensor([1, 1]))
+    assert thin.shape == (40, 50, 3)
 
 
 def test_predict_det_writes_drawings_json_and_mot_files(tmp_path, generator):
