@@ -11,10 +11,12 @@ before and after, and writes them as JSON.
     python benchmarks/bench_ssd_learn.py [--out runs/ssd-learn] [--steps N] [--json FILE]
     FASTLADDER_SLOW=1 pytest benchmarks/bench_ssd_learn.py          # the same run, AP asserted
 
-Recorded (benchmarks/results/ssd-learn-cpu-1000steps.json): val AP@0.5 0.216, 0.680, 0.820, 0.833
-after 250, 500, 750, 1000 steps; 41 min wall and 25 CPU minutes on 2 threads of the shared 2-core
-build machine under a 1-minute load average of 4-11 (mean 6.4), i.e. several times the time the
-same run takes on an idle machine (there, quiet stretches of the run went at 0.2 s per step).
+Recorded (benchmarks/results/ssd-learn-cpu-1000steps.json, this script on the shared 2-core build
+machine): val AP@0.5 0.216, 0.680, 0.820, 0.833 after 250, 500, 750, 1000 steps, 10.9 min wall, 12.6
+CPU minutes. The first 250 steps ran under a load average of 4-5 and took 9.1 min; the last 750 steps
+and three evaluations took 1.7 min once the machine was quiet, so on 2 idle cores the whole run takes
+about 3 minutes. (The same run under a load of 4-11 took 41 min; its losses and APs were identical.)
+With ``--steps 750`` the AP was 0.737 (ssd-learn-cpu-750steps.json).
 
 The equivalent command line::
 
