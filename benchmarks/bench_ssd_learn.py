@@ -14,8 +14,8 @@ before and after, and writes them as JSON.
 Recorded (benchmarks/results/ssd-learn-cpu-1000steps.json, this script on the shared 2-core build
 machine): val AP@0.5 0.216, 0.680, 0.820, 0.833 after 250, 500, 750, 1000 steps, 10.9 min wall, 12.6
 CPU minutes. The first 250 steps ran under a load average of 4-5 and took 9.1 min; the last 750 steps
-and three evaluations took 1.7 min once the machine was quiet, so on 2 idle cores the whole run takes
-about 3 minutes. (The same run under a load of 4-11 took 41 min; its losses and APs were identical.)
+and three evaluations took 1.7 min once the machine was quiet, so on 2 idle cores the whole run should
+take about 3 minutes (an extrapolation from that stretch, not a measured idle run). (The same run under a load of 4-11 took 41 min; its losses and APs were identical.)
 With ``--steps 750`` the AP was 0.737 (ssd-learn-cpu-750steps.json).
 
 The equivalent command line::
@@ -24,7 +24,7 @@ The equivalent command line::
         --dataset-kwargs '{"num_sequences": 8, "frames_per_sequence": 60, "size": [120, 160]}' \\
         --image-size 120x160 --model-kwargs '<CONFIG["model_kwargs"] as JSON>' --optimizer adam \\
         --lr 1e-3 --schedule cosine --warmup-steps 50 --clip-grad-norm 10 --batch-size 8 --steps 1000 \\
-        --zoom-out 1.5 --workers 0 --out runs/ssd-learn
+        --zoom-out 1.5 --workers 0 --val-batch-size 16 --eval-every 250 --out runs/ssd-learn
 """
 import argparse
 import json
@@ -71,7 +71,8 @@ def run(out: str, steps: int = None, progress: bool = True) -> dict:
                   root=os.path.join(out, "synthetic-data"))
     if steps is not None:   # a shorter (or longer) run: the warmup keeps its share of it at most
         values["steps"] = steps
-        values["warmup_steps"] = min(CONFIG["warmup_steps"], steps * CONFIG["warmup_steps"] // CONFIG["steps"])
+        share = steps * CONFIG["warmup_steps"] // CONFIG["steps"]
+        values["warmup_steps"] = min(CONFIG["warmup_steps"], share)
     config = detection_config(**values)
     # The frames are generated before the clock starts: the budget is for training.
     from fastladder.data.synthetic_detection import generate_synthetic_pedestrians
