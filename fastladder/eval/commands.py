@@ -1,11 +1,13 @@
-"""Commands ``fastladder eval seg`` and ``fastladder predict``.
+"""Commands ``fastladder eval seg``, ``fastladder eval det`` and ``fastladder predict``.
 
     fastladder eval seg --model ladder_densenet121 --weights ckpt.pt --dataset cityscapes --root DATA \\
         [--split val] [--scales 0.5 0.75 1 1.5 2] [--flip] [--json result.json]
     fastladder predict --model ladder_densenet121 --weights ckpt.pt IMAGES_OR_FOLDERS_OR_VIDEO... --out DIR
+    fastladder predict --task det --weights ssd.pt IMAGES_OR_FOLDERS_OR_VIDEO... --out DIR
 
 Images are normalized as in training: (x − mean) / std per channel on the 0–255 scale (--mean,
---std; the Cityscapes statistics by default).
+--std; the Cityscapes statistics by default for segmentation, ImageNet's for detection). The
+detection commands live in fastladder.eval.detection_commands.
 """
 import argparse
 import json
@@ -50,15 +52,20 @@ def _add_model_arguments(parser):
                         help="input scales whose softmax outputs are averaged (default: 1)")
     parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
     parser.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
-                        help="per-channel mean on the 0-255 scale (default: the Cityscapes mean)")
+                        help="per-channel mean on the 0-255 scale (default: the Cityscapes mean; detection: "
+                             "ImageNet's)")
     parser.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
-                        help="per-channel std on the 0-255 scale (default: the Cityscapes std)")
+                        help="per-channel std on the 0-255 scale (default: the Cityscapes std; detection: "
+                             "ImageNet's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
 def register(subparsers):
-    """Adds ``eval seg`` and ``predict`` to the fastladder CLI."""
-    seg = _task_subparsers(subparsers, "eval", "evaluate a trained model on a dataset").add_parser(
+    """Adds ``eval seg``, ``eval det`` and ``predict`` to the fastladder CLI."""
+    from fastladder.eval import detection_commands
+
+    eval_tasks = _task_subparsers(subparsers, "eval", "evaluate a trained model on a dataset")
+    seg = eval_tasks.add_parser(
         "seg", help="semantic segmentation: per-class IoU, mIoU, pixel accuracy (Cityscapes definitions)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_arguments(seg)
@@ -70,12 +77,16 @@ def register(subparsers):
     seg.add_argument("--json", default=None, help="also write the results to this JSON file")
     seg.add_argument("--no-progress", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_eval_seg)
+    detection_commands.add_eval_det(eval_tasks, _add_model_arguments)
 
     predict = subparsers.add_parser(
-        "predict", help="segment images, image folders or a video; write colour, overlay and label-id PNGs",
+        "predict", help="segment images, image folders or a video (colour, overlay and label-id PNGs), or "
+                        "detect objects in them (--task det: drawn boxes, JSON, MOT files)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_arguments(predict)
     predict.add_argument("inputs", nargs="+", help="image files (png/jpg), folders of them, or video files")
+    predict.add_argument("--task", choices=("seg", "det"), default="seg",
+                         help="seg: semantic segmentation (default); det: SSD detection")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--dataset", choices=DATASETS, default="cityscapes",
                          help="whose palette colours the classes (and, for 19-class Cityscapes models, "
@@ -84,6 +95,7 @@ def register(subparsers):
                          help="which PNGs to write (default: all that apply). Only labelIds gives a folder "
                               "that cityscapesScripts' evaluation can search (it allows one PNG per image)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    detection_commands.add_predict_det_arguments(predict)
     predict.set_defaults(func=cmd_predict)
 
 
@@ -209,6 +221,12 @@ def cmd_eval_seg(args) -> int:
 # --- predict --------------------------------------------------------------------------------------
 
 def cmd_predict(args) -> int:
+    if getattr(args, "task", "seg") == "det":
+        from fastladder.eval.detection_commands import cmd_predict_det
+        if args.scales != [1.0] or args.flip:
+            raise ValueError("--scales and --flip are for segmentation; detection (--task det) runs one "
+                             "scale")
+        return cmd_predict_det(args)
     import torch
     from tqdm import tqdm
 

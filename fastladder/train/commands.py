@@ -1,19 +1,24 @@
-"""``fastladder train seg``: train a segmentation model.
+"""``fastladder train seg`` and ``fastladder train det``: train a segmentation or a detection model.
 
     fastladder train seg --config ldn121_cityscapes.yaml --out runs/ldn121
     fastladder train seg --dataset synthetic --model ladder_densenet121 \\
         --model-kwargs '{"growth_rate": 8}' --crop-size 128 --steps 200 --out runs/tiny
     fastladder train seg --config ldn121_cityscapes.yaml --out runs/ldn121 --resume     # <out>/last.pt
     torchrun --nproc_per_node=2 -m fastladder.cli train seg --config ldn121_cityscapes.yaml
+    fastladder train det --dataset synthetic --model-kwargs '{"width": 0.25}' --steps 2000 --out runs/ssd
+    fastladder train det --dataset voc --root VOCdevkit --backbone-weights vgg16-397923af.pth \\
+        --set dataset_kwargs='{"year": "2007", "train_image_set": "trainval", "val_image_set": "test"}'
 
 Flags override the config file's values; ``--set KEY=VALUE`` sets any option of TrainConfig.
+``train det`` starts from SSD's optimization defaults (fastladder.train.detection.DETECTION_DEFAULTS:
+SGD, momentum 0.9, weight decay 5e-4, lr 1e-3 with warmup, step decay at 2/3 and 5/6 of the run).
 """
 import argparse
 import json
 import os
 import sys
 
-__all__ = ["register", "config_from_args"]
+__all__ = ["register", "config_from_args", "cmd_train_seg", "cmd_train_det"]
 
 
 def _json_dict(text: str):
@@ -36,6 +41,17 @@ def _size(text: str):
     if len(values) not in (1, 2) or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"must be SIZE or HEIGHTxWIDTH with positive sizes, got {text!r}")
     return values * 2 if len(values) == 1 else values
+
+
+def _size_or_none(text: str):
+    return None if text.lower() in ("none", "null") else _size(text)
+
+
+def _int_list(text: str):
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be step counts like '8000,10000', got {text!r}") from None
 
 
 def _assignment(text: str):
@@ -93,39 +109,87 @@ _FLAGS = {
     "--progress": ("progress", dict(action=argparse.BooleanOptionalAction, help="progress bars")),
 }
 
+# `train det`: the detection datasets and options (the segmentation-only ones are left out)
+_DET_FLAGS = dict(_FLAGS)
+for _flag in ("--crop-size", "--memory-efficient", "--poly-power"):
+    del _DET_FLAGS[_flag]
+_DET_FLAGS.update({
+    "--dataset": ("dataset", dict(choices=("mot15", "voc", "synthetic"))),
+    "--backbone-weights": ("backbone_weights", dict(metavar="FILE",
+                                                    help="torchvision VGG16 state_dict for the backbone")),
+    "--dataset-kwargs": ("dataset_kwargs", dict(type=_json_dict, metavar="JSON",
+                                                help="extra dataset arguments, e.g. "
+                                                     "'{\"num_sequences\": 4}'")),
+    "--model-kwargs": ("model_kwargs", dict(
+        type=_json_dict, metavar="JSON",
+        help="SSD arguments, e.g. '{\"width\": 0.25, \"aspect_ratios\": [[0.5, 0.33]], ...}'")),
+    "--image-size": ("image_size", dict(type=_size_or_none, metavar="HxW",
+                                        help="network input, e.g. 300 or 240x320 (default: the model's)")),
+    "--zoom-out": ("zoom_out", dict(type=float, metavar="RATIO",
+                                    help="max zoom-out (expand) of the augmentation, 1 = off (default 4)")),
+    "--neg-pos-ratio": ("neg_pos_ratio", dict(type=float, help="hard negatives per positive (3)")),
+    "--match-iou": ("match_iou", dict(type=float, help="prior-to-box matching IoU (0.5)")),
+    "--ap-method": ("ap_method", dict(choices=("voc", "voc07", "coco101", "mot"),
+                                      help="AP definition of the main metric (default voc)")),
+    "--ap-iou": ("ap_iou", dict(type=float, help="IoU of a true positive (0.5)")),
+    "--momentum": ("momentum", dict(type=float)),
+    "--milestones": ("milestones", dict(type=_int_list, metavar="STEPS",
+                                        help="step schedule: steps at which the lr drops by gamma")),
+    "--gamma": ("gamma", dict(type=float, help="step schedule: lr factor at each milestone")),
+})
+
+
+def _add_task_parser(tasks, name: str, help: str, flags, handler):
+    parser = tasks.add_parser(name, help=help, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="a YAML or JSON file of TrainConfig options")
+    parser.add_argument("--resume", nargs="?", const="last", default=argparse.SUPPRESS, metavar="CKPT",
+                        help="continue from a checkpoint (without a path: <out>/last.pt)")
+    for flag, (field, kwargs) in flags.items():
+        parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, **kwargs)
+    parser.add_argument("--set", dest="assignments", action="append", type=_assignment, default=[],
+                        metavar="KEY=VALUE", help="any TrainConfig option (value parsed as YAML); repeatable")
+    parser.set_defaults(func=handler)
+
 
 def register(subparsers):
-    train = subparsers.add_parser("train", help="train a model (segmentation: train seg)")
+    train = subparsers.add_parser("train",
+                                  help="train a model (segmentation: train seg, detection: train det)")
     tasks = train.add_subparsers(dest="task", required=True)
-    seg = tasks.add_parser("seg", help="train a segmentation model", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    seg.add_argument("--config", metavar="FILE", help="a YAML or JSON file of TrainConfig options")
-    seg.add_argument("--resume", nargs="?", const="last", default=argparse.SUPPRESS, metavar="CKPT",
-                     help="continue from a checkpoint (without a path: <out>/last.pt)")
-    for flag, (field, kwargs) in _FLAGS.items():
-        seg.add_argument(flag, dest=field, default=argparse.SUPPRESS, **kwargs)
-    seg.add_argument("--set", dest="assignments", action="append", type=_assignment, default=[],
-                     metavar="KEY=VALUE", help="any TrainConfig option (value parsed as YAML); repeatable")
-    seg.set_defaults(func=cmd_train_seg)
+    _add_task_parser(tasks, "seg", "train a segmentation model", _FLAGS, cmd_train_seg)
+    _add_task_parser(tasks, "det", "train an SSD detector", _DET_FLAGS, cmd_train_det)
 
 
 def config_from_args(args, task: str = "seg"):
-    """The TrainConfig of a parsed command line: the config file, then --set, then the flags."""
+    """The TrainConfig of a parsed command line: the task's defaults, the config file, then --set,
+    then the flags. ``det`` starts from :data:`fastladder.train.detection.DETECTION_DEFAULTS`
+    (step milestones at 2/3 and 5/6 of a run given in steps, unless set)."""
     from fastladder.train.config import TrainConfig, load_config_file
     values = load_config_file(args.config) if getattr(args, "config", None) else {}
     values.update(dict(getattr(args, "assignments", [])))
     fields = set(TrainConfig.field_names())
     values.update({key: value for key, value in vars(args).items() if key in fields and key != "task"})
     values["task"] = task
+    if task == "det":
+        from fastladder.train.detection import detection_config
+        return detection_config(source=args.config or "command line", **values)
     return TrainConfig.from_dict(values, source=args.config or "command line")
 
 
 def cmd_train_seg(args) -> int:
+    return _run(args, "seg")
+
+
+def cmd_train_det(args) -> int:
+    return _run(args, "det")
+
+
+def _run(args, task: str) -> int:
     from fastladder.train.loop import train
     try:
-        config = config_from_args(args, "seg")
+        config = config_from_args(args, task)
     except (ValueError, FileNotFoundError) as error:
-        print(f"fastladder train seg: error: {error}", file=sys.stderr)
+        print(f"fastladder train {task}: error: {error}", file=sys.stderr)
         return 2
     summary = train(config)
     if os.environ.get("RANK", "0") != "0":

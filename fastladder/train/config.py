@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 __all__ = ["TrainConfig", "load_config_file"]
 
 _AMP_DTYPES = ("float16", "bfloat16")
+# fastladder.eval.detection.AP_METHODS (not imported: configs load without the extension)
+_AP_METHODS = ("voc07", "voc", "coco101", "mot")
 
 
 @dataclasses.dataclass
@@ -34,6 +36,13 @@ class TrainConfig:
     dataset_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     crop_size: List[int] = dataclasses.field(default_factory=lambda: [448, 448])
     scale_range: List[float] = dataclasses.field(default_factory=lambda: [0.5, 2.0])
+    # detection (task "det")
+    image_size: Optional[List[int]] = None  # SSD input [height, width]; None: the model's own (300 or 512)
+    zoom_out: float = 4.0  # SSD "expand" augmentation: canvas up to this many times the image side (1: off)
+    neg_pos_ratio: float = 3.0  # hard negatives per positive prior in the MultiBox loss
+    match_iou: float = 0.5  # IoU above which a prior matches a ground-truth box
+    ap_method: str = "voc"  # voc | voc07 | coco101 | mot: the AP definition of the main metric
+    ap_iou: float = 0.5  # IoU at which a detection counts as a true positive
     batch_size: int = 4  # per process
     val_batch_size: int = 1
     workers: int = 4
@@ -128,6 +137,27 @@ class TrainConfig:
         if not (isinstance(self.crop_size, list) and len(self.crop_size) == 2
                 and all(isinstance(s, int) and s > 0 for s in self.crop_size)):
             raise ValueError(f"crop_size must be a positive int or [height, width], got {self.crop_size!r}")
+        if self.image_size is not None:
+            if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
+                self.image_size = [self.image_size, self.image_size]
+            size = list(self.image_size) if isinstance(self.image_size, (list, tuple)) else None
+            if not (size and len(size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                                   for s in size)):
+                raise ValueError(f"image_size must be null, a positive int or [height, width], got "
+                                 f"{self.image_size!r}")
+            self.image_size = size
+        if not (isinstance(self.zoom_out, (int, float)) and not isinstance(self.zoom_out, bool)
+                and self.zoom_out >= 1):
+            raise ValueError(f"zoom_out must be a number >= 1 (1: no zoom-out), got {self.zoom_out!r}")
+        if not (isinstance(self.neg_pos_ratio, (int, float)) and not isinstance(self.neg_pos_ratio, bool)
+                and self.neg_pos_ratio >= 0):
+            raise ValueError(f"neg_pos_ratio must be a number >= 0, got {self.neg_pos_ratio!r}")
+        for name in ("match_iou", "ap_iou"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
+                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+        if self.ap_method not in _AP_METHODS:
+            raise ValueError(f"ap_method must be one of {_AP_METHODS}, got {self.ap_method!r}")
         self.scale_range = list(self.scale_range)
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"scale_range must be [min, max] with 0 < min <= max, got {self.scale_range!r}")

@@ -41,7 +41,8 @@ from fastladder.train.optim import build_optimizer, build_scheduler
 __all__ = ["Task", "Runtime", "SeededDataset", "Trainer", "train", "sample_seed", "move_to_device", "TASKS"]
 
 # task name -> "module:class", imported when used
-TASKS = {"seg": "fastladder.train.segmentation:SegmentationTask"}
+TASKS = {"seg": "fastladder.train.segmentation:SegmentationTask",
+         "det": "fastladder.train.detection:DetectionTask"}
 
 
 def move_to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
