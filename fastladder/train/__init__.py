@@ -7,10 +7,12 @@ from fastladder.train.losses import ladder_loss
 from fastladder.train.multibox import MultiBoxLoss, match_priors
 from fastladder.train.optim import (PolyLR, WarmupCosineLR, WarmupStepLR, build_optimizer, build_scheduler,
                                     param_groups)
+from fastladder.train.detection import DetectionTask
 from fastladder.train.segmentation import SegmentationTask
 
 __all__ = [
     "ladder_loss", "MultiBoxLoss", "match_priors", "TrainConfig", "Task", "Trainer", "train", "SegmentationTask",
+    "DetectionTask",
     "save_checkpoint", "load_checkpoint", "param_groups", "build_optimizer", "build_scheduler",
     "PolyLR", "WarmupStepLR", "WarmupCosineLR", "DistributedContext", "init_distributed",
 ]

@@ -115,21 +115,6 @@ class _DifficultAsIgnore:
         return self.transforms(image, target)
 
 
-def _voc_detection_class():
-    """fastladder.data's VOCDetection, found by name when used (its module may be absent)."""
-    import importlib
-
-    for module_name in ("fastladder.data", "fastladder.data.voc"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        found = getattr(module, "VOCDetection", None)
-        if found is not None:
-            return found
-    raise RuntimeError("dataset 'voc' needs fastladder.data.VOCDetection, which this installation lacks")
-
-
 def build_detection_dataset(config: TrainConfig, split: str) -> Dataset:
     """The dataset ``config.dataset`` names, with the SSD transforms of ``split``.
 
@@ -160,8 +145,8 @@ def build_detection_dataset(config: TrainConfig, split: str) -> Dataset:
         from fastladder.data.mot import MOT15Detection
         return MOT15Detection(root, split, transforms=transforms, **kwargs)
     image_sets = {"train": kwargs.pop("train_image_set", "train"), "val": kwargs.pop("val_image_set", "val")}
-    voc = _voc_detection_class()
-    return voc(root, image_set=image_sets[split], transforms=_DifficultAsIgnore(transforms), **kwargs)
+    from fastladder.data.voc import VOCDetection
+    return VOCDetection(root, image_set=image_sets[split], transforms=_DifficultAsIgnore(transforms), **kwargs)
 
 
 def collate_padded(samples: Sequence[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]

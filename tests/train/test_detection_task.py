@@ -187,3 +187,35 @@ def test_train_det_command_line(tmp_path):
     bad = build_parser().parse_args(["train", "det", "--set", "learning_rate=1"])
     with pytest.raises(ValueError, match="learning_rate"):
         config_from_args(bad, "det")
+
+
+def _write_voc_detection(devkit, image_sets, generator):
+    """A VOC2007 folder in the official layout: JPEGs, Annotations/*.xml (1-based inclusive boxes,
+    difficult flags), ImageSets/Main/{set}.txt."""
+    from PIL import Image
+
+    voc = devkit / "VOC2007"
+    for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / folder).mkdir(parents=True, exist_ok=True)
+    for image_set, ids in image_sets.items():
+        (voc / "ImageSets" / "Main" / f"{image_set}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for image_id in ids:
+            pixels = torch.randint(0, 256, (72, 88, 3), generator=generator, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(voc / "JPEGImages" / f"{image_id}.jpg")
+            objects = "".join(
+                f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
+                f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+                for name, (x1, y1, x2, y2), difficult in (("person", (10, 8, 30, 60), 0),
+                                                          ("car", (40, 30, 80, 60), 1)))
+            (voc / "Annotations" / f"{image_id}.xml").write_text(
+                f"<annotation><filename>{image_id}.jpg</filename><size><width>88</width><height>72</height>"
+                f"<depth>3</depth></size>{objects}</annotation>")
+
+
+def test_training_on_voc_detection_layout(tmp_path, generator):
+    devkit = tmp_path / "VOCdevkit"
+    _write_voc_detection(devkit, {"train": ["000001", "000002"], "val": ["000003"]}, generator)
+    result = train(tiny_config(tmp_path / "run", devkit, dataset="voc", dataset_kwargs={}, steps=2))
+    assert result["step"] == 2 and math.isfinite(result["loss"])
+    assert 0.0 <= result["metrics"]["ap"] <= 1.0 and result["metrics"]["images"] == 1
+    assert load_checkpoint(result["checkpoint"])["num_classes"] == 21  # background + the 20 VOC classes
