@@ -294,11 +294,11 @@ def draw_detections(image, boxes, scores, labels, class_names=None):
     import torch
     from PIL import Image, ImageDraw
 
-    from fastladder.eval._images import pascal_palette
+    from fastladder.data.voc import voc_colormap
 
     picture = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy()))
     draw = ImageDraw.Draw(picture)
-    palette = pascal_palette(256).tolist()
+    palette = voc_colormap(256).tolist()
     line = max(1, round(min(picture.size) / 200))
     for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
         colour = tuple(palette[int(label) % 256]) if int(label) != 1 else (255, 40, 40)

@@ -1,6 +1,7 @@
 """Data-parallel training on gloo: two processes launched as torchrun would (environment variables)."""
 import json
 import os
+import site
 import socket
 import subprocess
 import sys
@@ -24,12 +25,18 @@ def _free_port() -> int:
 def _launch(out, world_size: int, batch_size: int):
     """Starts world_size worker processes with torchrun's environment."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastladder.__file__)))
+    # The workers import the fastladder this test imported. An installed one they find by themselves:
+    # putting site-packages on PYTHONPATH would put it before the standard library (and a stray
+    # backport there, like the `typing` that cityscapesScripts pulls in, would shadow it).
+    paths = [os.environ.get("PYTHONPATH", "")]
+    if root not in site.getsitepackages():
+        paths.insert(0, root)
     port = _free_port()
     processes = []
     for rank in range(world_size):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+                   PYTHONPATH=os.pathsep.join(paths))
         command = [sys.executable, WORKER, str(out), str(batch_size), str(STEPS)]
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           text=True))
