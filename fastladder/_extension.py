@@ -50,7 +50,7 @@ def _load():
                 name.startswith("_C.") for name in os.listdir(_PACKAGE_DIR)):
             _fail(f"is missing: this is the source folder {_PACKAGE_DIR}, which holds no build. Either run from "
                   "another folder (so that the installed fastladder is imported), or build in place with "
-                  "`python setup.py build_ext --inplace`. ({text})")
+                  f"`python setup.py build_ext --inplace`. ({text})")
         _fail(f"is missing or cannot be loaded: {text}")
     info = _C.build_info()
     running = torch.__version__.split("+")[0]
