@@ -14,8 +14,8 @@ before and after, and writes them as JSON.
 Recorded (benchmarks/results/ssd-learn-cpu-1000steps.json, this script on the shared 2-core build
 machine): val AP@0.5 0.216, 0.680, 0.820, 0.833 after 250, 500, 750, 1000 steps, 10.9 min wall, 12.6
 CPU minutes. The first 250 steps ran under a load average of 4-5 and took 9.1 min; the last 750 steps
-and three evaluations took 1.7 min once the machine was quiet, so on 2 idle cores the whole run should
-take about 3 minutes (an extrapolation from that stretch, not a measured idle run). The same run
+and three evaluations took 1.7 min once the machine was quiet. On 2 idle cores the whole run took
+2.7 min wall, 5.3 CPU minutes, with the same AP (ssd-learn-cpu-1000steps-idle.json). The same run
 under a load of 4-11 took 41 min; its losses and APs were identical.
 With ``--steps 750`` the AP was 0.737 (ssd-learn-cpu-750steps.json).
 
