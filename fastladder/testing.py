@@ -20,3 +20,21 @@ def assert_close_to_reference(actual, expected, *, seed=None, msg=""):
     tol = TOLERANCES[expected.dtype]
     torch.testing.assert_close(actual.double(), expected.double(), **tol,
                                msg=lambda m: f"{msg} (seed {seed}): {m}")
+
+
+def assert_same_state(a, b, where=""):
+    """Recursive bit-equality of nested dicts / lists of tensors and plain values (state_dicts,
+    optimizer states, metrics); ``where`` names the path of the first difference."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"

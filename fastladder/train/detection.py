@@ -22,7 +22,6 @@ gives a configuration with SSD's optimization defaults::
     summary = train(detection_config(dataset="synthetic", out="runs/ssd", steps=2000,
                                      model_kwargs={"width": 0.25}))
 """
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from fastladder.train.config import TrainConfig
-from fastladder.train.loop import Runtime, Task, move_to_device
+from fastladder.train.loop import Runtime, Task, dataset_root, move_to_device
 
 __all__ = ["DetectionTask", "build_detection_dataset", "detection_config", "detection_transforms",
            "collate_padded", "DETECTION_DEFAULTS", "DATASETS"]
@@ -125,16 +124,8 @@ def build_detection_dataset(config: TrainConfig, split: str) -> Dataset:
             ``voc``), ``image_size``, ``zoom_out``.
         split: "train" or "val".
     """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    root = dataset_root(config, split, DATASETS, "detection")
     name = config.dataset
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS} for detection, got {name!r}")
-    root = config.root
-    if root is None:
-        if name != "synthetic":
-            raise ValueError(f"dataset {name!r} needs root (--root): the folder of its official layout")
-        root = os.path.join(config.out, "synthetic-data")
     transforms = detection_transforms(config, split)
     kwargs = dict(config.dataset_kwargs)
     if name == "synthetic":

@@ -45,6 +45,21 @@ TASKS = {"seg": "fastladder.train.segmentation:SegmentationTask",
          "det": "fastladder.train.detection:DetectionTask"}
 
 
+
+def dataset_root(config: TrainConfig, split: str, datasets: Sequence[str], task: str) -> str:
+    """The folder of ``config.dataset`` (one of ``datasets``) for ``split`` ("train" or "val"):
+    ``config.root``, or ``<out>/synthetic-data`` for the built-in synthetic set, which needs none."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    name = config.dataset
+    if name not in datasets:
+        raise ValueError(f"dataset must be one of {tuple(datasets)} for {task}, got {name!r}")
+    if config.root is not None:
+        return config.root
+    if name != "synthetic":
+        raise ValueError(f"dataset {name!r} needs root (--root): the folder of its official layout")
+    return os.path.join(config.out, "synthetic-data")
+
 def move_to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     """Moves every tensor of a (nested list / tuple / dict) batch to ``device``; 4-D floating
     tensors (images) become channels_last when asked."""

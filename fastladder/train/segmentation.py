@@ -5,7 +5,6 @@ Datasets: ``cityscapes`` (19 train ids), ``voc`` (VOC 2012, 21 classes), ``camvi
 Training samples are random-scale crops of ``config.crop_size`` with horizontal flips; validation
 images are whole.
 """
-import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fastladder.eval.segmentation import confusion_matrix, mean_iou
 from fastladder.train.config import TrainConfig
-from fastladder.train.loop import Runtime, Task, move_to_device
+from fastladder.train.loop import Runtime, Task, dataset_root, move_to_device
 from fastladder.train.losses import ladder_loss
 
 __all__ = ["SegmentationTask", "build_segmentation_dataset", "DATASETS"]
@@ -36,16 +35,8 @@ def build_segmentation_dataset(config: TrainConfig, split: str) -> Dataset:
             e.g. ``{"num_images": 64}`` for ``synthetic``), ``crop_size``, ``scale_range``.
         split: ``"train"`` (random-scale crops, flips) or ``"val"`` (whole images).
     """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    root = dataset_root(config, split, DATASETS, "segmentation")
     name = config.dataset
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
-    root = config.root
-    if root is None:
-        if name != "synthetic":
-            raise ValueError(f"dataset {name!r} needs root (--root): the folder of its official layout")
-        root = os.path.join(config.out, "synthetic-data")
     from fastladder import data
     from fastladder.data import transforms
 

@@ -3,13 +3,13 @@ steps (files, finite AP, exact resume), its loss's handling of ignored boxes, ba
 import csv
 import json
 import math
-import os
 
 import pytest
 import torch
 
 from fastladder.models import create_model
 from fastladder.ops.boxes import box_iou
+from fastladder.testing import assert_same_state
 from fastladder.train.checkpoint import load_checkpoint
 from fastladder.train.commands import config_from_args
 from fastladder.train.config import TrainConfig
@@ -31,22 +31,6 @@ def tiny_config(out, root, **changes):
                   progress=False, seed=5)
     values.update(changes)
     return detection_config(**values)
-
-
-def _assert_same_state(a, b, where=""):
-    assert type(a) is type(b), where
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same_state(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
 
 
 def test_training_end_to_end_and_exact_resume(tmp_path):
@@ -75,8 +59,8 @@ def test_training_end_to_end_and_exact_resume(tmp_path):
     resumed = train(tiny_config(tmp_path / "resumed", root, resume="last"))
     assert resumed["step"] == 4
     a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
-    _assert_same_state(a["model"], b["model"], "model")
-    _assert_same_state(a["optimizer"], b["optimizer"], "optimizer")
+    assert_same_state(a["model"], b["model"], "model")
+    assert_same_state(a["optimizer"], b["optimizer"], "optimizer")
     assert a["metrics"]["ap"] == b["metrics"]["ap"]
 
 

@@ -5,6 +5,7 @@ import csv
 import pytest
 import torch
 
+from fastladder.testing import assert_same_state
 from fastladder.train.checkpoint import load_checkpoint
 from fastladder.train.loop import train
 
@@ -17,23 +18,6 @@ def _config(tiny, out, workers, **changes):
                   out=str(out), progress=False, seed=11)
     config.update(changes)
     return config
-
-
-def _assert_same_state(a, b, where=""):
-    """Recursive bit-equality of nested dicts / lists of tensors and plain values."""
-    assert type(a) is type(b), where
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same_state(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
 
 
 def _train_losses(path):
@@ -61,7 +45,7 @@ def test_resume_is_bit_identical_with_and_without_workers(tiny, tmp_path):
         assert second["step"] == TOTAL_STEPS
         resumed = load_checkpoint(second["checkpoint"])
         for key in ("model", "optimizer", "scheduler", "step", "epoch", "metrics", "best"):
-            _assert_same_state(expected[key], resumed[key], f"workers={workers}: {key}")
+            assert_same_state(expected[key], resumed[key], f"workers={workers}: {key}")
         # training did happen after the resume
         assert not torch.equal(stopped["model"]["classifier.conv.weight"],
                                resumed["model"]["classifier.conv.weight"])
