@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["AttackResult", "deepfool", "ddn", "fgsm", "pgd", "dag", "ssd_attack", "perturbation_norms"]
@@ -243,7 +242,7 @@ def ddn(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, steps: i
         step_length = alpha_min + (alpha - alpha_min) * (1 + math.cos(math.pi * k / steps)) / 2
         delta.requires_grad_(True)
         logits = _classifier_logits(model, images + delta)
-        (gradient,) = torch.autograd.grad(sign * F.cross_entropy(logits, goal, reduction="sum"), delta)
+        gradient = _cross_entropy_direction_gradient(logits, delta, goal, sign)
         delta = delta.detach()
         with torch.no_grad():
             prediction = logits.argmax(1)
@@ -276,11 +275,29 @@ def ddn(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, steps: i
 
 # --- bounded attacks ----------------------------------------------------------------------------
 
+def _cross_entropy_direction_gradient(logits: torch.Tensor, x: torch.Tensor, goal: torch.Tensor,
+                                     sign: float) -> torch.Tensor:
+    """∇ₓ of ``sign · CE(logits, goal)`` per image, up to a positive factor per image.
+
+    The attacks use only the gradient's direction (its sign or its L2-normalised value). Autograd's
+    CE gradient on the logits, ``softmax − onehot``, loses the goal class's entry on a confidently
+    classified image: ``p_goal = 1 − 3e-8`` rounds to 1 in float32, the entry becomes 0 and the
+    direction raises the true logit instead of lowering it (seen as DDN never fooling such an
+    image). Here the goal entry is minus the sum of the others, all scaled by the largest other
+    probability (in log space, so nothing underflows), which is exact in any precision.
+    """
+    log_p = logits.detach().log_softmax(1)
+    goal_column = goal[:, None]
+    others = log_p.scatter(1, goal_column, -math.inf)
+    weights = (others - others.amax(1, keepdim=True)).exp()       # p_k / max_{j≠goal} p_j; goal: 0
+    weights = weights.scatter(1, goal_column, -weights.sum(1, keepdim=True))
+    (gradient,) = torch.autograd.grad(logits, x, grad_outputs=sign * weights)
+    return gradient
+
+
 def _cross_entropy_gradient(model, x, goal, sign):
     x = x.detach().requires_grad_(True)
-    logits = _classifier_logits(model, x)
-    (gradient,) = torch.autograd.grad(sign * F.cross_entropy(logits, goal, reduction="sum"), x)
-    return gradient
+    return _cross_entropy_direction_gradient(_classifier_logits(model, x), x, goal, sign)
 
 
 def fgsm(model: Callable, images: torch.Tensor, labels: torch.Tensor, *, eps: float,

@@ -88,6 +88,40 @@ def test_pgd_random_start_and_target(classifier, norm):
     assert result.success.float().mean() > 0.5
 
 
+def _saturated_linear_classifier():
+    """A linear 3-class model on 2×4×4 images whose logits at the returned image are
+    [24, 6.2, -32]: the true class's softmax is 1 − 2e-8, which is 1.0 in float32. The other
+    classes' weights are 0.1× the true one's, so raising their logits alone raises the true logit
+    more: only the true class's term of the gradient lowers the margin."""
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32, 3)).eval()
+    with torch.no_grad():
+        true_weight = 4 * torch.randn(32, generator=generator)  # large enough to fool inside [0, 1]
+        model[1].weight.copy_(torch.stack([true_weight, 0.1 * true_weight, 0.1 * true_weight]))
+        model[1].bias.zero_()
+        image = torch.rand(1, 2, 4, 4, generator=generator)
+        logits = model(image)[0]
+        model[1].bias.copy_(torch.tensor([24.0, 6.2, -32.0]) - logits)
+    return model, image, torch.tensor([0])
+
+
+def test_attacks_move_a_saturated_image_towards_the_boundary():
+    """Autograd's CE gradient is softmax − onehot, whose true-class entry rounds to 0 here; the
+    attacks' gradient keeps it (minus the sum of the other probabilities), so one step lowers the
+    true logit's margin, and DDN, FGSM and PGD all fool the model."""
+    model, image, label = _saturated_linear_classifier()
+    with torch.no_grad():
+        assert model(image).softmax(1)[0, 0] == 1.0  # the saturation the test is about
+    from fastladder.analysis.adversarial import _cross_entropy_gradient
+    gradient = _cross_entropy_gradient(model, image, label, 1.0)
+    weight = model[1].weight.detach()
+    # d(margin)/dx · gradient < 0, margin = z_0 − max_other z, here z_1
+    assert ((weight[0] - weight[1]) @ gradient.flatten()) < 0
+    assert ddn(model, image, label, steps=100).success.all()
+    assert fgsm(model, image, label, eps=1.0).success.all()
+    assert pgd(model, image, label, eps=1.0, steps=20).success.all()
+
+
 def test_ddn_finds_smaller_perturbations_than_deepfool(classifier):
     images, labels = correctly_classified(classifier, 12)
     result = ddn(classifier.model, images, labels, steps=100)
