@@ -16,6 +16,7 @@ import pytest
 import torch
 
 _memory_rows = []
+_comparison_rows = []
 
 
 def pytest_addoption(parser):
@@ -37,6 +38,19 @@ def bench_device(request):
 @pytest.fixture(scope="session")
 def bench_size(request):
     return request.config.getoption("--bench-size")
+
+
+@pytest.fixture
+def record_comparison():
+    """record_comparison(title, values, candidate, unit): a table of timings ("s") or peak memories
+    ("bytes") measured by a benchmark script itself (bench_models.py), with every baseline's
+    ratio to ``candidate``, for the summary and --ratios-json."""
+    def record(title, values, candidate, unit):
+        _comparison_rows.append(dict(title=title, unit=unit, candidate=candidate, values=dict(values),
+                                     baseline_over_candidate={name: value / values[candidate]
+                                                              for name, value in values.items()
+                                                              if name != candidate}))
+    return record
 
 
 @pytest.fixture
@@ -68,7 +82,7 @@ def _time_rows(config):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     time_rows = _time_rows(config)
-    if not time_rows and not _memory_rows:
+    if not time_rows and not _memory_rows and not _comparison_rows:
         return
     write = terminalreporter.write_line
     terminalreporter.section("fastladder / baseline (below 1.00x: fastladder faster or smaller)")
@@ -82,6 +96,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                            for impl, b in peak.items() if impl != "fastladder")
         sizes = "  ".join(f"{impl} {b / 2**20:.1f} MB" for impl, b in peak.items())
         write(f"{row['group']}: {ratios}   ({sizes})")
+    for row in _comparison_rows:  # these read the other way: above 1.00x, fastladder is faster or smaller
+        ratios = "  ".join(f"{name} / {row['candidate']} = {r:.2f}x"
+                           for name, r in row["baseline_over_candidate"].items())
+        write(f"{row['title']}: {ratios}")
     path = config.getoption("--ratios-json")
     if path:
         device = config.getoption("--bench-device")
@@ -90,7 +108,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             device_type=device, torch=torch.__version__, cpu_threads=torch.get_num_threads(),
             time=time_rows, memory=[dict(r, memory_ratio={i: r["peak_bytes"]["fastladder"] / max(1, b)
                                                           for i, b in r["peak_bytes"].items() if i != "fastladder"})
-                                    for r in _memory_rows])
+                                    for r in _memory_rows],
+            comparisons=_comparison_rows)
         with open(path, "w") as f:
             json.dump(summary, f, indent=2)
         write(f"wrote {path}")

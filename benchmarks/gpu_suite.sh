@@ -24,9 +24,10 @@ echo "== CUDA tests"
   | tee "$out_dir/gpu-tests-$stamp.log" | tail -30
 tests_rc=${PIPESTATUS[0]}
 
-echo "== GPU benchmarks (bench_models.py has no CUDA branch yet)"
-"$python" -P -m pytest benchmarks/bench_ladder_blend.py benchmarks/bench_boxes.py benchmarks/bench_ssd.py --benchmark-enable --bench-device cuda -q -p no:cacheprovider \
-  --ratios-json="$out_dir/gpu-benchmarks-$stamp.json" 2>&1 | tail -40
+echo "== GPU benchmarks"
+"$python" -P -m pytest benchmarks/bench_ladder_blend.py benchmarks/bench_boxes.py benchmarks/bench_ssd.py \
+  benchmarks/bench_models.py --benchmark-enable --bench-device cuda -q -s -p no:cacheprovider \
+  --ratios-json="$out_dir/gpu-benchmarks-$stamp.json" 2>&1 | tee "$out_dir/gpu-benchmarks-$stamp.log" | tail -60
 bench_rc=${PIPESTATUS[0]}
 
 "$python" -P - "$out_dir" "$stamp" "$build_rc" "$tests_rc" "$bench_rc" <<'PY'
@@ -41,7 +42,8 @@ except OSError:
 summary = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                torch=torch.__version__, cuda=torch.version.cuda, build=fastladder.build_info(),
                exit_codes=dict(build=int(build_rc), cuda_tests=int(tests_rc), benchmarks=int(bench_rc)),
-               tests_log=f"gpu-tests-{stamp}.log", benchmarks=benchmarks)
+               tests_log=f"gpu-tests-{stamp}.log", benchmarks_log=f"gpu-benchmarks-{stamp}.log",
+               benchmarks=benchmarks)
 with open(path, "w") as f:
     json.dump(summary, f, indent=2)
 print("wrote", path)

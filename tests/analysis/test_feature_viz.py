@@ -111,14 +111,20 @@ def test_regularised_visualisation_is_robust(classifier):
     """The check of Olah et al.'s argument: an image optimised under random transforms keeps its
     objective under new random jitter / scale / rotation; an unregularised one does not.
 
-    "Keeps": objective_robustness, the mean over 16 random transforms T of objective(T(x)) divided
+    "Keeps": objective_robustness, the mean over 32 random transforms T of objective(T(x)) divided
     by objective(x), averaged over the K = 2 images; the objective is one unit (the centre of the
-    most active channel of the last convolution), positive for both images."""
+    most active channel of the last convolution, before its ReLU: after it, a unit that is dead on
+    the grey starting image has a zero gradient and the image never changes, seen with
+    FASTLADDER_SEED=251304720), positive for both images.
+
+    The fractions depend on the trained model: over 16 seeds the regularised image kept 0.76–0.97
+    and the unregularised one 0.55–0.78, the regularised one 0.14–0.27 more (at 16 transforms:
+    one seed kept 0.784 against 0.609). So the test asserts the gap, and a floor well below it."""
     model = classifier.model
     images, _ = oriented_bars(64, 16, classifier.generator)
     with torch.no_grad():
         busiest = model.features(images).mean((0, 2, 3)).argmax().item()
-    objective = unit("features.7", busiest)
+    objective = unit("features.6", busiest)
     geometry = dict(jitter=(4, 4))
     # lr 0.1 (twice Lucid's) over 128 steps: with 0.05 the regularised result is still converging and
     # keeps 0.77–0.90 of its value depending on the seed; with 0.1, 0.82–0.92 over the seeds tried
@@ -127,13 +133,13 @@ def test_regularised_visualisation_is_robust(classifier):
     unregularised = visualize(model, objective, transforms=(), fourier=False, decorrelate=False, **settings)
     assert (objective_values(model, objective, regularised) > 0).all()
     assert (objective_values(model, objective, unregularised) > 0).all()
-    kept_regularised = objective_robustness(model, objective, regularised, num_transforms=16,
+    kept_regularised = objective_robustness(model, objective, regularised, num_transforms=32,
                                             generator=classifier.generator, **geometry).mean().item()
-    kept_unregularised = objective_robustness(model, objective, unregularised, num_transforms=16,
+    kept_unregularised = objective_robustness(model, objective, unregularised, num_transforms=32,
                                               generator=classifier.generator, **geometry).mean().item()
     print(f"kept: regularised {kept_regularised:.3f}, unregularised {kept_unregularised:.3f}")
-    assert kept_regularised >= 0.8, (kept_regularised, kept_unregularised)
-    assert kept_unregularised < 0.8, (kept_regularised, kept_unregularised)
+    assert kept_regularised >= kept_unregularised + 0.08, (kept_regularised, kept_unregularised)
+    assert kept_regularised >= 0.7, (kept_regularised, kept_unregularised)
 
 
 def test_first_layer_filters(classifier):
