@@ -17,5 +17,22 @@ inline bool planes_contiguous(const at::Tensor& x) {
   return x.stride(3) == 1 && (x.size(2) == 1 || x.stride(2) == x.size(3));
 }
 
+// Whether x is a channel slice of a larger channels_last buffer (a DenseNet buffer prefix in NHWC,
+// or a band of its rows): the channels of a pixel are adjacent, and an image's pixels are
+// stride(3) > C elements apart in row-major order (images stride(0) apart). Dense channels_last
+// tensors are not slices.
+inline bool is_channels_last_slice(const at::Tensor& x) {
+  if (x.dim() != 4 || x.size(1) < 2 || x.size(2) * x.size(3) < 2 || is_channels_last(x)) return false;
+  const int64_t pixel = x.stride(3);
+  return x.stride(1) == 1 && pixel > x.size(1) && (x.size(2) == 1 || x.stride(2) == x.size(3) * pixel);
+}
+
+// bn_relu's result layout: channels_last for channels_last x and for channels_last slices (read in
+// place), NCHW otherwise (fastladder/ops/bn_relu.py's fake kernels mirror this).
+inline at::MemoryFormat bn_relu_output_format(const at::Tensor& x) {
+  return is_channels_last(x) || is_channels_last_slice(x) ? at::MemoryFormat::ChannelsLast
+                                                          : at::MemoryFormat::Contiguous;
+}
+
 }  // namespace ops
 }  // namespace fastladder

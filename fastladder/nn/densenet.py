@@ -160,13 +160,8 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 
 
 def _bn_relu_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``relu(x * scale + shift)`` per channel, keeping x's layout.
-
-    The fused kernel reads NCHW channel slices and dense channels_last tensors in place; a channel
-    slice of a channels_last buffer it would copy to NCHW, so that case runs as two ATen passes that
-    keep NHWC (cheap next to the convolution that follows)."""
-    if _is_channels_last(x) and not x.is_contiguous(memory_format=torch.channels_last):
-        return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1)).relu_()
+    """``relu(x * scale + shift)`` per channel, keeping x's layout: the fused kernel reads NCHW
+    channel slices, channels_last tensors and channel slices of channels_last buffers in place."""
     return bn_relu(x, scale, shift)
 
 

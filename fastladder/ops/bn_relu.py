@@ -13,8 +13,9 @@ def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *,
             out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``relu(x * scale[None, :, None, None] + shift[None, :, None, None])`` in one pass.
 
-    x is read in place when it is NCHW, channels_last, or a channel slice of an NCHW buffer (the
-    DenseNet concatenation buffer's prefix); any other layout is copied first.
+    x is read in place when it is NCHW, channels_last, or a channel slice of an NCHW or a
+    channels_last buffer (the DenseNet concatenation buffer's prefix); any other layout is copied
+    first.
 
     Args:
         x (Tensor[N, C, H, W]): floating point.
@@ -22,7 +23,8 @@ def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *,
         out (Tensor, optional): written in place and returned (not differentiable).
 
     Returns:
-        Tensor[N, C, H, W], channels_last if x is, else NCHW. Differentiable in x, scale and shift.
+        Tensor[N, C, H, W], channels_last if x is channels_last or a slice of a channels_last
+        buffer, else NCHW. Differentiable in x, scale and shift.
     """
     cast = autocast_dtype(x)
     if cast is not None:
@@ -48,16 +50,32 @@ def fold_batch_norm(norm: torch.nn.BatchNorm2d):
     return scale, shift
 
 
+def _is_channels_last_slice(x):
+    """A channel slice of a wider dense channels_last buffer (csrc/ops/bn_relu.h)."""
+    if x.dim() != 4 or x.shape[1] < 2 or x.shape[2] * x.shape[3] < 2 \
+            or output_memory_format(x) == torch.channels_last:
+        return False
+    _, c, h, w = x.shape
+    _, s_c, s_h, s_w = x.stride()
+    return s_c == 1 and s_w > c and (h == 1 or s_h == w * s_w)
+
+
+def _output_format(x):
+    """bn_relu's result layout (csrc/ops/bn_relu.h, bn_relu_output_format): channels_last for
+    channels_last x and for channel slices of a channels_last buffer, NCHW otherwise."""
+    return torch.channels_last if _is_channels_last_slice(x) else output_memory_format(x)
+
+
 @torch.library.register_fake("fastladder::bn_relu")
 def _bn_relu_fake(x, scale, shift):
     torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
-    return x.new_empty(x.shape).contiguous(memory_format=output_memory_format(x))
+    return x.new_empty(x.shape).contiguous(memory_format=_output_format(x))
 
 
 @torch.library.register_fake("fastladder::bn_relu_backward")
 def _bn_relu_backward_fake(grad_out, x, scale, shift, need_affine_grad):
     channels = x.shape[1] if need_affine_grad else 0
-    return (x.new_empty(x.shape).contiguous(memory_format=output_memory_format(x)),
+    return (x.new_empty(x.shape).contiguous(memory_format=_output_format(x)),
             x.new_empty((channels,)), x.new_empty((channels,)))
 
 

@@ -18,6 +18,12 @@ LAYOUTS = {
     "channels_last": lambda x: x.contiguous(memory_format=torch.channels_last),
     # the DenseNet case: the first channels of a larger NCHW buffer, read in place
     "buffer_prefix": lambda x: torch.cat([x, torch.randn_like(x)], dim=1)[:, : x.shape[1]],
+    # the same in a channels_last model: a channel slice of an NHWC buffer, also read in place
+    "channels_last_prefix": lambda x: torch.cat([x, torch.randn_like(x)], dim=1).contiguous(
+        memory_format=torch.channels_last)[:, : x.shape[1]],
+    # ... and a band of its rows (eval's banded BN-ReLU-1×1), images further apart than H·W pixels
+    "channels_last_band": lambda x: torch.cat([torch.randn_like(x[:, :, :1]), x, torch.randn_like(x)], dim=2).repeat(
+        1, 2, 1, 1).contiguous(memory_format=torch.channels_last)[:, : x.shape[1], 1:1 + x.shape[2]],
     "transposed": lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),
 }
 
@@ -42,6 +48,24 @@ def test_channels_last_is_kept(seed):
     x, scale, shift = make((2, 6, 5, 5))
     y = ops.bn_relu(x.contiguous(memory_format=torch.channels_last), scale, shift)
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (1, 3, 1, 9), (3, 2, 4, 1)])
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_prefix_gives_dense_channels_last(seed, shape, device):
+    """A channel slice of an NHWC buffer (a channels_last DenseNet's prefix) is read in place and
+    gives a dense channels_last result, as the fake kernel says (its strides under compile)."""
+    x, scale, shift = make(shape, device=device)
+    for layout in ("channels_last_prefix", "channels_last_band"):
+        prefix = LAYOUTS[layout](x)
+        assert torch.equal(prefix, x)
+        y = ops.bn_relu(prefix, scale, shift)
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+        torch.testing.assert_close(y, reference.bn_relu(x, scale, shift))
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake = torch.ops.fastladder.bn_relu(mode.from_tensor(prefix), mode.from_tensor(scale),
+                                                mode.from_tensor(shift))
+        assert fake.stride() == y.stride()
 
 
 def test_out_variant(seed):
@@ -71,6 +95,8 @@ def test_gradcheck_float64(seed):
     assert torch.autograd.gradcheck(ops.bn_relu, (x, scale, shift))
     cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     assert torch.autograd.gradcheck(ops.bn_relu, (cl, scale, shift))
+    prefix = LAYOUTS["channels_last_prefix"](x.detach()).requires_grad_()
+    assert torch.autograd.gradcheck(ops.bn_relu, (prefix, scale, shift))
 
 
 def test_backward_is_deterministic(seed):
@@ -94,6 +120,8 @@ def test_opcheck(seed):
     torch.library.opcheck(torch.ops.fastladder.bn_relu.default, (x, scale, shift))
     cl = x.detach().contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(torch.ops.fastladder.bn_relu.default, (cl, scale.detach(), shift.detach()))
+    prefix = LAYOUTS["channels_last_prefix"](x.detach()).requires_grad_()
+    torch.library.opcheck(torch.ops.fastladder.bn_relu.default, (prefix, scale, shift))
 
 
 def test_torch_compile_fullgraph(seed):

@@ -1,5 +1,6 @@
 // CPU kernels of fastladder::bn_relu. x is read in place when each (n, c) plane is contiguous
-// (NCHW, or a channel slice of a larger buffer) or when it is channels_last.
+// (NCHW, or a channel slice of a larger buffer), when it is channels_last, or when it is a channel
+// slice of a channels_last buffer.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -18,7 +19,7 @@ namespace {
 
 // x in a layout the kernels read in place: channels_last, or (n, c) planes each contiguous.
 at::Tensor readable(const at::Tensor& x) {
-  if (is_channels_last(x) || planes_contiguous(x)) return x;
+  if (is_channels_last(x) || is_channels_last_slice(x) || planes_contiguous(x)) return x;
   return x.contiguous();
 }
 
@@ -57,7 +58,9 @@ void for_each_pixel_chunk(const at::Tensor& x, Body body) {
   });
 }
 
-at::Tensor result_like(const at::Tensor& x) { return at::empty(x.sizes(), x.options().memory_format(output_format(x))); }
+at::Tensor result_like(const at::Tensor& x) {
+  return at::empty(x.sizes(), x.options().memory_format(bn_relu_output_format(x)));
+}
 
 at::Tensor bn_relu_cpu(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift) {
   check_bn_relu(x_in, scale, shift);
@@ -68,14 +71,19 @@ at::Tensor bn_relu_cpu(const at::Tensor& x_in, const at::Tensor& scale, const at
     using acc_t = at::opmath_type<scalar_t>;
     const auto sc = as_acc<scalar_t>(scale), sh = as_acc<scalar_t>(shift);
     const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
-    if (is_channels_last(x)) {
+    if (bn_relu_output_format(x) == at::MemoryFormat::ChannelsLast) {
+      // dense channels_last (pixels C apart) or a slice of a wider NHWC buffer (pixel_stride apart)
+      const int64_t pixel_stride = is_channels_last(x) ? C : x.stride(3);
+      const int64_t image_stride = x.stride(0);
       const scalar_t* xp = x.data_ptr<scalar_t>();
       scalar_t* yp = y.data_ptr<scalar_t>();
       for_each_pixel_chunk(x, [&](int64_t, int64_t first, int64_t last) {
-        for (int64_t p = first; p < last; ++p)
+        for (int64_t p = first; p < last; ++p) {
+          const scalar_t* xr = xp + (p / HW) * image_stride + (p % HW) * pixel_stride;
+          scalar_t* yr = yp + p * C;
           for (int64_t c = 0; c < C; ++c)
-            yp[p * C + c] = static_cast<scalar_t>(
-                common::affine_relu<acc_t>(static_cast<acc_t>(xp[p * C + c]), sc[c], sh[c], true));
+            yr[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(static_cast<acc_t>(xr[c]), sc[c], sh[c], true));
+        }
       });
     } else {
       for_each_plane<scalar_t>(x, y, [&](int64_t, int64_t c, const scalar_t* xr, scalar_t* yr) {
@@ -105,11 +113,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cpu(const at::Te
   TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes() && grad_in.scalar_type() == x_in.scalar_type(),
                     "grad_out must have x's shape and dtype ", x_in.sizes(), ", got ", grad_in.sizes(), " ",
                     grad_in.scalar_type());
-  const at::Tensor x = readable(x_in);
-  // grad_out in x's layout, so that one (n, c) run indexes both
-  const at::Tensor grad_out = grad_in.contiguous(output_format(x));
-  const at::Tensor xs = planes_contiguous(x) && !x.is_contiguous() && !is_channels_last(x) ? x.contiguous() : x;
-  at::Tensor grad_x = result_like(xs);
+  // x dense (NCHW or channels_last) in its result's layout, grad_out in the same layout, so that
+  // one (n, c) run or one pixel chunk indexes all three
+  const at::Tensor x = x_in.contiguous(bn_relu_output_format(x_in));
+  const at::Tensor grad_out = grad_in.contiguous(bn_relu_output_format(x_in));
+  at::Tensor grad_x = result_like(x);
   const int64_t C = x.size(1);
   at::Tensor grad_scale = at::zeros({need_affine_grad ? C : 0}, x.options());
   at::Tensor grad_shift = at::zeros({need_affine_grad ? C : 0}, x.options());
@@ -120,13 +128,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cpu(const at::Te
     const int64_t N = x.size(0), HW = x.size(2) * x.size(3);
     const scalar_t* gp = grad_out.data_ptr<scalar_t>();
     // Partial sums per (n, c) plane, or per (pixel chunk, c): reduced below in a fixed order.
-    const bool channels_last = is_channels_last(xs);
+    const bool channels_last = is_channels_last(x);
     const int64_t parts = channels_last ? (N * HW + kPixelChunk - 1) / kPixelChunk : N;
     std::vector<acc_t> part_scale(need_affine_grad ? parts * C : 0), part_shift(need_affine_grad ? parts * C : 0);
     if (channels_last) {
-      const scalar_t* xp = xs.data_ptr<scalar_t>();
+      const scalar_t* xp = x.data_ptr<scalar_t>();
       scalar_t* gxp = grad_x.data_ptr<scalar_t>();
-      for_each_pixel_chunk(xs, [&](int64_t chunk, int64_t first, int64_t last) {
+      for_each_pixel_chunk(x, [&](int64_t chunk, int64_t first, int64_t last) {
         for (int64_t p = first; p < last; ++p) {
           for (int64_t c = 0; c < C; ++c) {
             const acc_t xv = static_cast<acc_t>(xp[p * C + c]);
@@ -140,9 +148,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cpu(const at::Te
         }
       });
     } else {
-      const scalar_t* xbase = xs.data_ptr<scalar_t>();
-      for_each_plane<scalar_t>(xs, grad_x, [&](int64_t n, int64_t c, const scalar_t* xr, scalar_t* gxr) {
-        // grad_out and grad_x share xs's dense layout, so the same offset indexes all three
+      const scalar_t* xbase = x.data_ptr<scalar_t>();
+      for_each_plane<scalar_t>(x, grad_x, [&](int64_t n, int64_t c, const scalar_t* xr, scalar_t* gxr) {
+        // grad_out and grad_x share x's dense layout, so the same offset indexes all three
         const scalar_t* gr = gp + (xr - xbase);
         const acc_t a = sc[c], b = sh[c];
         acc_t sum_scale = acc_t(0), sum_shift = acc_t(0);

@@ -98,7 +98,9 @@ __global__ void backward_affine_kernel(const scalar_t* __restrict__ grad_out, St
   }
 }
 
-at::Tensor result_like(const at::Tensor& x) { return at::empty(x.sizes(), x.options().memory_format(output_format(x))); }
+at::Tensor result_like(const at::Tensor& x) {
+  return at::empty(x.sizes(), x.options().memory_format(bn_relu_output_format(x)));
+}
 
 at::Tensor bn_relu_cuda(const at::Tensor& x, const at::Tensor& scale_in, const at::Tensor& shift_in) {
   check_bn_relu(x, scale_in, shift_in);
