@@ -71,7 +71,9 @@ def extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc"), write_hash_header()]
     define_macros = [("TORCH_EXTENSION_NAME", "_C")]
-    extra = {"cxx": ["-O3", "-fopenmp", "-fvisibility=hidden"]}
+    # -ffp-contract=off: the CPU kernels round as written (x * scale, then + shift), also in their
+    # AVX-512 clones, where the compiler would otherwise fuse the two into one FMA
+    extra = {"cxx": ["-O3", "-fopenmp", "-fvisibility=hidden", "-ffp-contract=off"]}
     if with_cuda:
         sources += sorted(glob.glob("csrc/ops/cuda/*.cu"))
         define_macros.append(("FASTLADDER_WITH_CUDA", None))

@@ -58,6 +58,49 @@ void for_each_pixel_chunk(const at::Tensor& x, Body body) {
   });
 }
 
+// The forward's inner loops for float, the dtype models run in. The extension is compiled for the
+// x86-64 baseline, where these loops run on SSE2 at about half the speed of AVX-512 (0.23 vs 0.13
+// ms for a 4608-pixel, 224-channel band on one core), so they are cloned for AVX-512 and AVX2 and
+// the loader picks the clone the CPU supports, as ATen dispatches its own kernels. setup.py
+// compiles with -ffp-contract=off: every clone rounds x * scale before adding shift, as
+// common::affine_relu does for the other dtypes.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FL_CPU_CLONES
+#endif
+
+// y[c] = relu(x[c] * scale[c] + shift[c]) for the C adjacent channels of one pixel
+FL_CPU_CLONES void affine_relu_pixel(const float* __restrict__ x, const float* __restrict__ scale,
+                                     const float* __restrict__ shift, float* __restrict__ y, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) y[c] = common::affine_relu<float>(x[c], scale[c], shift[c], true);
+}
+
+// y[k] = relu(x[k] * scale + shift) along one contiguous (n, c) plane
+FL_CPU_CLONES void affine_relu_plane(const float* __restrict__ x, float scale, float shift, float* __restrict__ y,
+                                     int64_t count) {
+  for (int64_t k = 0; k < count; ++k) y[k] = common::affine_relu<float>(x[k], scale, shift, true);
+}
+
+// The same for every dtype (float: the clones above; others: this loop, accumulating in acc_t).
+template <typename scalar_t, typename acc_t>
+void affine_relu_pixel_any(const scalar_t* x, const acc_t* scale, const acc_t* shift, scalar_t* y, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c)
+    y[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(static_cast<acc_t>(x[c]), scale[c], shift[c], true));
+}
+inline void affine_relu_pixel_any(const float* x, const float* scale, const float* shift, float* y, int64_t channels) {
+  affine_relu_pixel(x, scale, shift, y, channels);
+}
+
+template <typename scalar_t, typename acc_t>
+void affine_relu_plane_any(const scalar_t* x, acc_t scale, acc_t shift, scalar_t* y, int64_t count) {
+  for (int64_t k = 0; k < count; ++k)
+    y[k] = static_cast<scalar_t>(common::affine_relu<acc_t>(static_cast<acc_t>(x[k]), scale, shift, true));
+}
+inline void affine_relu_plane_any(const float* x, float scale, float shift, float* y, int64_t count) {
+  affine_relu_plane(x, scale, shift, y, count);
+}
+
 at::Tensor result_like(const at::Tensor& x) {
   return at::empty(x.sizes(), x.options().memory_format(bn_relu_output_format(x)));
 }
@@ -81,15 +124,12 @@ at::Tensor bn_relu_cpu(const at::Tensor& x_in, const at::Tensor& scale, const at
         for (int64_t p = first; p < last; ++p) {
           const scalar_t* xr = xp + (p / HW) * image_stride + (p % HW) * pixel_stride;
           scalar_t* yr = yp + p * C;
-          for (int64_t c = 0; c < C; ++c)
-            yr[c] = static_cast<scalar_t>(common::affine_relu<acc_t>(static_cast<acc_t>(xr[c]), sc[c], sh[c], true));
+          affine_relu_pixel_any(xr, sc.data(), sh.data(), yr, C);
         }
       });
     } else {
       for_each_plane<scalar_t>(x, y, [&](int64_t, int64_t c, const scalar_t* xr, scalar_t* yr) {
-        const acc_t a = sc[c], b = sh[c];
-        for (int64_t k = 0; k < HW; ++k)
-          yr[k] = static_cast<scalar_t>(common::affine_relu<acc_t>(static_cast<acc_t>(xr[k]), a, b, true));
+        affine_relu_plane_any(xr, sc[c], sh[c], yr, HW);
       });
     }
   });
