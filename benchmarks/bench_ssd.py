@@ -12,12 +12,16 @@ Cases (the issue's target: the fused loss + post-processing make training-step a
 throughput at least 1.5× the reference loop's):
   multibox_loss     matching + loss forward + backward on head outputs (8732 priors, 21 classes)
   train_step        SSD300 forward + loss + backward + SGD step (the same model for both paths)
+  train_step_learnability_config   the same for bench_ssd_learn.py's 1/8-width 120×160 model
   postprocess       detections from trained-like head outputs (score 0.01, NMS 0.45, top-k 400, keep 200)
   eval_step         SSD300 eval forward + post-processing
 The model is SSD300 at full width on CUDA; on CPU a reduced width (0.25, small: 0.125) keeps a
 step within seconds on the 2-core build machines (the head, priors, loss and post-processing are
 the full SSD300 ones at every width).
 """
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -27,6 +31,15 @@ from fastladder.ops.boxes import ssd_postprocess
 from fastladder.reference import boxes as reference_boxes
 from fastladder.reference import multibox as reference_multibox
 from fastladder.train.multibox import MultiBoxLoss
+
+def _learnability_model_kwargs():
+    """bench_ssd_learn.MODEL_KWARGS (loaded by path: pytest imports the benchmarks in importlib mode)."""
+    path = Path(__file__).with_name("bench_ssd_learn.py")
+    spec = importlib.util.spec_from_file_location("bench_ssd_learn", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MODEL_KWARGS
+
 
 NUM_CLASSES = 21
 OBJECTS_PER_IMAGE = 6
@@ -127,6 +140,39 @@ def test_train_step(benchmark, bench_device, model_and_data, implementation):
     width = model.config["width"]
     _measure(benchmark, f"ssd300 train step B={len(images)} width={width}", implementation, bench_device,
              step)
+
+
+@pytest.mark.parametrize("implementation", ["fastladder", "reference"])
+def test_train_step_learnability_config(benchmark, bench_device, implementation):
+    """The train step of the configuration that reaches the AP target on CPU (bench_ssd_learn.py:
+    1/8-width SSD300 for 120×160 frames, 1584 priors, 2 classes, batch 8, Adam), on four
+    pedestrian-shaped boxes per image: the model is smallest here, so the loss's share is largest."""
+    torch.manual_seed(0)
+    model = ssd300_vgg16(num_classes=2, image_size=(120, 160), **_learnability_model_kwargs())
+    model = model.to(bench_device)
+    model.train()
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(8, 3, 120, 160, generator=generator).to(bench_device)
+    boxes, labels = [], []
+    for _ in range(len(images)):
+        centre = torch.rand(4, 2, generator=generator) * torch.tensor([0.8, 0.6]) + torch.tensor([0.1, 0.2])
+        height = 0.15 + torch.rand(4, generator=generator) * 0.5
+        half = torch.stack([height * 0.3 * 120 / 160, height], 1) / 2  # w/h 0.3 in pixels
+        boxes.append(torch.cat([centre - half, centre + half], 1).clamp(0, 1).to(bench_device))
+        labels.append(torch.ones(4, dtype=torch.int64, device=bench_device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = MultiBoxLoss(2) if implementation == "fastladder" else reference_multibox.multibox_loss
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loc, conf = model(images)
+        loss, _ = loss_fn(loc, conf, model.priors, boxes, labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    _measure(benchmark, "ssd300 train step, learnability config (120x160, width 1/8, B=8)",
+             implementation, bench_device, step)
 
 
 @pytest.mark.parametrize("implementation", ["fastladder", "reference"])
