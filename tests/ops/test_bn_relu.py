@@ -22,8 +22,8 @@ LAYOUTS = {
     "channels_last_prefix": lambda x: torch.cat([x, torch.randn_like(x)], dim=1).contiguous(
         memory_format=torch.channels_last)[:, : x.shape[1]],
     # ... and a band of its rows (eval's banded BN-ReLU-1×1), images further apart than H·W pixels
-    "channels_last_band": lambda x: torch.cat([torch.randn_like(x[:, :, :1]), x, torch.randn_like(x)], dim=2).repeat(
-        1, 2, 1, 1).contiguous(memory_format=torch.channels_last)[:, : x.shape[1], 1:1 + x.shape[2]],
+    "channels_last_band": lambda x: torch.cat([torch.randn_like(x[:, :, :1]), x, torch.randn_like(x)], dim=2)
+    .repeat(1, 2, 1, 1).contiguous(memory_format=torch.channels_last)[:, : x.shape[1], 1:1 + x.shape[2]],
     "transposed": lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),
 }
 

@@ -17,7 +17,8 @@ namespace ops {
 
 namespace {
 
-// x in a layout the kernels read in place: channels_last, or (n, c) planes each contiguous.
+// x in a layout the kernels read in place: channels_last (dense, or a channel slice of a wider
+// buffer), or (n, c) planes each contiguous.
 at::Tensor readable(const at::Tensor& x) {
   if (is_channels_last(x) || is_channels_last_slice(x) || planes_contiguous(x)) return x;
   return x.contiguous();
@@ -61,9 +62,9 @@ void for_each_pixel_chunk(const at::Tensor& x, Body body) {
 // The forward's inner loops for float, the dtype models run in. The extension is compiled for the
 // x86-64 baseline, where these loops run on SSE2 at about half the speed of AVX-512 (0.23 vs 0.13
 // ms for a 4608-pixel, 224-channel band on one core), so they are cloned for AVX-512 and AVX2 and
-// the loader picks the clone the CPU supports, as ATen dispatches its own kernels. setup.py
-// compiles with -ffp-contract=off: every clone rounds x * scale before adding shift, as
-// common::affine_relu does for the other dtypes.
+// the loader picks the clone the CPU supports, as ATen dispatches its own kernels. setup.py and
+// CMakeLists.txt compile with -ffp-contract=off: every clone rounds x * scale before adding shift,
+// as common::affine_relu does for the other dtypes.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define FL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
