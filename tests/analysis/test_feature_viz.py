@@ -92,9 +92,14 @@ def test_visualize_raises_the_objective_and_is_reproducible(classifier):
     assert images.shape == (3, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
     again = visualize(model, objective, generator=torch.Generator().manual_seed(7), **settings)
     torch.testing.assert_close(images, again)
-    start = visualize(model, objective, generator=torch.Generator().manual_seed(7), **{**settings,
+    # Ascent is checked without the random transforms: with them, 16 steps raise the objective's mean
+    # over transformed copies, and once in ten full test runs an image scored lower untransformed
+    # than at the start (FASTLADDER_SEED=368008041: -4.10 against -3.50).
+    plain_settings = dict(settings, transforms=())
+    ascended = visualize(model, objective, generator=torch.Generator().manual_seed(7), **plain_settings)
+    start = visualize(model, objective, generator=torch.Generator().manual_seed(7), **{**plain_settings,
                                                                                        "steps": 0})
-    assert (objective_values(model, objective, images) > objective_values(model, objective, start)).all()
+    assert (objective_values(model, objective, ascended) > objective_values(model, objective, start)).all()
     for p, before in zip(model.parameters(), grads_before):
         assert (p.grad is None and before is None) or torch.equal(p.grad, before)
     assert not model.training
