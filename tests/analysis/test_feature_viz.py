@@ -109,7 +109,8 @@ def test_visualize_raises_the_objective_and_is_reproducible(classifier):
     # sign for FASTLADDER_SEED=852864905.)
     div = diversity("features.4")
     spread = visualize(model, div, generator=torch.Generator().manual_seed(3), **plain_settings)
-    alike = visualize(model, div, generator=torch.Generator().manual_seed(3), **{**plain_settings, "steps": 0})
+    alike = visualize(model, div, generator=torch.Generator().manual_seed(3),
+                      **{**plain_settings, "steps": 0})
     assert objective_values(model, div, spread).mean() > objective_values(model, div, alike).mean()
     # diversity_weight adds that term to the objective: the same seed then gives other images
     plain = visualize(model, channel("features.4", 2), generator=torch.Generator().manual_seed(3), **settings)
