@@ -82,10 +82,22 @@ def ground_truth(batch, generator, device):
     return boxes, labels
 
 
-def _loss_fn(implementation):
+def _loss_fn(implementation, num_classes=NUM_CLASSES):
     if implementation == "fastladder":
-        return MultiBoxLoss(NUM_CLASSES)
+        return MultiBoxLoss(num_classes)
     return reference_multibox.multibox_loss
+
+
+def _train_step(model, optimizer, loss_fn, images, boxes, labels):
+    """One training step (forward, loss, backward, optimizer step) as a closure for _measure."""
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loc, conf = model(images)
+        loss, _ = loss_fn(loc, conf, model.priors, boxes, labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
 
 
 def _postprocess_fn(implementation):
@@ -127,16 +139,7 @@ def test_train_step(benchmark, bench_device, model_and_data, implementation):
     model, images, boxes, labels = model_and_data
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    loss_fn = _loss_fn(implementation)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loc, conf = model(images)
-        loss, _ = loss_fn(loc, conf, model.priors, boxes, labels)
-        loss.backward()
-        optimizer.step()
-        return loss
-
+    step = _train_step(model, optimizer, _loss_fn(implementation), images, boxes, labels)
     width = model.config["width"]
     _measure(benchmark, f"ssd300 train step B={len(images)} width={width}", implementation, bench_device,
              step)
@@ -161,16 +164,7 @@ def test_train_step_learnability_config(benchmark, bench_device, implementation)
         boxes.append(torch.cat([centre - half, centre + half], 1).clamp(0, 1).to(bench_device))
         labels.append(torch.ones(4, dtype=torch.int64, device=bench_device))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = MultiBoxLoss(2) if implementation == "fastladder" else reference_multibox.multibox_loss
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loc, conf = model(images)
-        loss, _ = loss_fn(loc, conf, model.priors, boxes, labels)
-        loss.backward()
-        optimizer.step()
-        return loss
-
+    step = _train_step(model, optimizer, _loss_fn(implementation, num_classes=2), images, boxes, labels)
     _measure(benchmark, "ssd300 train step, learnability config (120x160, width 1/8, B=8)",
              implementation, bench_device, step)
 
