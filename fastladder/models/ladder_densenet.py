@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fastladder.models._registry import register_model
 from fastladder.models.densenet import (DENSENET_CONFIGS, WeightsLike, init_weights, load_densenet_weights,
                                         make_features, stem_forward)
-from fastladder.nn.densenet import (BNReluConv, _bn_relu_inference, _conv_module_inference, _conv_relu,
+from fastladder.nn.densenet import (BNReluConv, _conv_module_inference, _conv_relu,
                                    _uses_batch_stats, bn_relu_conv1x1_inference)
 from fastladder.nn.ladder_upsample import LadderUpsample
 from fastladder.nn.spp import SpatialPyramidPooling
@@ -56,7 +56,7 @@ class ContextBlock(nn.Module):
         if torch.is_grad_enabled():
             hidden = F.conv2d(bn_relu(x, *fold_batch_norm(self.reduce.norm)), weight, shift).relu_()
         else:
-            hidden = _conv_relu(_bn_relu_inference(x, *fold_batch_norm(self.reduce.norm)), weight, shift)
+            hidden = _conv_relu(bn_relu(x, *fold_batch_norm(self.reduce.norm)), weight, shift)
             return _conv_module_inference(self.blend.conv, hidden)
         return self.blend.conv(hidden)
 
@@ -213,7 +213,7 @@ class LadderDenseNet(nn.Module):
             else:
                 x = up(x, skips.pop())
         if fast:
-            logits = _conv_module_inference(self.classifier.conv, _bn_relu_inference(
+            logits = _conv_module_inference(self.classifier.conv, bn_relu(
                 x, *fold_batch_norm(self.classifier.norm)))
         else:
             logits = self.classifier(x)

@@ -110,7 +110,7 @@ class BNReluConv(nn.Module):
         if _uses_batch_stats(self.norm):
             return self.conv(F.relu(self.norm(x), inplace=True))
         if not torch.is_grad_enabled():
-            return _conv_module_inference(self.conv, _bn_relu_inference(x, *fold_batch_norm(self.norm)))
+            return _conv_module_inference(self.conv, bn_relu(x, *fold_batch_norm(self.norm)))
         # bn_relu is differentiable, and so is fold_batch_norm: gradients still reach norm's affine.
         return self.conv(bn_relu(x, *fold_batch_norm(self.norm)))
 
@@ -159,12 +159,6 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.shape[1] > 1 and strides[1] == 1 and strides[3] >= x.shape[1] and not x.is_contiguous()
 
 
-def _bn_relu_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``relu(x * scale + shift)`` per channel, keeping x's layout: the fused kernel reads NCHW
-    channel slices, channels_last tensors and channel slices of channels_last buffers in place."""
-    return bn_relu(x, scale, shift)
-
-
 def _conv_inference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, padding: int = 0,
                     dilation: int = 1, stride: int = 1, relu: bool = False) -> torch.Tensor:
     """conv2d (then ReLU) without autograd.
@@ -204,13 +198,13 @@ def bn_relu_conv1x1_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch
     rows = max(1, BAND_BYTES // max(1, row_bytes))
     height = x.shape[2]
     if rows >= height:
-        return _conv_inference(_bn_relu_inference(x, scale, shift), weight, bias, relu=relu)
+        return _conv_inference(bn_relu(x, scale, shift), weight, bias, relu=relu)
     layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
     out = torch.empty((x.shape[0], weight.shape[0], height, x.shape[3]), dtype=x.dtype, device=x.device,
                       memory_format=layout)
     for top in range(0, height, rows):
         band = x[:, :, top:top + rows]
-        out[:, :, top:top + rows].copy_(_conv_inference(_bn_relu_inference(band, scale, shift), weight, bias,
+        out[:, :, top:top + rows].copy_(_conv_inference(bn_relu(band, scale, shift), weight, bias,
                                                         relu=relu))
     return out
 
@@ -460,7 +454,7 @@ class Transition(nn.Module):
         row_bytes = x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
         rows = max(2, BAND_BYTES // max(1, row_bytes)) // 2 * 2
         if rows >= x.shape[2]:
-            return _conv_module_inference(self.conv, self.pool(_bn_relu_inference(x, scale, shift)))
+            return _conv_module_inference(self.conv, self.pool(bn_relu(x, scale, shift)))
         step = rows // 2 if pooled else rows
         height = x.shape[2] // 2 if pooled else x.shape[2]
         width = x.shape[3] // 2 if pooled else x.shape[3]
@@ -469,6 +463,6 @@ class Transition(nn.Module):
                           memory_format=layout)
         for band, top in enumerate(range(0, height, step)):
             source = x[:, :, band * rows:(band + 1) * rows]
-            result = _conv_module_inference(self.conv, self.pool(_bn_relu_inference(source, scale, shift)))
+            result = _conv_module_inference(self.conv, self.pool(bn_relu(source, scale, shift)))
             out[:, :, top:top + result.shape[2]].copy_(result)
         return out

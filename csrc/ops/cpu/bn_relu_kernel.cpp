@@ -116,9 +116,8 @@ at::Tensor bn_relu_cpu(const at::Tensor& x_in, const at::Tensor& scale, const at
     const auto sc = as_acc<scalar_t>(scale), sh = as_acc<scalar_t>(shift);
     const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
     if (bn_relu_output_format(x) == at::MemoryFormat::ChannelsLast) {
-      // dense channels_last (pixels C apart) or a slice of a wider NHWC buffer (pixel_stride apart)
-      const int64_t pixel_stride = is_channels_last(x) ? C : x.stride(3);
-      const int64_t image_stride = x.stride(0);
+      // dense channels_last (pixels C apart) or a slice of a wider NHWC buffer: pixels stride(3) apart
+      const int64_t pixel_stride = x.stride(3), image_stride = x.stride(0);
       const scalar_t* xp = x.data_ptr<scalar_t>();
       scalar_t* yp = y.data_ptr<scalar_t>();
       for_each_pixel_chunk(x, [&](int64_t, int64_t first, int64_t last) {
@@ -156,8 +155,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cpu(const at::Te
                     grad_in.scalar_type());
   // x dense (NCHW or channels_last) in its result's layout, grad_out in the same layout, so that
   // one (n, c) run or one pixel chunk indexes all three
-  const at::Tensor x = x_in.contiguous(bn_relu_output_format(x_in));
-  const at::Tensor grad_out = grad_in.contiguous(bn_relu_output_format(x_in));
+  const at::MemoryFormat format = bn_relu_output_format(x_in);
+  const at::Tensor x = x_in.contiguous(format);
+  const at::Tensor grad_out = grad_in.contiguous(format);
   at::Tensor grad_x = result_like(x);
   const int64_t C = x.size(1);
   at::Tensor grad_scale = at::zeros({need_affine_grad ? C : 0}, x.options());
