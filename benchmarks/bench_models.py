@@ -35,7 +35,6 @@ COMPILE = os.environ.get("FASTLADDER_BENCH_COMPILE", "1") == "1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFERENCE_SIZES = [(448, 1024), (1024, 2048)]
 TRAINING_SIZES = [(224, 512), (448, 1024)]
-RESULTS = {}
 
 
 def skip_large_on_cpu(device, size, largest):
@@ -64,14 +63,14 @@ def interleaved(functions, rounds, device="cpu"):
 
 
 def report(title, values, candidate, unit="s", record=None):
-    """Prints values and the ratio of every baseline to the candidate (and records them)."""
+    """Prints values and the ratio of every baseline to the candidate; ``record`` (the
+    record_comparison fixture) puts them in --ratios-json."""
     lines = [f"\n[{title}]"]
     for name, value in values.items():
         ratio = "" if name == candidate else f"   {name} / {candidate} = {value / values[candidate]:.2f}×"
         shown = f"{value:.4f} s ({1 / value:.1f} Hz)" if unit == "s" else f"{value / 2**20:.1f} MiB"
         lines.append(f"  {name:<32} {shown}{ratio}")
     print("\n".join(lines))
-    RESULTS[title] = values
     if record is not None:
         record(title, values, candidate, "s" if unit == "s" else "bytes")
 
@@ -328,7 +327,6 @@ def test_dense_block_training_memory_vs_depth(bench_device):
         increments = [(b - a) / (d2 - d1) / 2**20 for a, b, d1, d2 in zip(peaks, peaks[1:], depths, depths[1:])]
         print("  " + f"{name:<24}" + "".join(f"{p / 2**20:9.1f}" for p in peaks) + "   "
               + ", ".join(f"{i:.2f}" for i in increments))
-    RESULTS["block depth"] = table
 
 
 _BACKBONE_SETUP = """
