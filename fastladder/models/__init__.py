@@ -4,10 +4,11 @@ from fastladder.models.densenet import DenseNet, densenet121, densenet161, dense
 from fastladder.models.ladder_densenet import (LadderDenseNet, densenet121_32x, dilated8_densenet121,
                                                ladder_densenet121, ladder_densenet169)
 from fastladder.models._inference import optimize_for_inference
+from fastladder.models.export import export_onnx, onnx_metadata
 from fastladder.models.ssd import SSD, ssd300_vgg16, ssd512_vgg16, ssd_priors
 
 __all__ = [
-    "create_model", "list_models", "register_model", "optimize_for_inference",
+    "create_model", "list_models", "register_model", "optimize_for_inference", "export_onnx", "onnx_metadata",
     "DenseNet", "densenet121", "densenet161", "densenet169", "densenet201",
     "LadderDenseNet", "ladder_densenet121", "ladder_densenet169", "densenet121_32x", "dilated8_densenet121",
     "SSD", "ssd300_vgg16", "ssd512_vgg16", "ssd_priors",
