@@ -45,7 +45,8 @@ class _Graph:
 
     def op(self, op_type: str, inputs: List[str], hint: str = "", outputs: int = 1, **attrs):
         names = [self.name(hint or op_type.lower()) for _ in range(outputs)]
-        self.graph.node.append(self.helper.make_node(op_type, inputs, names, name=self.name(op_type), **attrs))
+        node = self.helper.make_node(op_type, inputs, names, name=self.name(op_type), **attrs)
+        self.graph.node.append(node)
         return names[0] if outputs == 1 else names
 
     def output(self, source: str, name: str, elem_type, shape):
@@ -118,7 +119,8 @@ def append_ssd_postprocess(model, priors: torch.Tensor, post):
     selected = g.op("NonMaxSuppression", [
         g.op("Reshape", [candidate_boxes, g.const([-1, k, 4], i64)]),
         g.op("Reshape", [top_scores, g.const([-1, 1, k], i64)]),
-        g.const([k], i64), g.const([post.nms_thresh], torch.float32), g.const([post.score_thresh], torch.float32)],
+        g.const([k], i64), g.const([post.nms_thresh], torch.float32),
+        g.const([post.score_thresh], torch.float32)],
         center_point_box=0)  # corners; NMS does not care whether they are xyxy or yxyx
     # kept candidate (image·R + class, 0, rank) → flat position (image·R + class)·k + rank
     pair = g.op("Gather", [selected, g.const([0], i64)], axis=1)
@@ -135,7 +137,8 @@ def append_ssd_postprocess(model, priors: torch.Tensor, post):
     k_out = min(K, R * k)
     scores, order = g.op("TopK", [kept, g.const([k_out], i64)], outputs=2, axis=1, largest=1, sorted=1)
     is_kept = g.op("Greater", [scores, g.const(-0.5, torch.float32)])  # kept scores are >= 0
-    out_boxes = g.op("GatherND", [candidate_boxes, g.op("Unsqueeze", [order, g.const([2], i64)])], batch_dims=1)
+    out_boxes = g.op("GatherND", [candidate_boxes, g.op("Unsqueeze", [order, g.const([2], i64)])],
+                     batch_dims=1)
     out_boxes = g.op("Where", [g.op("Unsqueeze", [is_kept, g.const([2], i64)]), out_boxes,
                                g.const(0.0, torch.float32)])
     labels = g.op("Gather", [g.const([c for c in classes for _ in range(k)], i64, "labels"), order], axis=0)
@@ -144,7 +147,8 @@ def append_ssd_postprocess(model, priors: torch.Tensor, post):
     count = g.op("ReduceSum", [g.op("Cast", [is_kept], to=T.INT64), g.const([1], i64)], keepdims=0)
     if k_out < K:  # fewer candidates than max_detections: pad as ssd_postprocess does
         missing = K - k_out
-        out_boxes = g.op("Pad", [out_boxes, g.const([0, 0, 0, 0, missing, 0], i64), g.const(0.0, torch.float32)])
+        out_boxes = g.op("Pad", [out_boxes, g.const([0, 0, 0, 0, missing, 0], i64),
+                                 g.const(0.0, torch.float32)])
         scores = g.op("Pad", [scores, g.const([0, 0, 0, missing], i64), g.const(0.0, torch.float32)])
         labels = g.op("Pad", [labels, g.const([0, 0, 0, missing], i64), g.const(-1, i64)])
     g.output(out_boxes, "boxes", T.FLOAT, ["batch", K, 4])

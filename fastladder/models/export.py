@@ -11,6 +11,7 @@ import os
 import warnings
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -62,7 +63,8 @@ class _StaticPyramidPooling(nn.Module):
         h, w = size
         for i, grid in enumerate(spp.grids):
             self.register_buffer(f"rows{i}", _averaging_matrix(h, grid))
-            self.register_buffer(f"cols{i}", _averaging_matrix(w, max(1, round(grid * w / h))).t().contiguous())
+            cols = _averaging_matrix(w, max(1, round(grid * w / h)))
+            self.register_buffer(f"cols{i}", cols.t().contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.spp.bottleneck(x)
@@ -98,7 +100,8 @@ def _check_metadata(metadata: Optional[Mapping[str, Any]]) -> Dict[str, str]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise ArgumentError(f"metadata must be a dict of str -> JSON-able values, got {type(metadata).__name__}")
+        raise ArgumentError(f"metadata must be a dict of str -> JSON-able values, got "
+                            f"{type(metadata).__name__}")
     props = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
@@ -114,7 +117,10 @@ def onnx_metadata(model) -> Dict[str, Any]:
     """The ``metadata`` that :func:`export_onnx` recorded: a path or an ``onnx.ModelProto`` → dict
     (each value JSON-decoded; a value that is not JSON is returned as its string)."""
     onnx = _import_onnx()
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model), load_external_data=False)
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        proto = onnx.load(os.fspath(model), load_external_data=False)
     out = {}
     for prop in proto.metadata_props:
         try:
@@ -150,8 +156,10 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Union[str, 
     - DenseNet backbones and LadderDenseNets with the dense context block (the registry's LDNs,
       ``densenet121_32x``, ``dilated8_densenet121``): batch, H and W dynamic. Every size that the
       model itself accepts is valid (no multiple of the output stride needed: every upsampling goes
-      to its skip's exact size, the pools round as in PyTorch); a smaller one (a coarsest map below
-      1×1, see ``LadderDenseNet.check_input``) makes ONNX Runtime fail with a shape error.
+      to its skip's exact size, the pools round as in PyTorch). The graph refuses a smaller input
+      (min(H, W) below the model's smallest side, e.g. 61 for the LDNs, 29 for DenseNet-121: a
+      coarsest map below 1×1): a size check at its start makes the runtime fail ("cannot be
+      reshaped") where it would otherwise pool empty maps into wrong numbers.
     - LadderDenseNets with ``context="spp"``: batch dynamic, H and W fixed to example_input's: the
       pyramid's grids follow the coarse map's aspect ratio (see :class:`_StaticPyramidPooling`).
     - SSD: batch dynamic, H and W fixed: the priors (and, at the nominal size, the Caffe steps)
@@ -188,7 +196,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Union[str, 
     onnx = _import_onnx()
     model = _unwrap(model)
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
-        shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        is_tensor = isinstance(example_input, torch.Tensor)
+        shape = tuple(example_input.shape) if is_tensor else type(example_input).__name__
         raise ArgumentError(f"example_input must be an image batch [N, C, H, W], got {shape}")
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ArgumentError(f"opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {opset!r}")
@@ -202,7 +211,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Union[str, 
         except ValueError as error:
             raise ArgumentError(f"example_input: {error}") from None
     elif example.shape[1] != getattr(model, "in_channels", example.shape[1]):
-        raise ArgumentError(f"example_input must have {model.in_channels} channels, got {tuple(example.shape)}")
+        raise ArgumentError(f"example_input must have {model.in_channels} channels, got "
+                            f"{tuple(example.shape)}")
 
     batch_only = {0: "batch"}
     spatial = {0: "batch", 2: "height", 3: "width"}
@@ -230,12 +240,17 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Union[str, 
         # "legacy TorchScript-based ONNX export" / "will be removed": the choice is explained above
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        # the models' input checks read sizes as Python values: right for the traced graph, whose
+        # sizes the runtime checks (fixed dimensions) or the size guard below covers
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         with torch.no_grad():
             torch.onnx.export(network, (example,), buffer, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=output_names, dynamic_axes=dynamic_axes,
                               do_constant_folding=True)
     proto = onnx.load_from_string(buffer.getvalue())
 
+    if dynamic and axes is spatial:
+        _refuse_smaller_inputs(proto, _min_side(model, network))
     if isinstance(model, SSD):
         from fastladder.models._export_ssd import append_priors_output, append_ssd_postprocess
         priors = ssd.priors_for(tuple(example.shape[-2:])).to("cpu", torch.float32)
@@ -255,7 +270,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Union[str, 
 def _context_input_size(twin: nn.Module, example: torch.Tensor) -> Tuple[int, int]:
     """(h, w) of the coarse map the context block sees for example's size."""
     seen = []
-    handle = twin.context.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    handle = twin.context.register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(args[0].shape[-2:])))
     try:
         with torch.no_grad():
             twin(example[:1])
@@ -263,3 +279,64 @@ def _context_input_size(twin: nn.Module, example: torch.Tensor) -> Tuple[int, in
         handle.remove()
     return seen[0]
 
+
+
+def _min_side(model: nn.Module, twin: nn.Module) -> int:
+    """The smallest H = W the model accepts: LadderDenseNet.check_input's rule, or where the
+    DenseNet's pools still have an output (a bisection over square inputs)."""
+    def accepts(side: int) -> bool:
+        x = torch.zeros(1, model.in_channels, side, side)
+        try:
+            if isinstance(model, LadderDenseNet):
+                model.check_input(x)
+            else:
+                with torch.no_grad():
+                    twin(x)
+        except (ValueError, RuntimeError):
+            return False
+        return True
+
+    high = 1
+    while not accepts(high):  # doubling, so that no forward runs on a large input
+        if high > 8192:
+            raise ArgumentError(f"found no input size that {type(model).__name__} accepts")
+        high *= 2
+    low = high // 2 + 1 if high > 1 else 1  # the answer is in [low, high]
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if accepts(middle) else (middle + 1, high)
+    return low
+
+
+def _refuse_smaller_inputs(proto, min_side: int):
+    """Makes the graph fail on an input smaller than min_side × min_side, where ONNX Runtime would
+    otherwise pool empty maps into wrong numbers: the image passes through a Reshape whose target
+    shape is the image's own, with W + 1 when min(H, W) < min_side (so the runtime raises)."""
+    from onnx import helper, numpy_helper
+
+    checked = f"{INPUT_NAME}_size_checked"
+    for node in proto.graph.node:
+        node.input[:] = [checked if name == INPUT_NAME else name for name in node.input]
+
+    def const(name, value):
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.int64), name))
+        return name
+
+    prefix = "size_check/"
+    nodes = [
+        helper.make_node("Shape", [INPUT_NAME], [prefix + "shape"]),
+        helper.make_node("Slice", [prefix + "shape", const(prefix + "2", [2]), const(prefix + "4", [4])],
+                         [prefix + "hw"]),
+        helper.make_node("ReduceMin", [prefix + "hw"], [prefix + "side"], keepdims=1),
+        helper.make_node("Less", [prefix + "side", const(prefix + "min_side", [min_side])],
+                         [prefix + "small"]),
+        helper.make_node("Cast", [prefix + "small"], [prefix + "extra"], to=7),  # INT64
+        helper.make_node("Pad", [prefix + "extra", const(prefix + "pads", [3, 0])], [prefix + "delta"]),
+        helper.make_node("Add", [prefix + "shape", prefix + "delta"], [prefix + "target"]),
+        helper.make_node("Reshape", [INPUT_NAME, prefix + "target"], [checked]),
+    ]
+    for node in nodes:
+        node.name = node.output[0]
+    rest = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes + rest)

@@ -9,8 +9,9 @@ import torch.nn as nn
 
 from fastladder.errors import ArgumentError
 from fastladder.models import create_model, export_onnx, list_models, onnx_metadata, optimize_for_inference
+from fastladder.models.export import _min_side
 from fastladder.nn.detection import DetectionPostprocess
-from fastladder.ops import ssd_postprocess
+from fastladder.reference.models import reference_twin
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -46,7 +47,9 @@ def tiny_model(name, generator, **kwargs):
 
 
 def session(path):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the refused sizes below are expected errors: no log
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def assert_logits_close(actual, expected, axis=1):
@@ -99,14 +102,24 @@ def test_export_matches_model(tmp_path, generator, name, kwargs):
     if fixed:  # H and W are fixed: another size is refused by the runtime, never silently wrong
         with pytest.raises(Exception, match="(?i)dimension|shape"):
             runner.run(None, {"image": torch.randn(1, 3, size[0] + 32, size[1] + 32).numpy()})
+    else:  # the smallest size the model accepts runs; below it the graph fails as the model does
+        side = _min_side(model, reference_twin(model))
+        x = torch.randn(1, 3, side, side + 3, generator=generator)
+        with torch.no_grad():
+            assert_logits_close(runner.run(None, {"image": x.numpy()})[0], model(x))
+        with pytest.raises(Exception):
+            model(x[..., 1:, :])
+        with pytest.raises(Exception, match="cannot be reshaped"):
+            runner.run(None, {"image": x[..., 1:, :].numpy()})
 
 
 def test_dynamic_false_fixes_every_dimension(tmp_path, generator):
     model = tiny_model("ladder_densenet121", generator)
-    proto = export_onnx(model, torch.randn(2, 3, 64, 64, generator=generator), tmp_path / "m.onnx", dynamic=False)
+    x = torch.randn(2, 3, 64, 64, generator=generator)
+    proto = export_onnx(model, x, tmp_path / "m.onnx", dynamic=False)
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [2, 3, 64, 64]
-    dynamic = export_onnx(model, torch.randn(1, 3, 64, 64, generator=generator), tmp_path / "d.onnx", opset=17)
+    dynamic = export_onnx(model, x[:1], tmp_path / "d.onnx", opset=17)
     assert [d.dim_param for d in dynamic.graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height",
                                                                                        "width"]
     assert dynamic.opset_import[0].version == 17
@@ -121,7 +134,8 @@ def postprocess_graph(tmp_path, priors, post):
     from fastladder.models._export_ssd import append_ssd_postprocess
     P, C = priors.shape[0], post.num_classes
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["loc_in"], ["loc"]), helper.make_node("Identity", ["conf_in"], ["conf_logits"])],
+        [helper.make_node("Identity", ["loc_in"], ["loc"]),
+         helper.make_node("Identity", ["conf_in"], ["conf_logits"])],
         "post", [helper.make_tensor_value_info("loc_in", TensorProto.FLOAT, ["batch", P, 4]),
                  helper.make_tensor_value_info("conf_in", TensorProto.FLOAT, ["batch", P, C])],
         [helper.make_tensor_value_info("loc", TensorProto.FLOAT, ["batch", P, 4]),
@@ -159,7 +173,8 @@ def assert_same_detections(onnx_out, expected, min_matched=0.99):
     (3, 400, 200, 0),   # topk > priors, max_detections > candidates: padded
     (5, 10, 15, -1),    # no background class
 ])
-def test_postprocess_graph_matches_ssd_postprocess(tmp_path, generator, classes, topk, max_detections, background):
+def test_postprocess_graph_matches_ssd_postprocess(tmp_path, generator, classes, topk, max_detections,
+                                                   background):
     P = 150
     centers = torch.rand(P, 2, generator=generator)
     priors = torch.cat([centers, 0.05 + 0.3 * torch.rand(P, 2, generator=generator)], 1)
