@@ -38,15 +38,15 @@ def _import_onnx():
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The fastladder model inside an optimize_for_inference wrapper (InferenceModel, dtype cast,
-    torch.compile), or model itself."""
-    while True:
-        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        elif type(model).__name__ in ("InferenceModel", "_CastInput"):
-            model = model.module
-        else:
-            return model
+    """The fastladder model inside the wrappers of optimize_for_inference (which hold it as
+    ``.module``) and of torch.compile (``._orig_mod``), or model itself."""
+    while not isinstance(model, (DenseNet, LadderDenseNet, SSD)):
+        inner = getattr(model, "_orig_mod", None)
+        inner = inner if isinstance(inner, nn.Module) else getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model
 
 
 class _StaticPyramidPooling(nn.Module):
@@ -202,6 +202,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Union[str, 
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ArgumentError(f"opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {opset!r}")
     props = _check_metadata(metadata)
+    path = os.fspath(path)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ArgumentError(f"path: the folder of {path} does not exist")
     if postprocess and not isinstance(model, SSD):
         raise ArgumentError(f"postprocess=True is for SSD models, got {type(model).__name__}")
     example = example_input.detach().to("cpu", torch.float32)
@@ -263,7 +266,14 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Union[str, 
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, os.fspath(path))
+    # written whole or not at all: a failed or interrupted export leaves no truncated file at path
+    partial = f"{path}.partial"
+    try:
+        onnx.save(proto, partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return proto
 
 

@@ -257,4 +257,9 @@ def test_errors(tmp_path, generator):
         export_onnx(model, torch.randn(1, 3, 16, 16), path)
     with pytest.raises(ArgumentError, match="supports DenseNet, LadderDenseNet and SSD"):
         export_onnx(nn.Conv2d(3, 3, 1), x, path)
-    assert not path.exists()
+    with pytest.raises(ArgumentError, match="path: the folder of .* does not exist"):
+        export_onnx(model, x, tmp_path / "missing" / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+    model.train()  # the model is not changed: still in train mode after an export
+    export_onnx(model, x, path)
+    assert model.training and list(tmp_path.iterdir()) == [path]
