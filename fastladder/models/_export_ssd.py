@@ -2,17 +2,22 @@
 post-processing (softmax, per-class threshold and top-k, box decoding, NonMaxSuppression, best K per
 image) in standard ONNX operators, appended after the graph's ``loc`` and ``conf_logits``.
 
-Differences from :func:`fastladder.ops.ssd_postprocess` (same rules otherwise, same padding:
-zeros and label -1 after ``num_detections`` rows, scores in decreasing order, ties by class then
-by the class's candidate rank):
+The same as :func:`fastladder.ops.ssd_postprocess`: softmax over all classes, the background
+never reported, a candidate kept when its probability is > ``score_thresh`` (ONNX Runtime's
+NonMaxSuppression drops a score equal to the threshold too), the ``topk`` most probable per class
+(ties by lower prior index, as ONNX TopK), boxes decoded with the same log-scale clamp and
+clipped to [0, 1], a box suppressed by a kept one of its class when their IoU is > ``nms_thresh``
+(not at equality, in ONNX Runtime as in torchvision), the best ``max_detections`` per image by
+decreasing score (ties by class, then by rank within the class), padded with zeros and label -1
+after ``num_detections`` rows. The differences:
 
 - ONNX NonMaxSuppression does not say in which order it visits candidates of equal score: where
   two boxes of one class have exactly the same score and overlap more than ``nms_thresh``, the
   one kept may differ (fastladder keeps the lower prior index).
-- The IoU, the decoded boxes and the softmax are computed by the runtime's kernels: a score or an
-  IoU within rounding of ``score_thresh`` or ``nms_thresh`` may fall the other way.
-- When fewer than ``max_detections`` candidates can exist (classes × topk), the padding is the
-  same but comes from a Pad node.
+- The IoU, the decoded boxes and the softmax are computed by the runtime's kernels (values within
+  a few float32 ulps of fastladder's): a score or an IoU within rounding of ``score_thresh`` or
+  ``nms_thresh`` may fall the other way, and two detections whose scores differ by a rounding
+  may come out in the other order.
 Priors whose logits or decoded box are not finite are dropped, as in ``ssd_postprocess``.
 """
 from typing import List
