@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from fastladder.models._registry import register_model
 from fastladder.models._state_dict import copy_into, key_problems
-from fastladder.models.densenet import WeightsLike, _read_weights
+from fastladder.models._checkpoint import read_state_dict
+from fastladder.models.densenet import WeightsLike
 from fastladder.nn.detection import DetectionPostprocess
 from fastladder.nn.ssd import L2Norm, SSDHead
 from fastladder.ops.boxes import Detections, ssd_postprocess
@@ -458,7 +459,7 @@ class SSD(nn.Module):
         if self.width != 1.0:
             raise ValueError(f"backbone_weights need the full-width VGG16 (width=1.0), this SSD has "
                              f"width={self.width}")
-        source = _read_weights(weights)
+        source = read_state_dict(weights, what="backbone_weights")
         target = OrderedDict((f"features.{k}", v) for k, v in self.features.state_dict().items())
         source = OrderedDict((k, v) for k, v in source.items() if not k.startswith("classifier."))
         problems = key_problems(source, target)
