@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _config(tiny, out, **changes):
-    config = dict(model="ladder_densenet121", model_kwargs=tiny.TINY_LADDER_KWARGS, crop_size=32,
+    config = dict(model="ladder_densenet121", model_kwargs=tiny.TINY_LADDER_KWARGS, crop_size=64,
                   batch_size=2, steps=2, eval_every=None, log_every=1, workers=0, lr=1e-2, out=str(out),
                   progress=False)
     config.update(changes)
@@ -32,7 +32,7 @@ def _config(tiny, out, **changes):
 
 
 def test_a_run_folder_with_results_is_refused_unless_resume_or_overwrite(tiny, tmp_path, capsys):
-    factory = tiny.tiny_factory(num_train=4, num_val=1, size=(32, 32))
+    factory = tiny.tiny_factory(num_train=4, num_val=1, size=(64, 64))
     out = tmp_path / "run"
     train(_config(tiny, out), dataset_factory=factory)
     before = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt", "log.csv")}
@@ -47,7 +47,7 @@ def test_a_run_folder_with_results_is_refused_unless_resume_or_overwrite(tiny, t
     # --overwrite starts over (the old results go), --resume auto continues the finished run
     summary = train(_config(tiny, out, steps=1, overwrite=True), dataset_factory=factory)
     assert summary["step"] == 1 and read_checkpoint(out / "last.pt")["step"] == 1
-    assert (out / "log.csv").read_text().count("\n1,") == 1 and "\n2," not in (out / "log.csv").read_text()
+    assert "\n2," not in (out / "log.csv").read_text()  # the old run's rows are gone
     resumed = train(_config(tiny, out, steps=1, resume="auto"), dataset_factory=factory)
     assert resumed["step"] == 1
     # --resume auto in an empty folder starts a new run
@@ -57,11 +57,11 @@ def test_a_run_folder_with_results_is_refused_unless_resume_or_overwrite(tiny, t
 
 def test_bad_val_data_stops_the_run_before_the_first_step(tmp_path):
     root = tmp_path / "data"
-    scenes = {"num_images": 3, "size": [32, 64]}
+    scenes = {"num_images": 3, "size": [64, 128]}
     SyntheticScenes(root, "train", **scenes)
     broken_image, broken_label = SyntheticScenes(root, "val", **scenes).files[1]
     good_image, good_label = broken_image.read_bytes(), broken_label.read_bytes()
-    config = dict(dataset="synthetic", root=str(root), dataset_kwargs=scenes, crop_size=32, batch_size=2,
+    config = dict(dataset="synthetic", root=str(root), dataset_kwargs=scenes, crop_size=64, batch_size=2,
                   steps=2, workers=0, out=str(tmp_path / "run"), progress=False,
                   model_kwargs={"growth_rate": 4, "block_config": [1, 1, 1, 2], "num_init_features": 8,
                                 "context_channels": 16, "upsample_channels": 8})
@@ -72,9 +72,9 @@ def test_bad_val_data_stops_the_run_before_the_first_step(tmp_path):
     broken_image.write_bytes(good_image)
     # a label map of another size than its image; label values that are not Cityscapes label ids
     Image.new("L", (10, 10), 7).save(broken_label)
-    with pytest.raises(DataError, match=f"is 64x32 \\(WxH\\) but its label {broken_label} is 10x10"):
+    with pytest.raises(DataError, match=f"is 128x64 \\(WxH\\) but its label {broken_label} is 10x10"):
         train(config)
-    Image.new("L", (64, 32), 200).save(broken_label)
+    Image.new("L", (128, 64), 200).save(broken_label)
     with pytest.raises(DataError, match=f"{broken_label}: values \\[200\\] are not Cityscapes label ids"):
         train(config)
     # with the files repaired, the same command runs (a folder holding only config.json has no results)
@@ -89,7 +89,7 @@ class _FailingEvaluation(SegmentationTask):
 
 def test_last_checkpoint_is_written_before_each_evaluation(tiny, tmp_path):
     out = tmp_path / "run"
-    task = _FailingEvaluation(tiny.tiny_factory(num_train=4, num_val=1, size=(32, 32)))
+    task = _FailingEvaluation(tiny.tiny_factory(num_train=4, num_val=1, size=(64, 64)))
     with pytest.raises(RuntimeError, match="the evaluation crashed"):
         train(_config(tiny, out, steps=4, eval_every=3), task=task)
     assert read_checkpoint(out / "last.pt")["step"] == 3
@@ -112,7 +112,7 @@ def test_sigint_inside_the_python_api_saves_and_raises(tiny, tmp_path):
                 os.kill(os.getpid(), signal.SIGINT)
             return self.dataset[index]
 
-    base = tiny.tiny_factory(num_train=8, num_val=1, size=(32, 32))
+    base = tiny.tiny_factory(num_train=8, num_val=1, size=(64, 64))
 
     def factory(config, split):
         dataset = base(config, split)
@@ -121,17 +121,18 @@ def test_sigint_inside_the_python_api_saves_and_raises(tiny, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(TrainingInterrupted) as raised:
         train(_config(tiny, out, steps=6), dataset_factory=factory)
-    assert raised.value.exit_code == 130 and raised.value.step == 3
-    assert raised.value.checkpoint == str(out / "last.pt") and read_checkpoint(out / "last.pt")["step"] == 3
+    # the signal arrives while step 3's batch is loaded: that batch is dropped (a resume loads it again)
+    assert raised.value.exit_code == 130 and raised.value.step == 2
+    assert raised.value.checkpoint == str(out / "last.pt") and read_checkpoint(out / "last.pt")["step"] == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
 
 
 # --- interrupted in a subprocess, the way users stop a run ----------------------------------------
 
-CONFIG = {"dataset": "synthetic", "dataset_kwargs": {"num_images": 6, "size": [32, 64]}, "crop_size": 32,
+CONFIG = {"dataset": "synthetic", "dataset_kwargs": {"num_images": 6, "size": [64, 128]}, "crop_size": 64,
           "model_kwargs": {"growth_rate": 4, "block_config": [1, 1, 1, 2], "num_init_features": 8,
                            "context_channels": 16, "upsample_channels": 8},
-          "batch_size": 2, "steps": 1000, "stop_at": 24, "eval_every": 12, "checkpoint_every": 2,
+          "batch_size": 2, "steps": 1000, "stop_at": 16, "eval_every": 8, "checkpoint_every": 2,
           "log_every": 1, "workers": 0, "lr": 3e-3, "seed": 3, "progress": False}
 
 
@@ -159,16 +160,21 @@ def _wait_for_step(out, process, step, timeout=120.0):
     raise AssertionError(f"no step {step} within {timeout} s")
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL])
-def test_killed_then_resumed_run_is_bit_identical(tmp_path, signal_number):
-    root = tmp_path / "data"
-    config = {**CONFIG, "root": str(root)}
-    config_path = tmp_path / "run.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The synthetic data, the config file and the last checkpoint of an uninterrupted run."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    config = {**CONFIG, "root": str(folder / "data")}
     for split in ("train", "val"):
-        SyntheticScenes(root, split, **config["dataset_kwargs"])
-    expected = read_checkpoint(train({**config, "out": str(tmp_path / "whole")})["checkpoint"])
+        SyntheticScenes(folder / "data", split, **config["dataset_kwargs"])
+    config_path = folder / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path, read_checkpoint(train({**config, "out": str(folder / "whole")})["checkpoint"])
 
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL])
+def test_killed_then_resumed_run_is_bit_identical(tmp_path, uninterrupted, signal_number):
+    config_path, expected = uninterrupted
     out = tmp_path / "interrupted"
     process = _start(config_path, out)
     _wait_for_step(out, process, 5)
@@ -180,7 +186,7 @@ def test_killed_then_resumed_run_is_bit_identical(tmp_path, signal_number):
     else:
         assert process.returncode == -signal.SIGKILL
     interrupted_at = read_checkpoint(out / "last.pt")["step"]
-    assert 4 <= interrupted_at < config["stop_at"]
+    assert 4 <= interrupted_at < CONFIG["stop_at"]
 
     process = _start(config_path, out, "--resume")
     stdout, stderr = process.communicate(timeout=300)
