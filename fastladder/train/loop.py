@@ -559,6 +559,19 @@ class Trainer:
             for number, action in previous.items():
                 signal.signal(number, action)
 
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked to stop, on any process: they all stop after the same step (a
+        process that went on alone would wait forever in the next step's gradient reduction)."""
+        if not self.context.distributed:
+            return self._stop_signal is not None
+        flags = torch.zeros(2, dtype=torch.int64, device=self.context.device)
+        if self._stop_signal is not None:
+            flags[0], flags[1] = 1, int(self._stop_signal)
+        self.runtime.reduce_sum(flags)
+        if flags[0] > 0 and self._stop_signal is None:
+            self._stop_signal = int(flags[1] // flags[0])  # the signal the others received
+        return bool(flags[0] > 0)
+
     def _interrupted(self) -> TrainingInterrupted:
         path = self._save("last.pt") if self.main else None
         self.context.close()
@@ -599,10 +612,8 @@ class Trainer:
                 self.model.train()
                 try:
                     for batch in self.train_loader:
-                        if self._stop_signal is not None:
-                            break
                         self._train_step(batch, epoch, bar, paths, started)
-                        if self.step >= self.end_step or self._stop_signal is not None:
+                        if self.step >= self.end_step or self._stop_requested():
                             break
                 except Exception:
                     # a signal also reaches the data-loading workers, which may die of it first

@@ -95,9 +95,10 @@ def test_last_checkpoint_is_written_before_each_evaluation(tiny, tmp_path):
     assert read_checkpoint(out / "last.pt")["step"] == 3
 
 
-def test_sigint_inside_the_python_api_saves_and_raises(tiny, tmp_path):
+@pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_inside_the_python_api_saves_and_raises(tiny, tmp_path, signal_number, exit_code):
     class InterruptAtStep3:
-        """A training set that sends SIGINT to this process while the third batch is loaded."""
+        """A training set that signals this process while the third batch is loaded."""
 
         def __init__(self, dataset):
             self.dataset, self.calls = dataset, 0
@@ -109,7 +110,7 @@ def test_sigint_inside_the_python_api_saves_and_raises(tiny, tmp_path):
         def __getitem__(self, index):
             self.calls += 1
             if self.calls == 5:  # batch size 2: the first sample of step 3
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal_number)
             return self.dataset[index]
 
     base = tiny.tiny_factory(num_train=8, num_val=1, size=(64, 64))
@@ -121,10 +122,12 @@ def test_sigint_inside_the_python_api_saves_and_raises(tiny, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(TrainingInterrupted) as raised:
         train(_config(tiny, out, steps=6), dataset_factory=factory)
-    # the signal arrives while step 3's batch is loaded: that batch is dropped (a resume loads it again)
-    assert raised.value.exit_code == 130 and raised.value.step == 2
-    assert raised.value.checkpoint == str(out / "last.pt") and read_checkpoint(out / "last.pt")["step"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    # the signal arrives while step 3's batch is loaded: the run stops after that step
+    assert raised.value.exit_code == exit_code and raised.value.step == 3
+    assert raised.value.checkpoint == str(out / "last.pt") and read_checkpoint(out / "last.pt")["step"] == 3
+    # the handlers are restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 # --- interrupted in a subprocess, the way users stop a run ----------------------------------------
