@@ -309,7 +309,8 @@ class Trainer:
 
     def _prepare_run_folder(self, resume: Optional[str]):
         """Refuses a run folder holding earlier results unless the run resumes or overwrites them;
-        --overwrite deletes those results (never the synthetic data kept there)."""
+        --overwrite (and --resume auto in a folder without checkpoints) deletes those results,
+        never the synthetic data kept there."""
         from fastladder.data.registry import SYNTHETIC_DATA_FOLDER
 
         out = self.config.out
@@ -321,7 +322,9 @@ class Trainer:
         entries = sorted(set(os.listdir(out)) - {SYNTHETIC_DATA_FOLDER, "config.json"})
         if not entries or resume is not None:
             return
-        if not self.config.overwrite:
+        # "auto" in a folder without checkpoints: a run stopped before its first one, nothing to continue
+        no_checkpoints = not any(name.endswith(".pt") for name in entries)
+        if not (self.config.overwrite or (self.config.resume == "auto" and no_checkpoints)):
             shown = ", ".join(entries[:5]) + (", …" if len(entries) > 5 else "")
             raise ArgumentError(f"out: the run folder {out} is not empty ({shown}): continue that run with "
                                 f"--resume (or --resume auto), replace it with --overwrite, or choose "
