@@ -207,6 +207,10 @@ def _run(args, task: str) -> int:
     except TrainingInterrupted as interrupted:
         print(f"fastladder train {task}: {interrupted}", file=sys.stderr)
         return interrupted.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the first step: nothing trained, nothing to save
+        print(f"fastladder train {task}: interrupted before training began; nothing was saved",
+              file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") != "0":
         return 0
     best = summary["best"]

@@ -523,8 +523,9 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         """Trains from the current (or resumed) step up to ``total_steps`` (or ``stop_at``).
 
-        SIGINT (Ctrl-C) and SIGTERM end the run after the current step: last.pt is saved and
-        :class:`TrainingInterrupted` is raised (resume with ``resume="last"``).
+        Once training has begun, SIGINT (Ctrl-C) and SIGTERM end the run after the current step:
+        last.pt is saved and :class:`TrainingInterrupted` is raised (resume with ``resume="last"``).
+        Before (while data is generated or checked) they act as usual: there is nothing to save.
 
         Returns:
             ``{"step", "total_steps", "loss" (the last logged training loss), "metrics" (the last
@@ -532,13 +533,13 @@ class Trainer:
             "log", "curves", "seconds"}`` (paths None where nothing was written).
         """
         self._stop_signal: Optional[int] = None
-        with self._signals_handled():
-            try:
-                self._setup()
+        try:
+            self._setup()
+            with self._signals_handled():
                 return self._fit()
-            finally:
-                if getattr(self, "writer", None) is not None:
-                    self.writer.close()
+        finally:
+            if getattr(self, "writer", None) is not None:
+                self.writer.close()
 
     @contextlib.contextmanager
     def _signals_handled(self):
@@ -623,7 +624,7 @@ class Trainer:
                     if self._stop_signal is None:
                         raise
                 bar.close()
-            if self._stop_signal is not None:
+            if self._stop_signal is not None and self.step < self.end_step:
                 raise self._interrupted()
             # The main process may still be writing its last checkpoint; no process leaves before it.
             context.barrier()
