@@ -126,21 +126,29 @@ class Task(abc.ABC):
         return create_model(spec["model_name"], spec["num_classes"], backbone_weights=weights,
                             **spec["model_kwargs"])
 
-    def model_meta(self, config: TrainConfig, spec: Dict[str, Any], model: nn.Module):
+    def model_meta(self, config: TrainConfig, spec: Dict[str, Any], model: nn.Module,
+                   train_dataset: Dataset):
         """The :class:`fastladder.models.ModelMeta` stored in every checkpoint: the model as ``spec``
-        builds it, the dataset's class names and the normalization its registry entry gives (the one
-        the dataset builders of the tasks apply)."""
+        builds it, the dataset's class names, and the normalization the data was given: the
+        registry's for ``config.dataset`` (what the tasks' dataset builders apply) or, for a task
+        built with its own ``dataset_factory``, the training set's ``mean`` and ``std`` attributes
+        (RGB, 0–255 scale) when it has them, else none (unknown)."""
         from fastladder.data.registry import dataset_info
         from fastladder.models import ModelMeta
 
-        info = dataset_info(self.name, config.dataset)
+        if getattr(self, "custom_data", False):
+            dataset = None
+            mean, std = getattr(train_dataset, "mean", None), getattr(train_dataset, "std", None)
+        else:
+            info = dataset_info(self.name, config.dataset)
+            dataset, mean, std = config.dataset, info.mean, info.std
         class_names = getattr(self, "class_names", None)
         if class_names is not None and len(class_names) != spec["num_classes"]:
             class_names = None
         input_size = getattr(model, "image_size", None) if self.name == "det" else None
         return ModelMeta(spec["model_name"], int(spec["num_classes"]), dict(spec["model_kwargs"]),
-                         task=self.name, dataset=config.dataset, class_names=class_names, mean=info.mean,
-                         std=info.std, input_size=input_size)
+                         task=self.name, dataset=dataset, class_names=class_names, mean=mean, std=std,
+                         input_size=input_size)
 
     def check_sample(self, dataset: Dataset, index: int) -> None:
         """Reads sample ``index`` of the validation set once, before training, so that a bad file
@@ -359,7 +367,7 @@ class Trainer:
         self.train_dataset, self.val_dataset = task.build_datasets(config)
         self.spec = task.model_spec(config, self.train_dataset)
         model = task.build_model(config, self.spec)
-        self.meta = task.model_meta(config, self.spec, model)
+        self.meta = task.model_meta(config, self.spec, model, self.train_dataset)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = wrap_model(model, context, sync_bn=config.sync_bn)
