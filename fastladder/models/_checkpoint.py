@@ -253,7 +253,8 @@ def _legacy_meta(checkpoint: Mapping[str, Any], model_name: str, num_classes: in
     dataset = config.get("dataset") if config.get("task", task) == task else None
     assumed = []
     if dataset is None and task is not None:
-        dataset = "cityscapes" if task == "seg" else "voc"
+        # what the commands assumed before checkpoints recorded it
+        dataset = "cityscapes" if task == "seg" else "mot15" if num_classes == 2 else "voc"
         assumed.append(f"dataset {dataset!r}")
     info = None
     if task is not None:
