@@ -283,7 +283,7 @@ class Trainer:
 
     def __init__(self, task: Task, config: TrainConfig, context: Optional[DistributedContext] = None):
         if not isinstance(config, TrainConfig):
-            raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+            raise ArgumentError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.task, self.config, self.context = task, config, context
         self.model = self.optimizer = self.scheduler = None
         self.step = 0
@@ -298,7 +298,7 @@ class Trainer:
         name = config.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
         dtype = getattr(torch, name)
         if device.type == "cpu" and dtype == torch.float16:
-            raise ValueError("amp_dtype float16 needs CUDA; on CPU use bfloat16")
+            raise ArgumentError("amp_dtype: float16 needs CUDA; on CPU use bfloat16")
         return dtype, dtype == torch.float16
 
     def _resume_path(self) -> Optional[str]:
@@ -751,7 +751,7 @@ def _tensorboard_writer(out: str, step: int):
 
 def _task_from_name(name: str, **kwargs) -> Task:
     if name not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+        raise ArgumentError(f"task must be one of {sorted(TASKS)}, got {name!r}")
     import importlib
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)(**kwargs)
@@ -775,5 +775,5 @@ def train(config: Union[TrainConfig, Dict[str, Any], str], *, task: Optional[Tas
         task_kwargs = {"dataset_factory": dataset_factory} if dataset_factory is not None else {}
         task = _task_from_name(config.task, **task_kwargs)
     elif dataset_factory is not None:
-        raise ValueError("pass dataset_factory to the task's constructor when giving a task")
+        raise ArgumentError("pass dataset_factory to the task's constructor when giving a task")
     return Trainer(task, config).fit()

@@ -229,3 +229,14 @@ def test_camvid_in_its_official_layout_records_its_normalization(tiny, tmp_path,
     meta = read_checkpoint(train(config)["checkpoint"])["meta"]
     assert meta["dataset"] == "camvid" and meta["num_classes"] == 11 and meta["class_names"][0] == "Sky"
     assert tuple(meta["mean"]) == IMAGENET_MEAN and tuple(meta["std"]) == IMAGENET_STD
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_devices_that_cannot_run_are_named_before_any_work(tiny, tmp_path):
+    from fastladder.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="^device: cuda was asked for, but CUDA is not available"):
+        train(_config(tiny, tmp_path / "a", device="cuda"), dataset_factory=tiny.tiny_factory())
+    with pytest.raises(ArgumentError, match="^amp_dtype: float16 needs CUDA"):
+        train(_config(tiny, tmp_path / "b", amp=True, amp_dtype="float16"),
+              dataset_factory=tiny.tiny_factory())
