@@ -96,40 +96,19 @@ def _model_arguments(parser):
 def _load_model(args):
     """(model in eval mode on args.device, wrapped in Normalize when --mean/--std are given)."""
     import torch
-    from fastladder.models import create_model
+    from fastladder.models import create_model, load_model
     from fastladder.nn import Normalize
 
     name, num_classes = args.model, args.num_classes
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     if not isinstance(kwargs, dict):
         raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
-    state = None
     if args.weights:
-        checkpoint = torch.load(args.weights, map_location="cpu", weights_only=True)
-        if not isinstance(checkpoint, dict):
-            raise ValueError(f"{args.weights}: expected a checkpoint dict or a state_dict, got "
-                             f"{type(checkpoint).__name__}")
-        if "model" in checkpoint and isinstance(checkpoint["model"], dict):
-            stored = checkpoint.get("model_name")
-            if name and stored and name != stored:
-                raise ValueError(f"--model {name!r} differs from the checkpoint's model_name {stored!r} "
-                                 f"({args.weights})")
-            name = name or stored
-            num_classes = num_classes or checkpoint.get("num_classes")
-            kwargs = {**(checkpoint.get("model_kwargs") or {}), **kwargs}
-            state = checkpoint["model"]
-        else:
-            state = checkpoint
-    if not name or not num_classes:
-        raise ValueError("the model is not known: give --model and --num-classes (or a checkpoint that "
-                         "stores model_name and num_classes)")
-    model = create_model(name, num_classes=num_classes, **kwargs)
-    if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{args.weights} does not fit {name}: missing keys {missing[:5]}, unexpected "
-                             f"keys {unexpected[:5]}")
+        model = load_model(args.weights, name, num_classes, **kwargs)
     else:
+        if not name or not num_classes:
+            raise ValueError("the model is not known: give --model and --num-classes (or --weights)")
+        model = create_model(name, num_classes=num_classes, **kwargs)
         print(f"warning: no --weights, {name} has random weights", file=sys.stderr)
     if (args.mean is None) != (args.std is None):
         raise ValueError("--mean and --std go together")

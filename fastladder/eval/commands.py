@@ -111,7 +111,7 @@ def _normalization(args):
 
 
 def _load(args, num_classes=None):
-    from fastladder.eval._weights import load_model
+    from fastladder.models import load_model
 
     kwargs = args.model_kwargs or {}
     if not isinstance(kwargs, dict):

@@ -14,7 +14,6 @@ from fastladder.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_LABELS, CITYSC
 from fastladder.eval import commands
 from fastladder.data.voc import voc_colormap
 from fastladder.eval._images import collect_inputs, overlay, read_image, save_grid, save_png
-from fastladder.eval._weights import load_model
 from fastladder.eval.inference import normalize_image, predict
 from fastladder.models import create_model
 
@@ -50,70 +49,6 @@ def write_image(path, generator, height, width):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
     return torch.from_numpy(array).permute(2, 0, 1)
-
-
-# --- loading weights ------------------------------------------------------------------------------
-
-def test_checkpoint_and_state_dict_load_the_same_model(tmp_path, seed):
-    model = tiny_model()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        expected = model(x)
-    from_checkpoint = load_model(save_checkpoint(model, tmp_path / "ckpt.pt"))
-    torch.save(model.state_dict(), tmp_path / "plain.pt")
-    from_state_dict = load_model(tmp_path / "plain.pt", "ladder_densenet121", 19, **TINY_LDN)
-    # a DataParallel / DDP state_dict: every key prefixed with "module."
-    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp.pt")
-    from_ddp = load_model(str(tmp_path / "ddp.pt"), "ladder_densenet121", 19, **TINY_LDN)
-    for loaded in (from_checkpoint, from_state_dict, from_ddp):
-        assert not loaded.training
-        with torch.no_grad():
-            torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
-
-
-def test_plain_state_dict_needs_model_name_and_num_classes(tmp_path, seed):
-    torch.save(tiny_model().state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(ValueError, match="plain state_dict without a model name"):
-        load_model(tmp_path / "plain.pt", num_classes=19, **TINY_LDN)
-    with pytest.raises(ValueError, match="plain state_dict without the number of classes"):
-        load_model(tmp_path / "plain.pt", "ladder_densenet121", **TINY_LDN)
-
-
-def test_mismatched_weights_are_listed(tmp_path, seed):
-    state = tiny_model().state_dict()
-    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
-    with pytest.raises(ValueError, match="num_classes=21 but checkpoint .* 19 classes"):
-        load_model(path, num_classes=21)
-    with pytest.raises(ValueError, match="model_name='dilated8_densenet121' but checkpoint"):
-        load_model(path, "dilated8_densenet121")
-    # a state_dict of a 19-class model for a 21-class model: the classifier shapes differ
-    torch.save(state, tmp_path / "plain.pt")
-    mismatch = r"shape mismatches \(4\): aux_classifier.*, classifier\.conv\.bias: weights \(19,\) vs model \(21,\)"
-    with pytest.raises(ValueError, match=mismatch):
-        load_model(tmp_path / "plain.pt", "ladder_densenet121", 21, **TINY_LDN)
-    missing = dict(state)
-    del missing["classifier.conv.weight"]
-    missing["extra.weight"] = torch.zeros(1)
-    torch.save(missing, tmp_path / "missing.pt")
-    with pytest.raises(ValueError,
-                       match=r"missing keys \(1\): classifier\.conv\.weight; unexpected keys \(1\): extra\.weight"):
-        load_model(tmp_path / "missing.pt", "ladder_densenet121", 19, **TINY_LDN)
-    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
-        load_model(tmp_path / "nowhere.pt", "ladder_densenet121", 19)
-    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "junk.pt")
-    with pytest.raises(ValueError, match="neither a checkpoint"):
-        load_model(tmp_path / "junk.pt", "ladder_densenet121", 19)
-
-
-def test_checkpoint_with_arbitrary_objects_needs_trust(tmp_path, seed):
-    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt", args=_Opaque())
-    with pytest.raises(RuntimeError, match="weights_only=False"):
-        load_model(path)
-    assert isinstance(load_model(path, weights_only=False), nn.Module)
-
-
-class _Opaque:
-    """An object that torch.load(weights_only=True) refuses to unpickle."""
 
 
 # --- images ---------------------------------------------------------------------------------------
