@@ -8,7 +8,6 @@ them everything here degrades to the single-process case. Only rank 0 logs and s
 import dataclasses
 import math
 import os
-import warnings
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -106,18 +105,14 @@ def wrap_model(model: nn.Module, context: DistributedContext, sync_bn: bool = Fa
     """The model on ``context.device``, in DistributedDataParallel when there are several processes.
 
     ``sync_bn`` turns nn.BatchNorm layers into SyncBatchNorm first (statistics over the global
-    batch). The fused dense blocks of :mod:`fastladder.nn.densenet` compute their batch statistics
-    themselves, so their BatchNorms stay per-process even then (a warning says so).
+    batch), those inside the fused dense blocks of :mod:`fastladder.nn.densenet` included: the
+    blocks then gather their batch statistics, and reduce their BatchNorm gradients, over the
+    process group (on CPU/gloo too; torch's own SyncBatchNorm layers need GPUs).
     """
     model = model.to(context.device)
     if not context.distributed:
         return model
     if sync_bn:
-        from fastladder.nn.densenet import DenseBlock
-        if any(isinstance(m, DenseBlock) for m in model.modules()):
-            warnings.warn("sync_bn: the BatchNorms inside fastladder DenseBlocks compute their own batch "
-                          "statistics and stay per-process; the other BatchNorms become SyncBatchNorm",
-                          stacklevel=2)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
