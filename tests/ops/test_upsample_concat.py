@@ -36,8 +36,10 @@ def make_inputs(mode, low_size, skip_size, dtype=torch.float32, device="cpu", ba
 @pytest.mark.parametrize("mode", ["concat", "add"])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_forward_matches_reference(seed, low_size, skip_size, mode, align_corners, channels_last):
-    low, skip, scale, shift = make_inputs(mode, low_size, skip_size, channels_last=channels_last)
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_matches_reference(seed, low_size, skip_size, mode, align_corners, channels_last, device):
+    low, skip, scale, shift = make_inputs(mode, low_size, skip_size, channels_last=channels_last,
+                                          device=device)
     for affine, relu in itertools.product([False, True], [False, True]):
         kwargs = dict(mode=mode, relu=relu, align_corners=align_corners,
                       scale=scale if affine else None, shift=shift if affine else None)
@@ -103,8 +105,10 @@ def test_empty_batch_and_channels(mode):
 @pytest.mark.parametrize("low_size,skip_size", SIZES)
 @pytest.mark.parametrize("mode", ["concat", "add"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_backward_matches_reference(seed, low_size, skip_size, mode, channels_last):
-    inputs = make_inputs(mode, low_size, skip_size, channels_last=channels_last, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_matches_reference(seed, low_size, skip_size, mode, channels_last, device):
+    inputs = make_inputs(mode, low_size, skip_size, channels_last=channels_last, device=device,
+                         requires_grad=True)
     low, skip, scale, shift = inputs
     for align_corners in (False, True):
         kwargs = dict(mode=mode, scale=scale, shift=shift, relu=True, align_corners=align_corners)
