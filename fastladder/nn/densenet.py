@@ -37,15 +37,32 @@ def _uses_batch_stats(norm: nn.BatchNorm2d) -> bool:
     return norm.training or norm.running_mean is None
 
 
+# The attribute that marks a plain BatchNorm2d of a fused DenseBlock as synchronized (its value: the
+# process group, None for the default one). DDP refuses nn.SyncBatchNorm modules on CPU, but the fused
+# blocks synchronize by themselves on any backend: wrap_model(sync_bn=True) on CPU marks them instead.
+SYNC_GROUP_ATTRIBUTE = "fastladder_sync_group"
+
+
+def synchronize_batch_norm(norm: nn.BatchNorm2d, process_group=None):
+    """Marks a BatchNorm of a fused DenseBlock to normalize with the process group's batch statistics."""
+    setattr(norm, SYNC_GROUP_ATTRIBUTE, process_group)
+
+
 def _sync_group(norm: nn.BatchNorm2d):
     """The process group whose batch statistics this BatchNorm normalizes with, or None.
 
-    A SyncBatchNorm (what ``wrap_model(sync_bn=True)`` / ``--sync-bn`` converts every BatchNorm to,
-    those of the fused dense blocks included) in training, with a process group of several processes."""
-    if not (isinstance(norm, nn.SyncBatchNorm) and _uses_batch_stats(norm) and norm.training
-            and dist.is_available() and dist.is_initialized()):
+    A SyncBatchNorm (what ``wrap_model(sync_bn=True)`` / ``--sync-bn`` converts every BatchNorm to on
+    CUDA, those of the fused dense blocks included), or a BatchNorm marked by synchronize_batch_norm,
+    in training, with a process group of several processes."""
+    if isinstance(norm, nn.SyncBatchNorm):
+        group = norm.process_group
+    elif hasattr(norm, SYNC_GROUP_ATTRIBUTE):
+        group = getattr(norm, SYNC_GROUP_ATTRIBUTE)
+    else:
         return None
-    group = norm.process_group or dist.group.WORLD
+    if not (_uses_batch_stats(norm) and norm.training and dist.is_available() and dist.is_initialized()):
+        return None
+    group = group or dist.group.WORLD
     return group if dist.get_world_size(group) > 1 else None
 
 

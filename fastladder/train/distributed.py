@@ -8,6 +8,7 @@ them everything here degrades to the single-process case. Only rank 0 logs and s
 import dataclasses
 import math
 import os
+import warnings
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -104,19 +105,41 @@ def wrap_model(model: nn.Module, context: DistributedContext, sync_bn: bool = Fa
                find_unused_parameters: bool = False) -> nn.Module:
     """The model on ``context.device``, in DistributedDataParallel when there are several processes.
 
-    ``sync_bn`` turns nn.BatchNorm layers into SyncBatchNorm first (statistics over the global
-    batch), those inside the fused dense blocks of :mod:`fastladder.nn.densenet` included: the
-    blocks then gather their batch statistics, and reduce their BatchNorm gradients, over the
-    process group (on CPU/gloo too; torch's own SyncBatchNorm layers need GPUs).
+    ``sync_bn``: BatchNorm statistics over the global batch. On CUDA every nn.BatchNorm becomes a
+    SyncBatchNorm, those inside the fused dense blocks of :mod:`fastladder.nn.densenet` included
+    (the blocks gather their batch statistics, and reduce their BatchNorm gradients, over the
+    process group themselves). On CPU (gloo), where torch's SyncBatchNorm does not run, the dense
+    blocks' BatchNorms are synchronized the same way; any other BatchNorm stays per-process, and a
+    warning names how many.
     """
     model = model.to(context.device)
     if not context.distributed:
         return model
     if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = _synchronize_batch_norms(model, context)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                find_unused_parameters=find_unused_parameters)
+
+
+def _synchronize_batch_norms(model: nn.Module, context: DistributedContext) -> nn.Module:
+    if context.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    from fastladder.nn.densenet import DenseBlock, synchronize_batch_norm
+    in_blocks = set()
+    for block in model.modules():
+        if isinstance(block, DenseBlock):
+            for norm in block.modules():
+                if isinstance(norm, nn.BatchNorm2d):
+                    synchronize_batch_norm(norm)
+                    in_blocks.add(norm)
+    others = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in in_blocks]
+    if others:
+        warnings.warn(f"sync_bn on {context.device.type}: torch's SyncBatchNorm needs GPUs, so {len(others)} "
+                      f"BatchNorm layers outside fastladder DenseBlocks keep per-process statistics (the "
+                      f"{len(in_blocks)} inside them are synchronized)", stacklevel=3)
+    return model
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
