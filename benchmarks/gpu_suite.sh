@@ -86,11 +86,11 @@ if [ "$mode" = check ]; then
     -c "$repo/pyproject.toml" > "$out_dir/gpu-collect-$stamp.log" 2>&1
   collect_rc=$?
   tail -3 "$out_dir/gpu-collect-$stamp.log"
-  "$python" - "$repo" "$out_dir" "$stamp" "$collect_rc" <<'PY'
+  "$python" - "$repo" "$out_dir" "$stamp" "$collect_rc" "${cuda_tests[*]}" "${default_benchmarks[*]}" <<'PY'
 import glob, importlib.util, json, os, re, sys
 import torch
 import fastladder
-repo, out_dir, stamp, collect_rc = sys.argv[1:]
+repo, out_dir, stamp, collect_rc, cuda_tests, default_benchmarks = sys.argv[1:]
 log = open(f"{out_dir}/gpu-collect-{stamp}.log").read()
 found = re.search(r"(\d+)(?:/\d+)? tests? collected", log) or re.search(r"(\d+) tests? selected", log)
 collected = int(found.group(1)) if found else 0
@@ -108,10 +108,9 @@ info = fastladder.build_info()
 summary = dict(mode="check", device=None, torch=torch.__version__, cuda=torch.version.cuda, build=info,
                cuda_tests_collected=collected, collect_exit_code=int(collect_rc),
                benchmark_modules=imported, benchmark_import_errors=failed,
-               would_run=dict(default=["tests -m cuda", "benchmarks/bench_ladder_blend.py",
-                                       "benchmarks/bench_boxes.py", "benchmarks/bench_ssd.py"],
-                              full=["tests -m cuda", "benchmarks/bench_*.py",
-                                    "compute-sanitizer memcheck + racecheck: tests -m cuda"]))
+               would_run=dict(default=[cuda_tests, *default_benchmarks.split()],
+                              full=[cuda_tests, "benchmarks/bench_*.py",
+                                    f"compute-sanitizer memcheck + racecheck: {cuda_tests}"]))
 path = f"{out_dir}/gpu-suite-check-{stamp}.json"
 with open(path, "w") as f:
     json.dump(summary, f, indent=2)
