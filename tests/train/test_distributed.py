@@ -102,6 +102,21 @@ def test_sync_bn_in_fused_dense_blocks_equals_one_process_on_the_joined_batch(tm
         torch.testing.assert_close(ranks[0][name], single[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_sync_bn_on_cpu_marks_the_dense_blocks_and_names_the_other_batch_norms():
+    """On CPU torch's SyncBatchNorm does not run: the fused blocks' BatchNorms are marked (they
+    synchronize themselves), a BatchNorm outside them is named in a warning."""
+    from fastladder.nn.densenet import SYNC_GROUP_ATTRIBUTE, DenseBlock
+    from fastladder.train.distributed import DistributedContext, _synchronize_batch_norms
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4),
+                                DenseBlock(2, 4, growth_rate=2))
+    expected = r"1 BatchNorm layers outside fastladder DenseBlocks keep per-process statistics \(the 4 inside"
+    with pytest.warns(UserWarning, match=expected):
+        _synchronize_batch_norms(model, DistributedContext(rank=0, world_size=2))
+    block_norms = [m for m in model[2].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(block_norms) == 4 and all(hasattr(m, SYNC_GROUP_ATTRIBUTE) for m in block_norms)
+    assert not hasattr(model[1], SYNC_GROUP_ATTRIBUTE)
+
+
 def test_epoch_batches_of_processes_join_to_the_single_process_batches():
     single = EpochBatchSampler(10, batch_size=4, seed=5)
     shards = [EpochBatchSampler(10, batch_size=2, seed=5, rank=r, world_size=2) for r in range(2)]
