@@ -2,7 +2,10 @@
 
 The CPU kernels are always built. The CUDA kernels are built when torch is a CUDA build and nvcc
 is found (CUDA_HOME, default /usr/local/cuda); FASTLADDER_CUDA=0|1 forces either way.
-TORCH_CUDA_ARCH_LIST defaults to 9.0 (Hopper).
+TORCH_CUDA_ARCH_LIST, when unset: the compute capabilities of the visible GPUs (as torch detects
+them), or with no GPU visible a portable list (PORTABLE_CUDA_ARCHS: A100, RTX 30, RTX 40 / L4 / L40,
+H100) plus PTX of the newest for later GPUs. fastladder.build_info()["cuda_archs"] lists what a
+build holds.
 
 torch must already be installed: build with `pip install --no-build-isolation .`.
 """
@@ -30,6 +33,9 @@ except ImportError:  # an isolated build environment, or torch not installed at 
     sys.exit(1)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Ampere (A100: 8.0; RTX 30, A10, A40: 8.6), Ada (RTX 40, L4, L40: 8.9), Hopper (H100, H200: 9.0),
+# and PTX of 9.0, which the driver compiles for newer GPUs.
+PORTABLE_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
 
 
 def source_hash():
@@ -40,13 +46,29 @@ def source_hash():
     return module.source_hash(ROOT)
 
 
-def write_hash_header():
-    """Writes build/generated/fastladder_build_hash.h (only fastladder.cpp includes it, so a source
-    change recompiles that one file, not every file as a -D flag would). Returns its folder."""
+def cuda_arch_list():
+    """TORCH_CUDA_ARCH_LIST for this build: as set; else the visible GPUs' capabilities (torch's own
+    detection: each distinct capability, PTX of the newest); else PORTABLE_CUDA_ARCHS."""
+    given = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if given:
+        return given
+    if torch.cuda.is_available():
+        capabilities = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        archs = [f"{major}.{minor}" for major, minor in capabilities]
+        archs[-1] += "+PTX"
+        return ";".join(archs)
+    return PORTABLE_CUDA_ARCHS
+
+
+def write_hash_header(cuda_archs=""):
+    """Writes build/generated/fastladder_build_hash.h: the source fingerprint and the CUDA arch list
+    (only fastladder.cpp includes it, so a change recompiles that one file, not every file as a -D
+    flag would). Returns its folder."""
     folder = os.path.join(ROOT, "build", "generated")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "fastladder_build_hash.h")
-    text = f'#pragma once\n#define FASTLADDER_SOURCE_HASH "{source_hash()}"\n'
+    text = (f'#pragma once\n#define FASTLADDER_SOURCE_HASH "{source_hash()}"\n'
+            f'#define FASTLADDER_CUDA_ARCHS "{cuda_archs}"\n')
     if not os.path.exists(path) or open(path).read() != text:
         with open(path, "w") as f:
             f.write(text)
@@ -66,10 +88,13 @@ def want_cuda():
 
 def extension():
     with_cuda = want_cuda()
+    cuda_archs = ""
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        # set explicitly, so that what torch compiles for is exactly what build_info reports
+        cuda_archs = os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
+        print(f"fastladder: building the CUDA kernels for TORCH_CUDA_ARCH_LIST={cuda_archs}", file=sys.stderr)
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp"))
-    include_dirs = [os.path.join(ROOT, "csrc"), write_hash_header()]
+    include_dirs = [os.path.join(ROOT, "csrc"), write_hash_header(cuda_archs)]
     define_macros = [("TORCH_EXTENSION_NAME", "_C")]
     # -ffp-contract=off: the CPU kernels round as written (x * scale, then + shift), also in their
     # AVX-512 clones, where the compiler would otherwise fuse the two into one FMA
@@ -85,8 +110,9 @@ def extension():
                         define_macros=define_macros, extra_compile_args=extra, extra_link_args=["-fopenmp"])
 
 
-setup(
-    packages=find_packages(include=["fastladder", "fastladder.*"]),
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+if __name__ == "__main__":  # (pip's build backend runs this file as __main__ too; tests import it)
+    setup(
+        packages=find_packages(include=["fastladder", "fastladder.*"]),
+        ext_modules=[extension()],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )

@@ -13,6 +13,9 @@
 #else
 #define FASTLADDER_SOURCE_HASH "unknown"
 #endif
+#ifndef FASTLADDER_CUDA_ARCHS
+#define FASTLADDER_CUDA_ARCHS ""
+#endif
 
 TORCH_LIBRARY(fastladder, m) {}
 
@@ -22,6 +25,8 @@ pybind11::dict build_info() {
   pybind11::dict info;
   info["source_hash"] = FASTLADDER_SOURCE_HASH;
   info["torch_version"] = TORCH_VERSION;
+  // TORCH_CUDA_ARCH_LIST of the build ("8.0;8.6;8.9;9.0+PTX"), "" without CUDA kernels
+  info["cuda_archs"] = FASTLADDER_CUDA_ARCHS;
 #ifdef FASTLADDER_WITH_CUDA
   info["with_cuda"] = true;
   info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string((CUDART_VERSION % 1000) / 10);

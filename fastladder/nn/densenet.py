@@ -20,6 +20,7 @@ in train mode and updates them twice) and the recomputation reproduces the forwa
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -36,18 +37,74 @@ def _uses_batch_stats(norm: nn.BatchNorm2d) -> bool:
     return norm.training or norm.running_mean is None
 
 
+# The attribute that marks a plain BatchNorm2d of a fused DenseBlock as synchronized (its value: the
+# process group, None for the default one). DDP refuses nn.SyncBatchNorm modules on CPU, but the fused
+# blocks synchronize by themselves on any backend: wrap_model(sync_bn=True) on CPU marks them instead.
+SYNC_GROUP_ATTRIBUTE = "fastladder_sync_group"
+
+
+def synchronize_batch_norm(norm: nn.BatchNorm2d, process_group=None):
+    """Marks a BatchNorm of a fused DenseBlock to normalize with the process group's batch statistics."""
+    setattr(norm, SYNC_GROUP_ATTRIBUTE, process_group)
+
+
+def _sync_group(norm: nn.BatchNorm2d):
+    """The process group whose batch statistics this BatchNorm normalizes with, or None.
+
+    A SyncBatchNorm (what ``wrap_model(sync_bn=True)`` / ``--sync-bn`` converts every BatchNorm to on
+    CUDA, those of the fused dense blocks included), or a BatchNorm marked by synchronize_batch_norm,
+    in training, with a process group of several processes."""
+    if isinstance(norm, nn.SyncBatchNorm):
+        group = norm.process_group
+    elif hasattr(norm, SYNC_GROUP_ATTRIBUTE):
+        group = getattr(norm, SYNC_GROUP_ATTRIBUTE)
+    else:
+        return None
+    if not (_uses_batch_stats(norm) and norm.training and dist.is_available() and dist.is_initialized()):
+        return None
+    group = group or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _synchronized_var_mean(x: torch.Tensor, group) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(var, mean, count) of x [N, C, H, W] per channel over the whole process group's batch (count:
+    a 0-d tensor, so that nothing waits for the device).
+
+    Every process's (count, mean, biased var) is gathered and combined exactly (Chan et al.: the
+    group's M2 is the sum of the M2s plus count·(mean - group mean)²), in float32 at least; per-process
+    batches may differ in size."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    var, mean = torch.var_mean(x.to(dtype) if x.dtype != dtype else x, dim=(0, 2, 3), correction=0)
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    local = torch.cat([mean.new_full((1,), float(count)), mean, var])
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, local, group=group)
+    stats = torch.stack(gathered)  # [processes, 1 + 2C]
+    channels = x.shape[1]
+    counts, means, variances = stats[:, :1], stats[:, 1:1 + channels], stats[:, 1 + channels:]
+    total = counts.sum()
+    group_mean = (counts * means).sum(0) / total
+    m2 = (counts * variances).sum(0) + (counts * (means - group_mean).square()).sum(0)
+    return m2 / total, group_mean, total
+
+
 def _normalization(norm: nn.BatchNorm2d, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(mean [C], invstd [C]) that this BatchNorm normalizes x [N, C, H, W] with right now.
 
     In training the batch statistics, and the running statistics are updated here, exactly as
-    nn.BatchNorm2d.forward does (momentum, or the cumulative average when momentum is None)."""
+    nn.BatchNorm2d.forward does (momentum, or the cumulative average when momentum is None). A
+    SyncBatchNorm in a process group of several processes uses the statistics of the whole group's
+    batch, as nn.SyncBatchNorm does (running variance unbiased by the group's count)."""
     if not _uses_batch_stats(norm):
         return norm.running_mean, torch.rsqrt(norm.running_var + norm.eps)
+    group = _sync_group(norm)
     count = x.shape[0] * x.shape[2] * x.shape[3]
-    if count <= 1:
+    if group is not None:
+        var, mean, count = _synchronized_var_mean(x, group)  # count: the group's, a tensor
+    elif count <= 1:
         raise ValueError(f"BatchNorm in training needs more than 1 value per channel, got input shape "
                          f"{tuple(x.shape)}")
-    if x.dtype in (torch.float16, torch.bfloat16):
+    elif x.dtype in (torch.float16, torch.bfloat16):
         # Statistics of low-precision activations accumulate in float32 (as ATen's BatchNorm does),
         # without a float32 copy of x.
         mean = torch.sum(x, dim=(0, 2, 3), dtype=torch.float32) / count
@@ -59,7 +116,11 @@ def _normalization(norm: nn.BatchNorm2d, x: torch.Tensor) -> Tuple[torch.Tensor,
         norm.num_batches_tracked.add_(1)
         momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
         norm.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        norm.running_var.mul_(1 - momentum).add_(var, alpha=momentum * count / (count - 1))
+        if group is None:
+            norm.running_var.mul_(1 - momentum).add_(var, alpha=momentum * count / (count - 1))
+        else:
+            unbiased = var * (count / (count - 1))
+            norm.running_var.mul_(1 - momentum).add_(unbiased.to(norm.running_var.dtype), alpha=momentum)
     return mean, torch.rsqrt(var + norm.eps)
 
 
@@ -263,6 +324,38 @@ class _BlockEnter(torch.autograd.Function):
         return None, grad_x
 
 
+def _batch_norm_backward(norm: nn.BatchNorm2d, grad: torch.Tensor, x: torch.Tensor, weight, mean, invstd,
+                         use_batch_stats: bool, mask):
+    """(grad x, grad weight, grad bias) of a BatchNorm that normalized x with (mean, invstd).
+
+    Synchronized (a SyncBatchNorm in a process group, see _sync_group): the input gradient goes
+    through the group's statistics, so it needs the group's sums of grad and grad·(x - mean), as
+    nn.SyncBatchNorm's backward; the weight and bias gradients stay this process's (DDP averages them)."""
+    group = _sync_group(norm) if use_batch_stats else None
+    if group is None:
+        return torch.ops.aten.native_batch_norm_backward(grad, x, weight, norm.running_mean, norm.running_var,
+                                                         mean, invstd, use_batch_stats, norm.eps, mask)
+    shape = (1, -1, 1, 1)
+    dtype = mean.dtype
+    grad_acc, x_acc = grad.to(dtype), x.to(dtype)
+    xmu = x_acc - mean.view(shape)
+    sum_dy = grad_acc.sum(dim=(0, 2, 3))
+    sum_dy_xmu = (grad_acc * xmu).sum(dim=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    local = torch.cat([sum_dy, sum_dy_xmu, sum_dy.new_full((1,), float(count))])
+    total = local.clone()
+    dist.all_reduce(total, group=group)
+    channels = x.shape[1]
+    mean_dy = total[:channels] / total[-1]
+    mean_dy_xmu = total[channels:2 * channels] / total[-1]
+    scale = invstd if weight is None else invstd * weight.to(dtype)
+    grad_x = grad_acc - mean_dy.view(shape) - xmu * (invstd * invstd * mean_dy_xmu).view(shape)
+    grad_x = grad_x * scale.view(shape)
+    grad_weight = (sum_dy_xmu * invstd).to(weight.dtype) if mask[1] and weight is not None else None
+    grad_bias = sum_dy.to(weight.dtype) if mask[2] and weight is not None else None
+    return grad_x.to(x.dtype), grad_weight, grad_bias
+
+
 class _DenseLayerFunction(torch.autograd.Function):
     """Layer i of a block: reads the buffer prefix, writes its k channels; backward as described above."""
 
@@ -307,17 +400,17 @@ class _DenseLayerFunction(torch.autograd.Function):
             [True, needs[8], False])
         grad_act2 = torch.ops.aten.threshold_backward(grad_act2, act2, 0)
         del act2
-        grad_hidden, grad_weight2, grad_bias2 = torch.ops.aten.native_batch_norm_backward(
-            grad_act2, hidden, weight2, layer.norm2.running_mean, layer.norm2.running_var, mean2, invstd2,
-            ctx.use_batch_stats[1], layer.norm2.eps, [True, needs[6], needs[7]])
+        grad_hidden, grad_weight2, grad_bias2 = _batch_norm_backward(
+            layer.norm2, grad_act2, hidden, weight2, mean2, invstd2, ctx.use_batch_stats[1],
+            [True, needs[6], needs[7]])
         del grad_act2, hidden
         grad_act1, grad_conv1, _ = torch.ops.aten.convolution_backward(
             grad_hidden, act1, conv1.to(act1.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, needs[5], False])
         grad_act1 = torch.ops.aten.threshold_backward(grad_act1, act1, 0)
         del act1, grad_hidden
-        grad_prefix, grad_weight1, grad_bias1 = torch.ops.aten.native_batch_norm_backward(
-            grad_act1, prefix, weight1, layer.norm1.running_mean, layer.norm1.running_var, mean1, invstd1,
-            ctx.use_batch_stats[0], layer.norm1.eps, [True, needs[3], needs[4]])
+        grad_prefix, grad_weight1, grad_bias1 = _batch_norm_backward(
+            layer.norm1, grad_act1, prefix, weight1, mean1, invstd1, ctx.use_batch_stats[0],
+            [True, needs[3], needs[4]])
         del grad_act1
         state.grad_buffer[:, :start].add_(grad_prefix)
         # (under autocast the convolution weight gradients come in the activations' dtype)

@@ -107,23 +107,41 @@ def wrap_model(model: nn.Module, context: DistributedContext, sync_bn: bool = Fa
                find_unused_parameters: bool = False) -> nn.Module:
     """The model on ``context.device``, in DistributedDataParallel when there are several processes.
 
-    ``sync_bn`` turns nn.BatchNorm layers into SyncBatchNorm first (statistics over the global
-    batch). The fused dense blocks of :mod:`fastladder.nn.densenet` compute their batch statistics
-    themselves, so their BatchNorms stay per-process even then (a warning says so).
+    ``sync_bn``: BatchNorm statistics over the global batch. On CUDA every nn.BatchNorm becomes a
+    SyncBatchNorm, those inside the fused dense blocks of :mod:`fastladder.nn.densenet` included
+    (the blocks gather their batch statistics, and reduce their BatchNorm gradients, over the
+    process group themselves). On CPU (gloo), where torch's SyncBatchNorm does not run, the dense
+    blocks' BatchNorms are synchronized the same way; any other BatchNorm stays per-process, and a
+    warning names how many.
     """
     model = model.to(context.device)
     if not context.distributed:
         return model
     if sync_bn:
-        from fastladder.nn.densenet import DenseBlock
-        if any(isinstance(m, DenseBlock) for m in model.modules()):
-            warnings.warn("sync_bn: the BatchNorms inside fastladder DenseBlocks compute their own batch "
-                          "statistics and stay per-process; the other BatchNorms become SyncBatchNorm",
-                          stacklevel=2)
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = _synchronize_batch_norms(model, context)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                find_unused_parameters=find_unused_parameters)
+
+
+def _synchronize_batch_norms(model: nn.Module, context: DistributedContext) -> nn.Module:
+    if context.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    from fastladder.nn.densenet import DenseBlock, synchronize_batch_norm
+    in_blocks = set()
+    for block in model.modules():
+        if isinstance(block, DenseBlock):
+            for norm in block.modules():
+                if isinstance(norm, nn.BatchNorm2d):
+                    synchronize_batch_norm(norm)
+                    in_blocks.add(norm)
+    others = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in in_blocks]
+    if others:
+        warnings.warn(f"sync_bn on {context.device.type}: torch's SyncBatchNorm needs GPUs, so {len(others)} "
+                      f"BatchNorm layers outside fastladder DenseBlocks keep per-process statistics (the "
+                      f"{len(in_blocks)} inside them are synchronized)", stacklevel=3)
+    return model
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -94,6 +94,30 @@ static void test_transpose(std::mt19937& rng) {
   }
 }
 
+// The device-built gather ranges of the CUDA backward list the same outputs, in the same order, as
+// the transpose (float and double, both corner modes, up- and downsampling, equal sizes).
+static void test_readers_match_transpose(std::mt19937& rng) {
+  std::uniform_int_distribution<int64_t> size(1, 70);
+  for (int trial = 0; trial < 400; ++trial) {
+    const int64_t in = size(rng), out = trial % 7 == 0 ? in : size(rng);
+    const bool align = trial % 2 == 1;
+    const auto t = bilinear_transpose<float>(in, out, align);
+    const float scale = bilinear_scale<float>(in, out, align);
+    bool same = true;
+    for (int64_t i = 0; i < in; ++i) {
+      int64_t first = -1, end = -1;
+      fastladder::common::bilinear_readers<float>(i, in, out, scale, align, first, end);
+      same = same && end - first == t.offsets[i + 1] - t.offsets[i];
+      for (int64_t k = t.offsets[i]; same && k < t.offsets[i + 1]; ++k) {
+        const int64_t o = first + (k - t.offsets[i]);
+        same = t.outputs[k] == o &&
+               t.weights[k] == bilinear_weight(bilinear_tap<float>(o, in, out, scale, align), i);
+      }
+    }
+    CHECK(same);
+  }
+}
+
 static void test_affine_relu() {
   using fastladder::common::affine_relu;
   using fastladder::common::relu_grad;
@@ -114,6 +138,7 @@ int main() {
   test_known_values();
   test_tap_invariants(rng);
   test_transpose(rng);
+  test_readers_match_transpose(rng);
   test_affine_relu();
   return fastladder_test::summary();
 }

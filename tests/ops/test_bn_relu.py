@@ -157,15 +157,38 @@ def test_bad_input(args, match):
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu(seed):
-    x, scale, shift = make((2, 8, 9, 11), requires_grad=True)
-    for layout in LAYOUTS.values():
-        xl = layout(x)
-        cuda_in = [xl.detach().cuda().requires_grad_(), scale.detach().cuda().requires_grad_(),
-                   shift.detach().cuda().requires_grad_()]
-        cpu_in = [xl.detach().requires_grad_(), scale.detach().requires_grad_(), shift.detach().requires_grad_()]
-        y_cpu, y_cuda = ops.bn_relu(*cpu_in), ops.bn_relu(*cuda_in)
-        torch.testing.assert_close(y_cuda.cpu(), y_cpu)
-        g = torch.randn_like(y_cpu)
-        for a, e in zip(torch.autograd.grad(y_cuda, cuda_in, g.cuda()), torch.autograd.grad(y_cpu, cpu_in, g)):
-            torch.testing.assert_close(a.cpu(), e, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_cuda_matches_cpu(seed, dtype, layout):
+    """Every layout built ON the device (a .cuda() copy of a slice would be dense: the slice paths
+    would never reach the GPU kernel). Forward and grad x round as on the CPU (no FMA: products
+    rounded on their own), so they are equal; d scale, d shift are sums in another order."""
+    x, scale, shift = make((2, 40, 9, 11), dtype=dtype)
+    x_cuda, scale_cuda, shift_cuda = x.cuda(), scale.cuda(), shift.cuda()
+    x_cpu, xl_cuda = LAYOUTS[layout](x), LAYOUTS[layout](x_cuda)
+    assert xl_cuda.device.type == "cuda" and xl_cuda.stride() == x_cpu.stride(), layout
+    torch.testing.assert_close(xl_cuda.cpu(), x_cpu, rtol=0, atol=0)  # the same values, read in place
+    cpu_in = [x_cpu.detach().requires_grad_(), scale.requires_grad_(), shift.requires_grad_()]
+    cuda_in = [xl_cuda.detach().requires_grad_(), scale_cuda.requires_grad_(), shift_cuda.requires_grad_()]
+    y_cpu, y_cuda = ops.bn_relu(*cpu_in), ops.bn_relu(*cuda_in)
+    assert y_cuda.stride() == y_cpu.stride()
+    assert torch.equal(y_cuda.cpu(), y_cpu), seed
+    g = torch.randn_like(y_cpu)
+    (gx_cuda, gs_cuda, gb_cuda), (gx_cpu, gs_cpu, gb_cpu) = (torch.autograd.grad(y_cuda, cuda_in, g.cuda()),
+                                                             torch.autograd.grad(y_cpu, cpu_in, g))
+    assert torch.equal(gx_cuda.cpu(), gx_cpu), seed
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-5)
+    torch.testing.assert_close(gs_cuda.cpu(), gs_cpu, rtol=tol, atol=tol)
+    torch.testing.assert_close(gb_cuda.cpu(), gb_cpu, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_cuda_out(seed, layout):
+    """bn_relu.out on the device, every layout built on the device: the CPU's values."""
+    x, scale, shift = make((3, 24, 6, 7))
+    xl_cuda = LAYOUTS[layout](x.cuda())
+    out = torch.full((1,), float("nan"), device="cuda")
+    result = ops.bn_relu(xl_cuda, scale.cuda(), shift.cuda(), out=out)
+    assert result is out and out.shape == x.shape
+    assert torch.equal(out.cpu(), ops.bn_relu(LAYOUTS[layout](x), scale, shift).contiguous()), seed

@@ -31,8 +31,10 @@ def call(fn, t, **kwargs):
 @pytest.mark.parametrize("mode", ["concat", "add"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_matches_reference(seed, mode, channels_last, bias):
-    t = make(mode, bias=bias, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_reference(seed, mode, channels_last, bias, device):
+    """float32 forward and backward, on each device."""
+    t = make(mode, bias=bias, device=device, requires_grad=True)
     if channels_last:
         t["skip"] = t["skip"].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     for relu in (False, True):
@@ -96,12 +98,13 @@ def test_bad_input(change, match):
 @pytest.mark.parametrize("mode", ["concat", "add"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("band_bytes", [1, 10000, 10**9])
-def test_inference_in_bands_matches_reference(seed, monkeypatch, mode, channels_last, band_bytes):
+@pytest.mark.parametrize("device", DEVICES)
+def test_inference_in_bands_matches_reference(seed, monkeypatch, mode, channels_last, band_bytes, device):
     # no gradient: ladder_blend convolves band by band; tiny band sizes force many bands (8 rows,
     # the minimum, with a last band of a different height)
     from fastladder.ops import upsample
     monkeypatch.setattr(upsample, "BAND_BYTES", band_bytes)
-    t = make(mode, low_size=(6, 7), skip_size=(19, 13))
+    t = make(mode, low_size=(6, 7), skip_size=(19, 13), device=device)
     if channels_last:
         t["skip"] = t["skip"].contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -113,8 +116,9 @@ def test_inference_in_bands_matches_reference(seed, monkeypatch, mode, channels_
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_upsample_concat_rows_is_a_window_of_the_full_result(seed, channels_last):
-    t = make(low_size=(4, 5), skip_size=(9, 11))
+@pytest.mark.parametrize("device", DEVICES)
+def test_upsample_concat_rows_is_a_window_of_the_full_result(seed, channels_last, device):
+    t = make(low_size=(4, 5), skip_size=(9, 11), device=device)
     full = ops.upsample_concat(t["low"], t["skip"], scale=t["scale"], shift=t["shift"], relu=True)
     for begin, count in [(-1, 11), (-1, 3), (0, 9), (4, 2), (7, 3), (9, 1), (2, 0)]:
         rows = torch.ops.fastladder.upsample_concat_rows(t["low"], t["skip"], "concat", t["scale"], t["shift"], True,
@@ -127,6 +131,26 @@ def test_upsample_concat_rows_is_a_window_of_the_full_result(seed, channels_last
             torch.testing.assert_close(rows[:, :, k], expected, msg=lambda m: f"row {y} (seed {seed}): {m}")
     with pytest.raises(ValueError, match=r"rows \[-2, 3\) must lie within \[-1, 10\]"):
         torch.ops.fastladder.upsample_concat_rows(t["low"], t["skip"], "concat", None, None, False, False, -2, 5, True)
+
+
+@pytest.mark.parametrize("mode", ["concat", "add"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("device", DEVICES)
+def test_upsample_concat_rows_out_fills_the_band_buffer(seed, mode, channels_last, device):
+    """upsample_concat_rows.out writes the window into a reused band buffer, in place, in its layout."""
+    t = make(mode, low_size=(4, 5), skip_size=(9, 11), device=device)
+    joined = t["scale"].shape[0]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.full((2, joined, 4, 11), float("nan"), device=device).contiguous(memory_format=layout)
+    for begin in (-1, 3, 6):
+        args = (t["low"], t["skip"], mode, t["scale"], t["shift"], True, False, begin, 4, channels_last)
+        result = torch.ops.fastladder.upsample_concat_rows.out(*args, out=out)
+        assert result.data_ptr() == out.data_ptr() and out.is_contiguous(memory_format=layout)
+        expected = torch.ops.fastladder.upsample_concat_rows(*args)
+        assert torch.equal(out, expected), seed
+    with pytest.raises(ValueError):
+        torch.ops.fastladder.upsample_concat_rows.out(t["low"], t["skip"], mode, None, None, False, False, 0,
+                                                      3, channels_last, out=out)
 
 
 def test_upsample_concat_rows_opcheck(seed):

@@ -189,13 +189,16 @@ def test_batched_nms_one_category_is_nms(generator, seed):
 @pytest.mark.cuda
 @pytest.mark.parametrize("n", [1, 64, 65, 1000, 5000])
 def test_nms_cuda_matches_cpu(n, generator, seed):
+    """Exactly fastladder's CPU result: both backends test the same IoU expression with the same
+    rounding (common/iou.h, products rounded on their own). (torchvision's CUDA kernel contracts
+    its products into FMAs, so it may legitimately decide otherwise at IoUs within an ulp of the
+    threshold: it is not the reference here.)"""
     boxes, _ = clustered_boxes(n, generator)
     scores = unique_scores(n, generator)
-    for threshold in (0.0, 0.5, 1.0):
+    for threshold in (0.0, 0.5, 0.7, 1.0):
         cpu = ops.nms(boxes, scores, threshold)
         cuda = ops.nms(boxes.cuda(), scores.cuda(), threshold)
         assert torch.equal(cuda.cpu(), cpu), seed
-        assert torch.equal(cuda.cpu(), torchvision.ops.nms(boxes.cuda(), scores.cuda(), threshold).cpu())
     idxs = torch.randint(0, 7, (n,), generator=generator)
     assert torch.equal(ops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu(),
                        ops.batched_nms(boxes, scores, idxs, 0.5)), seed
@@ -209,6 +212,7 @@ def test_nms_cuda_ties_and_non_finite(generator, seed):
     boxes[4, 1] = float("nan")
     scores[9] = float("inf")
     keep = ops.nms(boxes.cuda(), scores.cuda(), 0.5).cpu()
+    assert torch.equal(keep, ops.nms(boxes, scores, 0.5)), seed  # ties by index on both backends
     assert 4 not in keep.tolist() and 9 not in keep.tolist()
     finite = torch.tensor([i for i in range(500) if i not in (4, 9)])
     assert_valid_nms(keep.apply_(lambda i: int((finite == i).nonzero())), boxes[finite].float(),

@@ -212,6 +212,53 @@ def test_cuda_matches_cpu(dtype, classes, objects, generator, seed):
                            seed=seed, what="cuda")
 
 
+@pytest.mark.cuda
+def test_cuda_tie_order_equals_cpu(generator, seed):
+    """Many priors with identical logits (equal scores on each device): both backends order them by
+    prior index, in every class and across classes, so the detections come in the same order."""
+    priors = ssd300_priors()[:3000]
+    rows = torch.randn(6, 21, generator=generator) * 3
+    conf = rows[torch.randint(0, 6, (2, 3000), generator=generator)]
+    loc = torch.randn(2, 3000, 4, generator=generator) * 0.1
+    cpu = ops.ssd_postprocess(loc, conf, priors, score_thresh=0.01, topk=200)
+    cuda = [t.cpu() for t in ops.ssd_postprocess(loc.cuda(), conf.cuda(), priors.cuda(), score_thresh=0.01,
+                                                 topk=200)]
+    assert torch.equal(cuda[3], cpu.num_detections) and torch.equal(cuda[2], cpu.labels), seed
+    torch.testing.assert_close(cuda[0], cpu.boxes, rtol=1e-5, atol=1e-5)  # expf: a few ulp, see box_coder.h
+    torch.testing.assert_close(cuda[1], cpu.scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_batch_times_classes_beyond_the_grid_limit(generator, seed):
+    """batch x reported classes = 820 x 80 = 65600 NMS problems: more than gridDim.z (65535) allows;
+    the launch is capped and the kernel loops over the rest."""
+    priors = ssd300_priors()[:6]
+    loc, conf = ssd_head_outputs(820, priors, 81, generator)
+    cpu = ops.ssd_postprocess(loc, conf, priors, score_thresh=0.001)
+    cuda = [t.cpu() for t in ops.ssd_postprocess(loc.cuda(), conf.cuda(), priors.cuda(), score_thresh=0.001)]
+    assert cpu.num_detections.sum() > 0
+    assert torch.equal(cuda[3], cpu.num_detections), seed
+    assert torch.equal(cuda[2] >= 0, cpu.labels >= 0), seed
+    torch.testing.assert_close(cuda[1], cpu.scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_never_synchronizes(generator):
+    """The whole batch runs without a host synchronization (sync debug mode "error" raises on one)."""
+    priors = ssd300_priors().cuda()
+    loc, conf = ssd_head_outputs(2, priors.cpu(), 21, generator, objects=4)
+    loc, conf = loc.cuda(), conf.cuda()
+    ops.ssd_postprocess(loc, conf, priors)  # warm-up: allocations, lazy initialization
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = ops.ssd_postprocess(loc, conf, priors)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert result.boxes.shape == (2, 200, 4)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device, generator):
     priors = ssd300_priors()[:500].to(device)

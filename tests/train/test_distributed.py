@@ -22,7 +22,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(out, world_size: int, batch_size: int):
+def _launch(out, world_size: int, batch_size: int, mode: str = "train"):
     """Starts world_size worker processes with torchrun's environment."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastladder.__file__)))
     # The workers import the fastladder this test imported. An installed one they find by themselves:
@@ -37,7 +37,7 @@ def _launch(out, world_size: int, batch_size: int):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join(paths))
-        command = [sys.executable, WORKER, str(out), str(batch_size), str(STEPS)]
+        command = [sys.executable, WORKER, str(out), str(batch_size), str(STEPS), mode]
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           text=True))
     return processes
@@ -81,6 +81,40 @@ def test_two_process_step_equals_one_process_on_the_joined_batch(tmp_path):
     single_metrics = json.loads((tmp_path / "single" / "metrics.json").read_text())["metrics"]
     assert ddp_metrics["pixels"] == single_metrics["pixels"] == 3 * 12 * 16
     assert ddp_metrics["miou"] == pytest.approx(single_metrics["miou"], abs=0.02)
+
+
+def test_sync_bn_in_fused_dense_blocks_equals_one_process_on_the_joined_batch(tmp_path):
+    """--sync-bn: 2 gloo processes with batch 2 each = 1 process with batch 4, through the fused
+    DenseBlocks' BatchNorms (outputs, gradients after DDP's average, weights and running statistics
+    after 2 SGD steps)."""
+    _wait(_launch(tmp_path / "ddp", world_size=2, batch_size=2, mode="syncbn")
+          + _launch(tmp_path / "single", world_size=1, batch_size=4, mode="syncbn"))
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in range(2)]
+    single = torch.load(tmp_path / "single" / "rank0.pt")
+    assert ranks[0].keys() == single.keys()
+    assert any(".norm1.running_var" in name for name in single)  # the blocks' BatchNorms are compared
+    torch.testing.assert_close(torch.cat([ranks[0]["output"], ranks[1]["output"]]), single["output"],
+                               rtol=1e-4, atol=1e-5)
+    for name in single:
+        if name == "output":
+            continue
+        assert torch.equal(ranks[0][name], ranks[1][name]), name  # synchronized: identical everywhere
+        torch.testing.assert_close(ranks[0][name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_sync_bn_on_cpu_marks_the_dense_blocks_and_names_the_other_batch_norms():
+    """On CPU torch's SyncBatchNorm does not run: the fused blocks' BatchNorms are marked (they
+    synchronize themselves), a BatchNorm outside them is named in a warning."""
+    from fastladder.nn.densenet import SYNC_GROUP_ATTRIBUTE, DenseBlock
+    from fastladder.train.distributed import DistributedContext, _synchronize_batch_norms
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4),
+                                DenseBlock(2, 4, growth_rate=2))
+    expected = r"1 BatchNorm layers outside fastladder DenseBlocks keep per-process statistics \(the 4 inside"
+    with pytest.warns(UserWarning, match=expected):
+        _synchronize_batch_norms(model, DistributedContext(rank=0, world_size=2))
+    block_norms = [m for m in model[2].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(block_norms) == 4 and all(hasattr(m, SYNC_GROUP_ATTRIBUTE) for m in block_norms)
+    assert not hasattr(model[1], SYNC_GROUP_ATTRIBUTE)
 
 
 def test_epoch_batches_of_processes_join_to_the_single_process_batches():

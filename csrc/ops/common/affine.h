@@ -3,6 +3,7 @@
 #pragma once
 
 #include "ops/common/macros.h"
+#include "ops/common/rounding.h"
 
 namespace fastladder {
 namespace common {
@@ -14,9 +15,15 @@ FL_INLINE T relu_value(T x) {
   return x < T(0) ? T(0) : x;
 }
 
+// x * scale + shift, the product rounded on its own (no FMA: CUDA rounds as the CPU, rounding.h).
+template <typename acc_t>
+FL_INLINE acc_t affine(acc_t x, acc_t scale, acc_t shift) {
+  return mul_rn(x, scale) + shift;
+}
+
 template <typename acc_t>
 FL_INLINE acc_t affine_relu(acc_t x, acc_t scale, acc_t shift, bool relu) {
-  const acc_t y = x * scale + shift;
+  const acc_t y = affine(x, scale, shift);
   return relu ? relu_value(y) : y;
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ops/common/macros.h"
+#include "ops/common/rounding.h"
 
 namespace fastladder {
 namespace common {
@@ -38,8 +39,9 @@ FL_INLINE AxisTap<acc_t> bilinear_tap(int64_t out_index, int64_t in_size, int64_
     tap.l1 = acc_t(0);
     return tap;
   }
-  acc_t src = align_corners ? scale * static_cast<acc_t>(out_index)
-                            : scale * (static_cast<acc_t>(out_index) + acc_t(0.5)) - acc_t(0.5);
+  // mul_rn: the products round on their own on CUDA too (no FMA), so both backends pick the same taps
+  acc_t src = align_corners ? mul_rn(scale, static_cast<acc_t>(out_index))
+                            : mul_rn(scale, static_cast<acc_t>(out_index) + acc_t(0.5)) - acc_t(0.5);
   if (src < acc_t(0)) src = acc_t(0);
   int64_t i0 = static_cast<int64_t>(src);  // floor: src >= 0
   if (i0 > in_size - 1) i0 = in_size - 1;
@@ -52,11 +54,12 @@ FL_INLINE AxisTap<acc_t> bilinear_tap(int64_t out_index, int64_t in_size, int64_
   return tap;
 }
 
-// The interpolated value from the four corners, in ATen's CUDA expression order.
+// The interpolated value from the four corners, in ATen's CUDA expression order; every product
+// rounded on its own (the CPU's rounding, also on CUDA: rounding.h).
 template <typename acc_t>
 FL_INLINE acc_t bilinear_combine(const AxisTap<acc_t>& h, const AxisTap<acc_t>& w, acc_t x00, acc_t x01,
                                  acc_t x10, acc_t x11) {
-  return h.l0 * (w.l0 * x00 + w.l1 * x01) + h.l1 * (w.l0 * x10 + w.l1 * x11);
+  return mul_rn(h.l0, mul_rn(w.l0, x00) + mul_rn(w.l1, x01)) + mul_rn(h.l1, mul_rn(w.l0, x10) + mul_rn(w.l1, x11));
 }
 
 // Weight with which output index `out_index` reads input index `in_index` (0 when it does not).
@@ -66,6 +69,29 @@ FL_INLINE acc_t bilinear_weight(const AxisTap<acc_t>& tap, int64_t in_index) {
   if (tap.i0 == in_index) weight += tap.l0;
   if (tap.i1 == in_index) weight += tap.l1;
   return weight;
+}
+
+// The outputs that read input index i along one axis, as one range [first, end): the taps are
+// monotone in the output index (i0 and i1 never decrease, i1 - i0 <= 1), so output o reads i
+// exactly when i1(o) >= i and i0(o) <= i; both bounds by binary search. The same outputs, in the
+// same order, as bilinear_transpose's list for i (the weights: bilinear_weight of each output's tap).
+template <typename acc_t>
+FL_INLINE void bilinear_readers(int64_t i, int64_t in_size, int64_t out_size, acc_t scale, bool align_corners,
+                                int64_t& first, int64_t& end) {
+  int64_t lo = 0, hi = out_size;  // first o with i1(o) >= i
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (bilinear_tap<acc_t>(mid, in_size, out_size, scale, align_corners).i1 >= i) hi = mid;
+    else lo = mid + 1;
+  }
+  first = lo;
+  hi = out_size;  // first o with i0(o) > i
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (bilinear_tap<acc_t>(mid, in_size, out_size, scale, align_corners).i0 > i) hi = mid;
+    else lo = mid + 1;
+  }
+  end = lo;
 }
 
 // The transpose of one axis of the interpolation, for gather-based (deterministic) backward passes:

@@ -14,6 +14,7 @@
 #include <math.h>
 
 #include "ops/common/macros.h"
+#include "ops/common/rounding.h"
 
 namespace fastladder {
 namespace common {
@@ -21,6 +22,11 @@ namespace common {
 // log(1000 / 16): torchvision's BoxCoder bbox_xform_clip.
 constexpr double kBoxScaleClip = 4.135166556742356;
 
+// exp and log: the platform's (glibc on the CPU, CUDA's libdevice on the GPU). They are not
+// correctly rounded on either side and may differ in the last bits: CUDA's expf/logf are within
+// 2 ulp / 1 ulp of the exact value, glibc's within 1 ulp. Results that go through them (decoded box
+// sizes, encoded dw/dh, softmax probabilities) agree between CPU and CUDA to a few ulp (relative
+// 1e-6 in float), not bit for bit; everything else here rounds identically (mul_rn, no FMA).
 FL_INLINE float fl_exp(float x) { return expf(x); }
 FL_INLINE double fl_exp(double x) { return exp(x); }
 FL_INLINE float fl_log(float x) { return logf(x); }
@@ -46,10 +52,10 @@ FL_INLINE Box<T> decode_box(T dx, T dy, T dw, T dh, T prior_cx, T prior_cy, T pr
   T sw = dw / w_size, sh = dh / w_size;
   if (sw > clip) sw = clip;
   if (sh > clip) sh = clip;
-  const T cx = dx / w_center * prior_w + prior_cx;
-  const T cy = dy / w_center * prior_h + prior_cy;
-  const T half_w = T(0.5) * (fl_exp(sw) * prior_w);
-  const T half_h = T(0.5) * (fl_exp(sh) * prior_h);
+  const T cx = mul_rn(dx / w_center, prior_w) + prior_cx;
+  const T cy = mul_rn(dy / w_center, prior_h) + prior_cy;
+  const T half_w = mul_rn(T(0.5), mul_rn(fl_exp(sw), prior_w));
+  const T half_h = mul_rn(T(0.5), mul_rn(fl_exp(sh), prior_h));
   return Box<T>{cx - half_w, cy - half_h, cx + half_w, cy + half_h};
 }
 
@@ -60,7 +66,7 @@ template <typename T>
 FL_INLINE Box<T> encode_box(T x1, T y1, T x2, T y2, T prior_cx, T prior_cy, T prior_w, T prior_h, T w_center,
                             T w_size) {
   const T w = x2 - x1, h = y2 - y1;
-  const T cx = x1 + T(0.5) * w, cy = y1 + T(0.5) * h;
+  const T cx = x1 + mul_rn(T(0.5), w), cy = y1 + mul_rn(T(0.5), h);
   return Box<T>{w_center * (cx - prior_cx) / prior_w, w_center * (cy - prior_cy) / prior_h,
                 w_size * fl_log(w / prior_w), w_size * fl_log(h / prior_h)};
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "ops/common/macros.h"
+#include "ops/common/rounding.h"
 
 namespace fastladder {
 namespace common {
@@ -19,24 +20,6 @@ FL_INLINE T fl_max(T a, T b) {
 template <typename T>
 FL_INLINE T fl_min(T a, T b) {
   return a < b ? a : b;
-}
-
-// a * b rounded on its own: nvcc would otherwise fuse it into a following add (an FMA rounds once),
-// and the CUDA kernels would then suppress different pairs than the CPU kernels.
-FL_INLINE float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-FL_INLINE double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
 }
 
 // Area as torchvision computes it: no +1, and no clamping (an inverted box has a signed area; it

@@ -83,8 +83,8 @@ at::Tensor nms_impl(const at::Tensor& boxes_in, const at::Tensor& scores_in, con
   at::Tensor keep = at::empty({n}, boxes_all.options().dtype(at::kBool));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc, "nms_cuda", [&] {
-    const dim3 grid(static_cast<unsigned>(words), static_cast<unsigned>(words));
-    mask_kernel<scalar_t><<<grid, kNmsBlock, 0, stream>>>(
+    // (over 4.19 million boxes the tile grid exceeds gridDim.y: a clear error instead of a failed launch)
+    mask_kernel<scalar_t><<<cuda::grid_of(launch::tile_grid(words, 1), "nms"), kNmsBlock, 0, stream>>>(
         sorted_boxes.data_ptr<scalar_t>(), categories.defined() ? categories.data_ptr<int64_t>() : nullptr, n,
         common::nms_threshold<scalar_t>(iou_threshold), reinterpret_cast<uint64_t*>(mask.data_ptr<int64_t>()),
         words);

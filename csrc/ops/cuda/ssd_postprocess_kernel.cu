@@ -3,9 +3,11 @@
 //  1. one thread per (image, prior): softmax (common/softmax.h), decoded and clipped box
 //     (common/box_coder.h); probabilities of non-candidates (not above score_thresh, or a
 //     non-finite box) become -1;
-//  2. at::topk per (image, class): the `topk` best candidates, sorted;
+//  2. a stable descending sort per (image, class): the `topk` best candidates, ties by prior index
+//     (the CPU kernel's order; at::topk leaves the order of equal scores unspecified);
 //  3. per (image, class) the 64-box bitmask and the greedy pass on the device (nms_mask.cuh);
-//  4. at::topk per image over the kept scores of all classes, then the padded outputs.
+//  4. a stable descending sort per image over the kept scores of all classes (ties by class, then
+//     rank in the class, as on the CPU), then the padded outputs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -61,40 +63,45 @@ __global__ void score_decode_kernel(const scalar_t* __restrict__ loc, const scal
   }
 }
 
-// grid (tile column, tile row, task): the tiles of one (image, class) problem of `count` candidates
+// grid (tile column, tile row, task): the tiles of `tasks` (image, class) problems of `count`
+// candidates each; block z runs tasks z, z + gridDim.z, ... (launch::tile_grid caps gridDim.z).
 template <typename acc_t>
 __global__ void candidate_mask_kernel(const acc_t* __restrict__ decoded, const int64_t* __restrict__ candidates,
-                                      int64_t count, int64_t reported, int64_t num_priors, acc_t threshold,
-                                      uint64_t* __restrict__ mask) {
-  const int64_t task = blockIdx.z, row_block = blockIdx.y, col_block = blockIdx.x;
+                                      int64_t count, int64_t tasks, int64_t reported, int64_t num_priors,
+                                      acc_t threshold, uint64_t* __restrict__ mask) {
+  const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
+  if (col_block < row_block) return;  // the same for the whole block
   const int64_t words = cuda::nms_blocks(count);
-  if (col_block < row_block) return;
-  const int64_t b = task / reported;
-  // the candidates' boxes are read through their prior indices: nothing is gathered beforehand
   const int64_t col_start = col_block * kNmsBlock, row_start = row_block * kNmsBlock;
   const int cols = static_cast<int>(min(static_cast<int64_t>(kNmsBlock), count - col_start));
   const int rows = static_cast<int>(min(static_cast<int64_t>(kNmsBlock), count - row_start));
   __shared__ acc_t tile[kNmsBlock * 4];
   __shared__ acc_t tile_area[kNmsBlock];
-  if (threadIdx.x < cols) {
-    const acc_t* src = decoded + (b * num_priors + candidates[task * count + col_start + threadIdx.x]) * 4;
-    for (int k = 0; k < 4; ++k) tile[threadIdx.x * 4 + k] = src[k];
-    tile_area[threadIdx.x] = common::box_area(src[0], src[1], src[2], src[3]);
+  for (int64_t task = blockIdx.z; task < tasks; task += gridDim.z) {
+    const int64_t b = task / reported;
+    __syncthreads();  // the previous task's tile is no longer read
+    // the candidates' boxes are read through their prior indices: nothing is gathered beforehand
+    if (threadIdx.x < cols) {
+      const acc_t* src = decoded + (b * num_priors + candidates[task * count + col_start + threadIdx.x]) * 4;
+      for (int k = 0; k < 4; ++k) tile[threadIdx.x * 4 + k] = src[k];
+      tile_area[threadIdx.x] = common::box_area(src[0], src[1], src[2], src[3]);
+    }
+    __syncthreads();
+    if (threadIdx.x < rows) {
+      const int64_t i = row_start + threadIdx.x;
+      const acc_t* a = decoded + (b * num_priors + candidates[task * count + i]) * 4;
+      const acc_t ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];
+      const acc_t area = common::box_area(ax1, ay1, ax2, ay2);
+      uint64_t bits = 0;
+      const int first = row_block == col_block ? static_cast<int>(threadIdx.x) + 1 : 0;
+      for (int k = first; k < cols; ++k) {
+        const acc_t* t = tile + k * 4;
+        const acc_t inter = common::intersection_area(ax1, ay1, ax2, ay2, t[0], t[1], t[2], t[3]);
+        if (common::iou_above(inter, area, tile_area[k], threshold)) bits |= 1ULL << k;
+      }
+      mask[(task * count + i) * words + col_block] = bits;
+    }
   }
-  __syncthreads();
-  if (threadIdx.x >= rows) return;
-  const int64_t i = row_start + threadIdx.x;
-  const acc_t* a = decoded + (b * num_priors + candidates[task * count + i]) * 4;
-  const acc_t ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];
-  const acc_t area = common::box_area(ax1, ay1, ax2, ay2);
-  uint64_t bits = 0;
-  const int first = row_block == col_block ? static_cast<int>(threadIdx.x) + 1 : 0;
-  for (int k = first; k < cols; ++k) {
-    const acc_t* t = tile + k * 4;
-    const acc_t inter = common::intersection_area(ax1, ay1, ax2, ay2, t[0], t[1], t[2], t[3]);
-    if (common::iou_above(inter, area, tile_area[k], threshold)) bits |= 1ULL << k;
-  }
-  mask[(task * count + i) * words + col_block] = bits;
 }
 
 // One block per task: the greedy pass; kept candidates keep their score, the others get -1.
@@ -146,6 +153,13 @@ __global__ void write_kernel(const acc_t* __restrict__ top_values, const int64_t
   }
 }
 
+// The first k columns of each row of `scores` [rows, n] by decreasing score, ties by column (a
+// stable sort: deterministic, and the CPU kernel's tie order): (values, columns), contiguous.
+std::tuple<at::Tensor, at::Tensor> first_by_score(const at::Tensor& scores, int64_t k) {
+  auto sorted = at::sort(scores, /*stable=*/true, /*dim=*/1, /*descending=*/true);
+  return {std::get<0>(sorted).narrow(1, 0, k).contiguous(), std::get<1>(sorted).narrow(1, 0, k).contiguous()};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssd_postprocess_cuda(
     const at::Tensor& loc_in, const at::Tensor& conf_in, const at::Tensor& priors_in, double score_thresh,
     double nms_thresh, int64_t topk, int64_t max_detections, at::ArrayRef<double> variances, int64_t background) {
@@ -176,28 +190,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssd_postprocess_cuda(
         static_cast<acc_t>(common::box_coder_weight(s.v_size)), probability.data_ptr<acc_t>(),
         decoded.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // 2. per (image, class) the best `count` candidates, by decreasing probability
-    auto top = at::topk(probability.view({B * R, P}), count, /*dim=*/1, /*largest=*/true, /*sorted=*/true);
-    const at::Tensor values = std::get<0>(top).contiguous();
-    const at::Tensor candidates = std::get<1>(top).contiguous();
+    // 2. per (image, class) the best `count` candidates, by decreasing probability, ties by prior
+    const auto top = first_by_score(probability.view({B * R, P}), count);
+    const at::Tensor values = std::get<0>(top);
+    const at::Tensor candidates = std::get<1>(top);
     // 3. NMS per (image, class)
     at::Tensor mask = at::empty({B * R * count * words}, options.dtype(at::kLong));
-    const dim3 grid(static_cast<unsigned>(words), static_cast<unsigned>(words), static_cast<unsigned>(B * R));
-    candidate_mask_kernel<acc_t><<<grid, kNmsBlock, 0, stream>>>(
-        decoded.data_ptr<acc_t>(), candidates.data_ptr<int64_t>(), count, R, P,
+    candidate_mask_kernel<acc_t>
+        <<<cuda::grid_of(launch::tile_grid(words, B * R), "ssd_postprocess"), kNmsBlock, 0, stream>>>(
+        decoded.data_ptr<acc_t>(), candidates.data_ptr<int64_t>(), count, B * R, R, P,
         common::nms_threshold<acc_t>(nms_thresh), reinterpret_cast<uint64_t*>(mask.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor scratch = at::empty({B * R * 2 * words}, options.dtype(at::kLong));
     at::Tensor kept_scores = at::empty({B, R * count}, acc_options);
-    candidate_reduce_kernel<acc_t><<<static_cast<unsigned>(B * R), 128, 0, stream>>>(
+    candidate_reduce_kernel<acc_t><<<cuda::grid_of(launch::per_item_grid(B * R), "ssd_postprocess"), 128, 0, stream>>>(
         reinterpret_cast<const uint64_t*>(mask.data_ptr<int64_t>()), values.data_ptr<acc_t>(), count, thresh,
         reinterpret_cast<uint64_t*>(scratch.data_ptr<int64_t>()), kept_scores.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // 4. the best max_detections per image over all classes
     const int64_t selected = std::min(s.max_detections, R * count);
-    auto best = at::topk(kept_scores, selected, /*dim=*/1, /*largest=*/true, /*sorted=*/true);
-    const at::Tensor best_values = std::get<0>(best).contiguous();
-    const at::Tensor best_positions = std::get<1>(best).contiguous();
+    const auto best = first_by_score(kept_scores, selected);
+    const at::Tensor best_values = std::get<0>(best);
+    const at::Tensor best_positions = std::get<1>(best);
     write_kernel<scalar_t, acc_t><<<cuda::blocks_for(B * selected), cuda::kThreads, 0, stream>>>(
         best_values.data_ptr<acc_t>(), best_positions.data_ptr<int64_t>(), candidates.data_ptr<int64_t>(),
         decoded.data_ptr<acc_t>(), B, selected, count, R, P, s.max_detections, s.background, thresh,

@@ -110,7 +110,8 @@ __global__ void backward_join_kernel(const scalar_t* __restrict__ grad_out, cons
     const acc_t b = p.has_affine ? static_cast<acc_t>(shift[c]) : acc_t(0);
     const acc_t pre = p.relu ? joined(low, skip, p, n, c, y, x) : acc_t(0);
     const scalar_t gx =
-        static_cast<scalar_t>(common::relu_grad<acc_t>(static_cast<acc_t>(grad_out[index]), pre * a + b, p.relu) * a);
+        static_cast<scalar_t>(common::relu_grad<acc_t>(static_cast<acc_t>(grad_out[index]), common::affine(pre, a, b),
+                                                       p.relu) * a);
     if (!p.concat) {
       grad_skip[index] = gx;  // add mode: grad_up is grad_skip
     } else if (c < p.low_channels) {
@@ -136,7 +137,7 @@ __global__ void backward_affine_kernel(const scalar_t* __restrict__ grad_out, co
     const int64_t x = k % p.width, y = (k / p.width) % p.height, n = k / (p.width * p.height);
     const acc_t pre = joined(low, skip, p, n, c, y, x);
     const acc_t g = common::relu_grad<acc_t>(static_cast<acc_t>(grad_out[p.full_offset(n, c, y, x, p.out_channels)]),
-                                             pre * a + b, p.relu);
+                                             common::affine(pre, a, b), p.relu);
     sum_scale += g * pre;
     sum_shift += g;
   }
@@ -148,13 +149,30 @@ __global__ void backward_affine_kernel(const scalar_t* __restrict__ grad_out, co
   }
 }
 
-// Backward pass 2 (over inputs): each low pixel gathers from the outputs that read it (CSR tables).
+// The backward's gather tables, built on the device (no host tables, no copies, no stream
+// synchronization: capturable in CUDA graphs): ranges[2 * i], ranges[2 * i + 1] = the readers
+// [first, end) of row i (i < low_height), then of column j at 2 * (low_height + j).
+template <typename acc_t>
+__global__ void reader_ranges_kernel(Params<acc_t> p, int64_t* __restrict__ ranges) {
+  const int64_t total = p.low_height + p.low_width;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total;
+       k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    if (k < p.low_height) {
+      common::bilinear_readers<acc_t>(k, p.low_height, p.height, p.scale_h, p.align_corners, ranges[2 * k],
+                                      ranges[2 * k + 1]);
+    } else {
+      common::bilinear_readers<acc_t>(k - p.low_height, p.low_width, p.width, p.scale_w, p.align_corners,
+                                      ranges[2 * k], ranges[2 * k + 1]);
+    }
+  }
+}
+
+// Backward pass 2 (over inputs): each low pixel gathers from the outputs that read it, in increasing
+// output order, with the weights of the forward taps (the CPU's order and rounding: the sum along
+// a row first, then over the rows; products rounded on their own).
 template <typename scalar_t, typename acc_t>
 __global__ void backward_gather_kernel(const scalar_t* __restrict__ grad_up, scalar_t* __restrict__ grad_low,
-                                       const int64_t* __restrict__ h_offsets, const int64_t* __restrict__ h_outputs,
-                                       const acc_t* __restrict__ h_weights, const int64_t* __restrict__ w_offsets,
-                                       const int64_t* __restrict__ w_outputs, const acc_t* __restrict__ w_weights,
-                                       Params<acc_t> p, int64_t total) {
+                                       const int64_t* __restrict__ ranges, Params<acc_t> p, int64_t total) {
   const int64_t C = p.low_channels;
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
        index += static_cast<int64_t>(blockDim.x) * gridDim.x) {
@@ -174,12 +192,19 @@ __global__ void backward_gather_kernel(const scalar_t* __restrict__ grad_up, sca
       c = rest % C;
       n = rest / C;
     }
+    const int64_t* rows = ranges + 2 * i;
+    const int64_t* cols = ranges + 2 * (p.low_height + j);
     acc_t total_grad = acc_t(0);
-    for (int64_t a = h_offsets[i]; a < h_offsets[i + 1]; ++a) {
+    for (int64_t y = rows[0]; y < rows[1]; ++y) {
+      const acc_t wy = common::bilinear_weight(
+          common::bilinear_tap<acc_t>(y, p.low_height, p.height, p.scale_h, p.align_corners), i);
       acc_t along_row = acc_t(0);
-      for (int64_t b = w_offsets[j]; b < w_offsets[j + 1]; ++b)
-        along_row += w_weights[b] * static_cast<acc_t>(grad_up[p.full_offset(n, c, h_outputs[a], w_outputs[b], C)]);
-      total_grad += h_weights[a] * along_row;
+      for (int64_t x = cols[0]; x < cols[1]; ++x) {
+        const acc_t wx = common::bilinear_weight(
+            common::bilinear_tap<acc_t>(x, p.low_width, p.width, p.scale_w, p.align_corners), j);
+        along_row += common::mul_rn(wx, static_cast<acc_t>(grad_up[p.full_offset(n, c, y, x, C)]));
+      }
+      total_grad += common::mul_rn(wy, along_row);
     }
     grad_low[index] = static_cast<scalar_t>(total_grad);
   }
@@ -207,19 +232,6 @@ Params<acc_t> make_params(const UpsampleConcatShape& s, bool channels_last, bool
   p.out_height = s.height;
   p.out_channels_last = channels_last;
   return p;
-}
-
-// The CSR transpose of one axis, as device tensors (offsets, outputs, weights).
-template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> device_transpose(int64_t in_size, int64_t out_size, bool align_corners,
-                                                                const at::Device& device) {
-  auto t = common::bilinear_transpose<acc_t>(in_size, out_size, align_corners);
-  const auto i64 = at::TensorOptions().dtype(at::kLong);
-  const auto acc = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  at::Tensor offsets = at::from_blob(t.offsets.data(), {static_cast<int64_t>(t.offsets.size())}, i64).to(device);
-  at::Tensor outputs = at::from_blob(t.outputs.data(), {static_cast<int64_t>(t.outputs.size())}, i64).to(device);
-  at::Tensor weights = at::from_blob(t.weights.data(), {static_cast<int64_t>(t.weights.size())}, acc).to(device);
-  return {offsets, outputs, weights};
 }
 
 template <typename scalar_t>
@@ -318,18 +330,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> upsample_concat_backw
         grad_skip.data_ptr<scalar_t>(), grad_up.data_ptr<scalar_t>(), p, grad_out.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (need_affine_grad) {
-      backward_affine_kernel<scalar_t, acc_t><<<s.out_channels, cuda::kThreads, 0, stream>>>(
+      backward_affine_kernel<scalar_t, acc_t>
+          <<<cuda::grid_of(launch::per_item_grid(s.out_channels), "upsample_concat_backward"), cuda::kThreads, 0,
+             stream>>>(
           grad_out.data_ptr<scalar_t>(), low.data_ptr<scalar_t>(), skip.data_ptr<scalar_t>(), sp, bp,
           grad_scale.data_ptr<scalar_t>(), grad_shift.data_ptr<scalar_t>(), p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (grad_low.numel() > 0) {
-      const auto [ho, hout, hw] = device_transpose<acc_t>(s.low_height, s.height, align_corners, low.device());
-      const auto [wo, wout, ww] = device_transpose<acc_t>(s.low_width, s.width, align_corners, low.device());
+      at::Tensor ranges = at::empty({2 * (s.low_height + s.low_width)}, low.options().dtype(at::kLong));
+      reader_ranges_kernel<acc_t><<<cuda::blocks_for(s.low_height + s.low_width), cuda::kThreads, 0, stream>>>(
+          p, ranges.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       backward_gather_kernel<scalar_t, acc_t><<<cuda::blocks_for(grad_low.numel()), cuda::kThreads, 0, stream>>>(
-          grad_up.data_ptr<scalar_t>(), grad_low.data_ptr<scalar_t>(), ho.data_ptr<int64_t>(),
-          hout.data_ptr<int64_t>(), hw.data_ptr<acc_t>(), wo.data_ptr<int64_t>(), wout.data_ptr<int64_t>(),
-          ww.data_ptr<acc_t>(), p, grad_low.numel());
+          grad_up.data_ptr<scalar_t>(), grad_low.data_ptr<scalar_t>(), ranges.data_ptr<int64_t>(), p,
+          grad_low.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
