@@ -40,7 +40,8 @@ PORTABLE_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
 
 def source_hash():
     """The fingerprint compiled into _C (fastladder/_build_hash.py; loaded by path: torch-free)."""
-    spec = importlib.util.spec_from_file_location("_build_hash", os.path.join(ROOT, "fastladder", "_build_hash.py"))
+    spec = importlib.util.spec_from_file_location("_build_hash",
+                                                  os.path.join(ROOT, "fastladder", "_build_hash.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.source_hash(ROOT)

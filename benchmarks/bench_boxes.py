@@ -70,8 +70,9 @@ def _measure(benchmark, case, implementation, fn):
 
 def torchvision_postprocess(loc, conf_logits, priors):
     """torchvision's SSD.postprocess_detections (score 0.01, NMS 0.45, top-k 400, keep 200)."""
-    ssd = types.SimpleNamespace(box_coder=det_utils.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)), score_thresh=0.01,
-                                nms_thresh=0.45, topk_candidates=400, detections_per_img=200)
+    ssd = types.SimpleNamespace(box_coder=det_utils.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
+                                score_thresh=0.01, nms_thresh=0.45, topk_candidates=400,
+                                detections_per_img=200)
     anchors = [priors_to_xyxy(priors)] * len(loc)
     return SSD.postprocess_detections(ssd, {"bbox_regression": loc, "cls_logits": conf_logits}, anchors,
                                       [(1, 1)] * len(loc))
@@ -127,7 +128,8 @@ def test_batched_nms(benchmark, implementation):
     idxs = torch.randint(0, 80, (20000,), generator=generator)
     boxes, scores, idxs = boxes.to(DEVICE), scores.to(DEVICE), idxs.to(DEVICE)
     fn = ops.batched_nms if implementation == "fastladder" else torchvision.ops.batched_nms
-    _measure(benchmark, "batched_nms N=20000 classes=80", implementation, lambda: fn(boxes, scores, idxs, 0.5))
+    _measure(benchmark, "batched_nms N=20000 classes=80", implementation,
+             lambda: fn(boxes, scores, idxs, 0.5))
 
 
 def growth_exponent(times):

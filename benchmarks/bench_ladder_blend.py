@@ -10,7 +10,8 @@ import functools
 import pytest
 import torch
 
-from fastladder.benchmark import ladder_blend_cases, ladder_blend_impls, make_ladder_blend_inputs, peak_extra_memory
+from fastladder.benchmark import (ladder_blend_cases, ladder_blend_impls, make_ladder_blend_inputs,
+                                  peak_extra_memory)
 
 SIZES = {"full": (1024, 2048), "small": (256, 512)}
 IMPLS = ["fastladder", "reference", "reference+compile"]
@@ -30,8 +31,8 @@ def impls():
 def test_ladder_blend_speed(benchmark, bench_device, bench_size, case_index, impl):
     case = cases(bench_size)[case_index]
     cuda = bench_device == "cuda"
-    inputs = make_ladder_blend_inputs(case, device=bench_device, dtype=torch.float16 if cuda else torch.float32,
-                                      channels_last=cuda)
+    inputs = make_ladder_blend_inputs(case, device=bench_device,
+                                      dtype=torch.float16 if cuda else torch.float32, channels_last=cuda)
     fn = impls()[impl]
     benchmark.group = f"ladder_blend {case.name} {bench_device}"
     benchmark.extra_info["impl"] = impl

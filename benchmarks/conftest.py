@@ -104,11 +104,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if path:
         device = config.getoption("--bench-device")
         summary = dict(
-            device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+            device=(torch.cuda.get_device_name() if device == "cuda"
+                    else platform.processor() or platform.machine()),
             device_type=device, torch=torch.__version__, cpu_threads=torch.get_num_threads(),
-            time=time_rows, memory=[dict(r, memory_ratio={i: r["peak_bytes"]["fastladder"] / max(1, b)
-                                                          for i, b in r["peak_bytes"].items() if i != "fastladder"})
-                                    for r in _memory_rows],
+            time=time_rows,
+            memory=[dict(r, memory_ratio={i: r["peak_bytes"]["fastladder"] / max(1, b)
+                                          for i, b in r["peak_bytes"].items() if i != "fastladder"})
+                    for r in _memory_rows],
             comparisons=_comparison_rows)
         with open(path, "w") as f:
             json.dump(summary, f, indent=2)

@@ -16,8 +16,9 @@ def random_boxes(n: int, generator: torch.Generator, *, image_size: float = 1000
     return torch.cat([corner, corner + size], dim=1).to(dtype)
 
 
-def clustered_boxes(n: int, generator: torch.Generator, *, boxes_per_cluster: int = 20, image_size: float = 1000.0,
-                    jitter: float = 0.15, dtype=torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+def clustered_boxes(n: int, generator: torch.Generator, *, boxes_per_cluster: int = 20,
+                    image_size: float = 1000.0, jitter: float = 0.15,
+                    dtype=torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
     """Detector-like (boxes [n, 4], scores [n]): n / boxes_per_cluster objects with sides in
     [16, 128] px at random places of an image_size square, each seen by boxes_per_cluster
     boxes whose corners are jittered by up to ±jitter of the object's size (heavy overlap).
@@ -31,7 +32,8 @@ def clustered_boxes(n: int, generator: torch.Generator, *, boxes_per_cluster: in
     base = torch.cat([corner[owner], corner[owner] + size[owner]], dim=1)
     boxes = base + noise * s
     # keep x1 <= x2, y1 <= y2
-    boxes = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:])], dim=1)
+    boxes = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]),
+                       torch.maximum(boxes[:, :2], boxes[:, 2:])], dim=1)
     scores = torch.rand(n, generator=generator, dtype=torch.float64)
     return boxes.to(dtype), scores.to(dtype)
 

@@ -48,9 +48,9 @@ def _load():
                   f"release): {text}")
         if os.path.isdir(os.path.join(_SOURCE_ROOT, "csrc")) and not any(
                 name.startswith("_C.") for name in os.listdir(_PACKAGE_DIR)):
-            _fail(f"is missing: this is the source folder {_PACKAGE_DIR}, which holds no build. Either run from "
-                  "another folder (so that the installed fastladder is imported), or build in place with "
-                  f"`python setup.py build_ext --inplace`. ({text})")
+            _fail(f"is missing: this is the source folder {_PACKAGE_DIR}, which holds no build. Either run "
+                  "from another folder (so that the installed fastladder is imported), or build in place "
+                  f"with `python setup.py build_ext --inplace`. ({text})")
         _fail(f"is missing or cannot be loaded: {text}")
     info = _C.build_info()
     running = torch.__version__.split("+")[0]

@@ -4,9 +4,11 @@ Used by the pytest-benchmark suites in benchmarks/ and by ``fastladder bench`` /
 Every figure is taken for fastladder and its baseline in the same run and reported as a ratio:
 the build machines are shared and noisy, so an absolute time is not stable, a ratio is.
 
-Memory (DESIGN.md, "Performance"): on CUDA, torch.cuda.max_memory_allocated above the memory in
-use before the call; on CPU, the RSS high-water mark of a fresh subprocess minus its RSS just
-before the call, with MALLOC_MMAP_THRESHOLD_=131072 so that freed tensors go back to the OS.
+Memory is the peak that one no-grad call adds on top of what was in use before it (its inputs),
+so that the figure counts the output and every temporary the call needs: on CUDA,
+torch.cuda.max_memory_allocated above the memory in use before the call; on CPU, the RSS
+high-water mark of a fresh subprocess minus its RSS just before the call, with
+MALLOC_MMAP_THRESHOLD_=131072 so that freed tensors go back to the OS.
 """
 import argparse
 import gc
@@ -180,7 +182,8 @@ def run_ladder_blend_benchmark(height: int = 1024, width: int = 2048, *, device:
         rows.append(row)
     total = dict(case="total", seconds={name: sum(r["seconds"][name] for r in rows) for name in impls})
     if all("peak_bytes" in r for r in rows):
-        total["peak_bytes"] = {name: max(r["peak_bytes"][name] for r in rows) for name in rows[0]["peak_bytes"]}
+        total["peak_bytes"] = {name: max(r["peak_bytes"][name] for r in rows)
+                               for name in rows[0]["peak_bytes"]}
     rows.append(total)
     for row in rows:
         row["time_ratio"] = {name: row["seconds"]["fastladder"] / row["seconds"][name]

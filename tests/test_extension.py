@@ -79,7 +79,8 @@ def test_uncovered_gpu_is_reported_at_cuda_initialization(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: [(9, 0), (8, 0)][i])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: ["NVIDIA H100", "NVIDIA A100"][i])
-    with pytest.raises(RuntimeError, match=r"no CUDA kernels for NVIDIA A100 \(cuda:1\) \(compute capability 8\.0"):
+    with pytest.raises(RuntimeError,
+                       match=r"no CUDA kernels for NVIDIA A100 \(cuda:1\) \(compute capability 8\.0"):
         _extension.check_cuda_devices()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0))
     _extension.check_cuda_devices()  # covered: silent
@@ -104,7 +105,8 @@ def test_every_required_operator_is_registered():
 def test_missing_extension_says_how_to_rebuild(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastladder._C", None)  # makes `from fastladder import _C` fail
     monkeypatch.delattr(fastladder, "_C", raising=False)
-    with pytest.raises(ImportError, match=r"(?s)is missing or cannot be loaded.*pip install --no-build-isolation"):
+    with pytest.raises(ImportError,
+                       match=r"(?s)is missing or cannot be loaded.*pip install --no-build-isolation"):
         _extension._load()
 
 

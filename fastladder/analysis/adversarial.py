@@ -534,7 +534,8 @@ def _ssd_outputs(forward, x):
     loc, conf = output[0], output[1]
     if conf.dim() != 3 or conf.shape[0] != x.shape[0] or loc.shape[:2] != conf.shape[:2]:
         raise ValueError("the detector must return loc [B, P, 4] and conf_logits [B, P, C] for images of "
-                         f"shape {tuple(x.shape)}, got loc {tuple(loc.shape)} and conf_logits {tuple(conf.shape)}")
+                         f"shape {tuple(x.shape)}, got loc {tuple(loc.shape)} and conf_logits "
+                         f"{tuple(conf.shape)}")
     return loc, conf
 
 

@@ -40,7 +40,8 @@ def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *,
 def fold_batch_norm(norm: torch.nn.BatchNorm2d):
     """(scale, shift) with ``norm(x) == x * scale + shift`` in eval mode, from running statistics."""
     if norm.running_var is None or norm.running_mean is None:
-        raise ValueError("fold_batch_norm needs a BatchNorm with running statistics (track_running_stats=True)")
+        raise ValueError("fold_batch_norm needs a BatchNorm with running statistics "
+                         "(track_running_stats=True)")
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
@@ -94,4 +95,5 @@ def _bn_relu_backward(ctx, grad_out):
     return grad_x, grad_scale, grad_shift
 
 
-torch.library.register_autograd("fastladder::bn_relu", _bn_relu_backward, setup_context=_bn_relu_setup_context)
+torch.library.register_autograd("fastladder::bn_relu", _bn_relu_backward,
+                                setup_context=_bn_relu_setup_context)

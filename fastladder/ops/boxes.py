@@ -58,7 +58,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return torch.ops.fastladder.nms(boxes, scores, float(iou_threshold))
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
+                iou_threshold: float) -> torch.Tensor:
     """:func:`nms` within each category: boxes of different ``idxs`` never suppress each other.
 
     Same result as torchvision.ops.batched_nms (its coordinate-offset trick and its per-class loop
@@ -95,7 +96,8 @@ def encode_boxes(boxes: torch.Tensor, priors: torch.Tensor,
     return torch.ops.fastladder.encode_boxes(boxes, priors, _variances(variances))
 
 
-def decode_boxes(loc: torch.Tensor, priors: torch.Tensor, variances: Sequence[float] = (0.1, 0.2)) -> torch.Tensor:
+def decode_boxes(loc: torch.Tensor, priors: torch.Tensor,
+                 variances: Sequence[float] = (0.1, 0.2)) -> torch.Tensor:
     """The boxes that SSD offsets ``loc`` describe relative to ``priors``: the inverse of
     :func:`encode_boxes`, equal to torchvision's BoxCoder.decode with weights (10, 10, 5, 5) for the
     default variances, including its clamp of dw, dh at log(1000/16).
@@ -175,7 +177,8 @@ def _variances(variances) -> List[float]:
 
 def _check_boxes(t, name, rows="N"):
     torch._check(t.dim() == 2 and t.shape[1] == 4,
-                 lambda: f"{name} must be an [{rows}, 4] tensor of (x1, y1, x2, y2), got shape {tuple(t.shape)}")
+                 lambda: f"{name} must be an [{rows}, 4] tensor of (x1, y1, x2, y2), got shape "
+                         f"{tuple(t.shape)}")
 
 
 @torch.library.register_fake("fastladder::box_iou")
@@ -189,7 +192,8 @@ def _box_iou_fake(boxes1, boxes2):
 def _nms_fake(boxes, scores, iou_threshold):
     _check_boxes(boxes, "boxes")
     torch._check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0],
-                 lambda: f"scores must be an [N] tensor, got {tuple(scores.shape)} for boxes {tuple(boxes.shape)}")
+                 lambda: f"scores must be an [N] tensor, got {tuple(scores.shape)} for boxes "
+                         f"{tuple(boxes.shape)}")
     kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((kept,), dtype=torch.int64)
 
@@ -218,7 +222,8 @@ def _ssd_postprocess_fake(loc, conf_logits, priors, score_thresh, nms_thresh, to
     torch._check(loc.dim() == 3 and conf_logits.dim() == 3, lambda: "loc and conf_logits must be 3-D")
     batch = loc.shape[0]
     return (loc.new_empty((batch, max_detections, 4)), loc.new_empty((batch, max_detections)),
-            loc.new_empty((batch, max_detections), dtype=torch.int64), loc.new_empty((batch,), dtype=torch.int64))
+            loc.new_empty((batch, max_detections), dtype=torch.int64),
+            loc.new_empty((batch,), dtype=torch.int64))
 
 
 # --- registration: autograd (closed-form gradients, in torch ops) -------------------------------
@@ -269,7 +274,8 @@ def _box_iou_backward(ctx, grad):
     return grad1, grad2
 
 
-torch.library.register_autograd("fastladder::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
+torch.library.register_autograd("fastladder::box_iou", _box_iou_backward,
+                                setup_context=_box_iou_setup_context)
 
 
 def _box_coder_setup_context(ctx, inputs, output):

@@ -103,7 +103,8 @@ def ladder_blend(
         scale, shift = _complete_affine(scale, shift)
         return torch.ops.fastladder.ladder_blend_bands(low, skip, weight, bias, mode, scale, shift, relu,
                                                        align_corners, band_rows)
-    joined = upsample_concat(low, skip, mode=mode, scale=scale, shift=shift, relu=relu, align_corners=align_corners)
+    joined = upsample_concat(low, skip, mode=mode, scale=scale, shift=shift, relu=relu,
+                             align_corners=align_corners)
     return F.conv2d(joined, weight, bias, padding=1)
 
 
@@ -166,7 +167,8 @@ def _ladder_blend_bands_fake(low, skip, weight, bias, mode, scale, shift, relu, 
 
 
 @torch.library.register_fake("fastladder::upsample_concat_backward")
-def _upsample_concat_backward_fake(grad_out, low, skip, mode, scale, shift, relu, align_corners, need_affine_grad):
+def _upsample_concat_backward_fake(grad_out, low, skip, mode, scale, shift, relu, align_corners,
+                                   need_affine_grad):
     memory_format = output_memory_format(skip)
     channels = grad_out.shape[1] if need_affine_grad else 0
     return (

@@ -21,8 +21,10 @@ def _area(boxes: torch.Tensor) -> torch.Tensor:
 
 def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """[N, 4] x [M, 4] -> [N, M] intersection areas (0 for disjoint or inverted boxes)."""
-    w = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0])).clamp(min=0)
-    h = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1])).clamp(min=0)
+    w = (torch.minimum(a[:, None, 2], b[None, :, 2])
+         - torch.maximum(a[:, None, 0], b[None, :, 0])).clamp(min=0)
+    h = (torch.minimum(a[:, None, 3], b[None, :, 3])
+         - torch.maximum(a[:, None, 1], b[None, :, 1])).clamp(min=0)
     return w * h
 
 
@@ -31,7 +33,8 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     a, b = _opmath(boxes1), _opmath(boxes2)
     inter = _intersection(a, b)
     union = _area(a)[:, None] + _area(b)[None, :] - inter
-    iou = torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)), torch.zeros_like(inter))
+    iou = torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)),
+                      torch.zeros_like(inter))
     return iou.to(boxes1.dtype)
 
 
@@ -65,7 +68,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return valid[order[keep_t]] if keep else torch.empty(0, dtype=torch.int64, device=boxes.device)
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
+                iou_threshold: float) -> torch.Tensor:
     """nms per category (torchvision's per-class form); kept indices by decreasing score, ties by
     increasing index."""
     keep = torch.zeros(len(boxes), dtype=torch.bool)
@@ -76,7 +80,8 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
 
 
-def decode_boxes(loc: torch.Tensor, priors: torch.Tensor, variances: Sequence[float] = (0.1, 0.2)) -> torch.Tensor:
+def decode_boxes(loc: torch.Tensor, priors: torch.Tensor,
+                 variances: Sequence[float] = (0.1, 0.2)) -> torch.Tensor:
     """Tensor[..., P, 4] offsets and Tensor[P, 4] (cx, cy, w, h) priors -> Tensor[..., P, 4] xyxy."""
     d, p = _opmath(loc), _opmath(priors)
     # torchvision's BoxCoder form: divide by the weights 1 / variance
@@ -87,7 +92,8 @@ def decode_boxes(loc: torch.Tensor, priors: torch.Tensor, variances: Sequence[fl
     return torch.cat([center - half, center + half], dim=-1).to(loc.dtype)
 
 
-def encode_boxes(boxes: torch.Tensor, priors: torch.Tensor, variances: Sequence[float] = (0.1, 0.2)) -> torch.Tensor:
+def encode_boxes(boxes: torch.Tensor, priors: torch.Tensor,
+                 variances: Sequence[float] = (0.1, 0.2)) -> torch.Tensor:
     """Tensor[..., P, 4] xyxy boxes and Tensor[P, 4] priors -> Tensor[..., P, 4] (dx, dy, dw, dh)."""
     b, p = _opmath(boxes), _opmath(priors)
     w_center, w_size = 1.0 / variances[0], 1.0 / variances[1]

@@ -27,8 +27,8 @@ class BNReluConvReference(nn.Module):
                  bias: bool = False):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
-                              dilation=dilation, bias=bias)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
+                              padding=dilation * (kernel_size - 1) // 2, dilation=dilation, bias=bias)
 
     def forward(self, x):
         return self.conv(F.relu(self.norm(x)))
@@ -56,7 +56,8 @@ class DenseBlockReference(nn.ModuleDict):
         self.split = split
         for i in range(num_layers):
             self.add_module(f"denselayer{i + 1}",
-                            DenseLayerReference(in_channels + i * growth_rate, growth_rate, bn_size, dilation))
+                            DenseLayerReference(in_channels + i * growth_rate, growth_rate, bn_size,
+                                                dilation))
 
     def forward(self, x):
         return self.forward_split(x)[1]
@@ -89,7 +90,8 @@ class SpatialPyramidPoolingReference(nn.Module):
         super().__init__()
         self.grids = tuple(grids)
         self.bottleneck = BNReluConvReference(in_channels, bottleneck_channels)
-        self.levels = nn.ModuleList(BNReluConvReference(bottleneck_channels, level_channels) for _ in self.grids)
+        self.levels = nn.ModuleList(BNReluConvReference(bottleneck_channels, level_channels)
+                                    for _ in self.grids)
         self.fuse = BNReluConvReference(bottleneck_channels + len(self.grids) * level_channels, out_channels)
 
     def forward(self, x):
@@ -114,9 +116,10 @@ class ContextBlockReference(nn.Module):
         return self.blend(self.reduce(x))
 
 
-def _features_reference(growth_rate, block_config, num_init_features, bn_size, in_channels, dilated, split_last,
-                        final_norm):
-    """torchvision's DenseNet.features (and keys), with the ladder/dilated variants. Returns (features, channels)."""
+def _features_reference(growth_rate, block_config, num_init_features, bn_size, in_channels, dilated,
+                        split_last, final_norm):
+    """torchvision's DenseNet.features (and keys), with the ladder/dilated variants. Returns
+    (features, channels)."""
     features = nn.Sequential(OrderedDict([
         ("conv0", nn.Conv2d(in_channels, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
         ("norm0", nn.BatchNorm2d(num_init_features)),
@@ -135,7 +138,8 @@ def _features_reference(growth_rate, block_config, num_init_features, bn_size, i
         channels.append(num_features)
         if i != last:
             pool = not (dilated and i + 1 >= 2)
-            features.add_module(f"transition{i + 1}", TransitionReference(num_features, num_features // 2, pool))
+            features.add_module(f"transition{i + 1}",
+                                TransitionReference(num_features, num_features // 2, pool))
             num_features //= 2
     if final_norm:
         features.add_module("norm5", nn.BatchNorm2d(num_features))
@@ -146,11 +150,11 @@ class DenseNetReference(nn.Module):
     """torchvision.models.DenseNet with the same constructor as fastladder.models.DenseNet."""
 
     def __init__(self, growth_rate: int = 32, block_config=(6, 12, 24, 16), num_init_features: int = 64,
-                 bn_size: int = 4, num_classes: int = 1000, memory_efficient: bool = False, dilated: bool = False,
-                 in_channels: int = 3):
+                 bn_size: int = 4, num_classes: int = 1000, memory_efficient: bool = False,
+                 dilated: bool = False, in_channels: int = 3):
         super().__init__()
-        self.features, num_features = _features_reference(growth_rate, block_config, num_init_features, bn_size,
-                                                          in_channels, dilated, False, True)
+        self.features, num_features = _features_reference(growth_rate, block_config, num_init_features,
+                                                          bn_size, in_channels, dilated, False, True)
         self.classifier = nn.Linear(num_features, num_classes)
 
     def forward(self, x):
@@ -162,9 +166,10 @@ class LadderDenseNetReference(nn.Module):
     """The unfused twin of fastladder.models.LadderDenseNet (same constructor, same parameter names)."""
 
     def __init__(self, num_classes: int = 19, *, growth_rate: int = 32, block_config=(6, 12, 24, 16),
-                 num_init_features: int = 64, bn_size: int = 4, architecture: str = "ladder", mode: str = "concat",
-                 context: str = "dense", context_channels: int = 512, upsample_channels: int = 128,
-                 aux_classifier: Optional[bool] = None, memory_efficient: bool = False, in_channels: int = 3):
+                 num_init_features: int = 64, bn_size: int = 4, architecture: str = "ladder",
+                 mode: str = "concat", context: str = "dense", context_channels: int = 512,
+                 upsample_channels: int = 128, aux_classifier: Optional[bool] = None,
+                 memory_efficient: bool = False, in_channels: int = 3):
         super().__init__()
         from fastladder.models.ladder_densenet import _ladder_layout
         layout = _ladder_layout(growth_rate, block_config, num_init_features, architecture)
@@ -217,7 +222,8 @@ def reference_twin(model: nn.Module) -> nn.Module:
     It is in model's train/eval mode, on its device and dtype."""
     config = getattr(model, "config", None)
     if config is None:
-        raise ValueError(f"reference_twin needs a fastladder model with a .config, got {type(model).__name__}")
+        raise ValueError("reference_twin needs a fastladder model with a .config, got "
+                         f"{type(model).__name__}")
     twins = {"DenseNet": DenseNetReference, "LadderDenseNet": LadderDenseNetReference}
     cls = twins.get(type(model).__name__)
     if cls is None:

@@ -24,11 +24,13 @@ def upsample_concat(low: torch.Tensor, skip: torch.Tensor, *, mode: str = "conca
     return F.relu(joined) if relu else joined
 
 
-def ladder_blend(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                 *, mode: str = "concat", scale: Optional[torch.Tensor] = None,
-                 shift: Optional[torch.Tensor] = None, relu: bool = True, align_corners: bool = False) -> torch.Tensor:
+def ladder_blend(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor] = None, *, mode: str = "concat",
+                 scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None,
+                 relu: bool = True, align_corners: bool = False) -> torch.Tensor:
     """conv2d(upsample_concat(...), weight, bias, padding=1), unfused."""
-    joined = upsample_concat(low, skip, mode=mode, scale=scale, shift=shift, relu=relu, align_corners=align_corners)
+    joined = upsample_concat(low, skip, mode=mode, scale=scale, shift=shift, relu=relu,
+                             align_corners=align_corners)
     return F.conv2d(joined, weight, bias, padding=1)
 
 

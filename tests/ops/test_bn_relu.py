@@ -147,7 +147,8 @@ def test_fold_batch_norm_matches_eval_batchnorm(seed):
 
 @pytest.mark.parametrize("args,match", [
     (lambda: (torch.randn(2, 3, 4), torch.ones(3), torch.ones(3)), r"x must be a 4-D .*\[2, 3, 4\]"),
-    (lambda: (torch.randn(2, 3, 4, 4), torch.ones(4), torch.ones(3)), r"scale must be a 1-D tensor of length C = 3.*\[4\]"),
+    (lambda: (torch.randn(2, 3, 4, 4), torch.ones(4), torch.ones(3)),
+     r"scale must be a 1-D tensor of length C = 3.*\[4\]"),
     (lambda: (torch.randn(2, 3, 4, 4), torch.ones(3), torch.ones(3).double()), r"shift must have x's dtype"),
     (lambda: (torch.randint(0, 3, (2, 3, 4, 4)), torch.ones(3), torch.ones(3)), r"floating point"),
 ])

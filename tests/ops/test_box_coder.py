@@ -10,7 +10,7 @@ from torchvision.models.detection._utils import BoxCoder
 from fastladder import ops
 from fastladder._box_samples import priors_to_xyxy, random_boxes, ssd300_priors
 from fastladder.reference import boxes as reference
-from fastladder.testing import DEVICES, TOLERANCES, assert_close_to_reference
+from fastladder.testing import DEVICES, assert_close_to_reference
 
 
 def dyadic_priors(p, generator, dtype=torch.float32):
@@ -67,8 +67,10 @@ def test_encode_zero_size_box_gives_minus_inf():
 @pytest.mark.parametrize("variances", [(0.1, 0.2), (0.25, 0.5), (1.0, 1.0)])
 def test_encode_decode_round_trip(variances, generator, seed):
     priors = ssd300_priors(torch.float64)
-    boxes = priors_to_xyxy(priors) + torch.randn(len(priors), 4, generator=generator, dtype=torch.float64) * 0.01
-    boxes = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:]) + 1e-3], 1)
+    boxes = priors_to_xyxy(priors) + torch.randn(len(priors), 4, generator=generator,
+                                                 dtype=torch.float64) * 0.01
+    boxes = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]),
+                       torch.maximum(boxes[:, :2], boxes[:, 2:]) + 1e-3], 1)
     round_trip = ops.decode_boxes(ops.encode_boxes(boxes, priors, variances), priors, variances)
     torch.testing.assert_close(round_trip, boxes, rtol=1e-12, atol=1e-12, msg=lambda m: f"seed {seed}: {m}")
 
@@ -111,10 +113,11 @@ def test_box_coder_gradients(generator, seed):
 def test_box_coder_cuda_matches_cpu(dtype, generator, seed):
     priors = ssd300_priors(dtype)
     loc = torch.randn(4, len(priors), 4, generator=generator).to(dtype)
-    assert_close_to_reference(ops.decode_boxes(loc.cuda(), priors.cuda()).cpu(), ops.decode_boxes(loc, priors), seed=seed)
+    assert_close_to_reference(ops.decode_boxes(loc.cuda(), priors.cuda()).cpu(),
+                              ops.decode_boxes(loc, priors), seed=seed)
     boxes = ops.decode_boxes(loc, priors)
-    assert_close_to_reference(ops.encode_boxes(boxes.cuda(), priors.cuda()).cpu(), ops.encode_boxes(boxes, priors),
-                              seed=seed)
+    assert_close_to_reference(ops.encode_boxes(boxes.cuda(), priors.cuda()).cpu(),
+                              ops.encode_boxes(boxes, priors), seed=seed)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -138,7 +141,8 @@ def test_box_coder_torch_compile_fullgraph(generator, seed):
     ((2, 10, 4), (11, 4), {}, r"loc has 10 boxes per row but there are 11 priors"),
     ((2, 10, 3), (10, 4), {}, r"loc must be a \[\.\.\., P, 4\] tensor, got shape \[2, 10, 3\]"),
     ((2, 10, 4), (10, 5), {}, r"priors must be a \[P, 4\] tensor .* got shape \[10, 5\]"),
-    ((2, 10, 4), (10, 4), {"prior_dtype": torch.float64}, r"loc and priors must have the same dtype, got Float and Double"),
+    ((2, 10, 4), (10, 4), {"prior_dtype": torch.float64},
+     r"loc and priors must have the same dtype, got Float and Double"),
     ((2, 10, 4), (10, 4), {"variances": (0.1, 0.0)}, r"variances must be positive and finite"),
     ((2, 10, 4), (10, 4), {"variances": (0.1, 0.2, 0.3)}, r"variances must be two numbers"),
 ])

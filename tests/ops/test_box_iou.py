@@ -94,14 +94,16 @@ def test_box_iou_opcheck(device, generator):
 def test_box_iou_torch_compile_fullgraph(generator, seed):
     a, _ = clustered_boxes(40, generator)
     b, _ = clustered_boxes(50, generator)
-    compiled = torch.compile(lambda x, y: ops.box_iou(x, y).max(dim=1).values, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(lambda x, y: ops.box_iou(x, y).max(dim=1).values, fullgraph=True,
+                             backend="aot_eager")
     assert torch.equal(compiled(a, b), ops.box_iou(a, b).max(dim=1).values), seed
 
 
 @pytest.mark.parametrize("a_shape,b_shape,kw,match", [
     ((5, 3), (4, 4), {}, r"boxes1 must be an \[N, 4\] tensor .* got shape \[5, 3\]"),
     ((5, 4), (4,), {}, r"boxes2 must be an \[M, 4\] tensor .* got shape \[4\]"),
-    ((5, 4), (4, 4), {"dtype2": torch.float64}, r"boxes1 and boxes2 must have the same dtype, got Float and Double"),
+    ((5, 4), (4, 4), {"dtype2": torch.float64},
+     r"boxes1 and boxes2 must have the same dtype, got Float and Double"),
     ((5, 4), (4, 4), {"dtype1": torch.int64, "dtype2": torch.int64}, r"boxes1 must be floating point"),
 ])
 def test_box_iou_bad_input(a_shape, b_shape, kw, match):

@@ -43,7 +43,8 @@ def test_matches_reference(seed, mode, channels_last, bias, device):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed {seed}: {m}")
         leaves = [v for v in t.values() if v is not None]
         grad_out = torch.randn_like(expected)
-        for a, e in zip(torch.autograd.grad(actual, leaves, grad_out), torch.autograd.grad(expected, leaves, grad_out)):
+        for a, e in zip(torch.autograd.grad(actual, leaves, grad_out),
+                        torch.autograd.grad(expected, leaves, grad_out)):
             torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed {seed}: {m}")
 
 
@@ -121,16 +122,18 @@ def test_upsample_concat_rows_is_a_window_of_the_full_result(seed, channels_last
     t = make(low_size=(4, 5), skip_size=(9, 11), device=device)
     full = ops.upsample_concat(t["low"], t["skip"], scale=t["scale"], shift=t["shift"], relu=True)
     for begin, count in [(-1, 11), (-1, 3), (0, 9), (4, 2), (7, 3), (9, 1), (2, 0)]:
-        rows = torch.ops.fastladder.upsample_concat_rows(t["low"], t["skip"], "concat", t["scale"], t["shift"], True,
-                                                         False, begin, count, channels_last)
+        rows = torch.ops.fastladder.upsample_concat_rows(t["low"], t["skip"], "concat", t["scale"],
+                                                         t["shift"], True, False, begin, count, channels_last)
         assert rows.shape == (2, 10, count, 11)
-        assert rows.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert rows.is_contiguous(memory_format=(torch.channels_last if channels_last
+                                                 else torch.contiguous_format))
         for k in range(count):
             y = begin + k
             expected = full[:, :, y] if 0 <= y < 9 else torch.zeros_like(full[:, :, 0])
             torch.testing.assert_close(rows[:, :, k], expected, msg=lambda m: f"row {y} (seed {seed}): {m}")
     with pytest.raises(ValueError, match=r"rows \[-2, 3\) must lie within \[-1, 10\]"):
-        torch.ops.fastladder.upsample_concat_rows(t["low"], t["skip"], "concat", None, None, False, False, -2, 5, True)
+        torch.ops.fastladder.upsample_concat_rows(t["low"], t["skip"], "concat", None, None, False, False,
+                                                  -2, 5, True)
 
 
 @pytest.mark.parametrize("mode", ["concat", "add"])
@@ -179,8 +182,8 @@ def test_ladder_blend_bands_opcheck(seed):
 def test_ladder_blend_bands_checks_its_arguments():
     t = make()
     with pytest.raises(ValueError, match=r"weight must be a \[C_out, 10, 3, 3\] tensor for the joined input"):
-        torch.ops.fastladder.ladder_blend_bands(t["low"], t["skip"], t["weight"][:, :9], None, "concat", None, None,
-                                                True, False, 8)
+        torch.ops.fastladder.ladder_blend_bands(t["low"], t["skip"], t["weight"][:, :9], None, "concat",
+                                                None, None, True, False, 8)
     with pytest.raises(ValueError, match=r"band_rows must be positive, got 0"):
-        torch.ops.fastladder.ladder_blend_bands(t["low"], t["skip"], t["weight"], None, "concat", None, None, True,
-                                                False, 0)
+        torch.ops.fastladder.ladder_blend_bands(t["low"], t["skip"], t["weight"], None, "concat", None, None,
+                                                True, False, 0)

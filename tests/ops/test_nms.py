@@ -32,7 +32,8 @@ def assert_valid_nms(keep, boxes, scores, threshold):
     dropped = torch.ones(len(b), dtype=torch.bool)
     dropped[keep] = False
     for j in torch.nonzero(dropped).flatten():
-        assert torch.any((iou[keep, j] > threshold) & (s[keep] >= s[j])), f"box {int(j)} dropped without a suppressor"
+        assert torch.any((iou[keep, j] > threshold) & (s[keep] >= s[j])), (
+            f"box {int(j)} dropped without a suppressor")
 
 
 @pytest.mark.parametrize("threshold", THRESHOLDS)
@@ -52,7 +53,8 @@ def test_nms_matches_torchvision_on_uniform_boxes_of_mixed_sizes(n, generator, s
     boxes = random_boxes(n, generator, min_size=1.0, max_size=400.0)
     scores = unique_scores(n, generator)
     for threshold in (0.1, 0.45):
-        assert torch.equal(ops.nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold)), seed
+        assert torch.equal(ops.nms(boxes, scores, threshold),
+                           torchvision.ops.nms(boxes, scores, threshold)), seed
 
 
 @pytest.mark.parametrize("n", [60, 800])
@@ -130,7 +132,8 @@ def test_nms_empty(device):
     boxes = torch.empty(0, 4, device=device)
     keep = ops.nms(boxes, torch.empty(0, device=device), 0.5)
     assert keep.shape == (0,) and keep.dtype == torch.int64 and keep.device.type == device
-    keep = ops.batched_nms(boxes, torch.empty(0, device=device), torch.empty(0, dtype=torch.int64, device=device), 0.5)
+    keep = ops.batched_nms(boxes, torch.empty(0, device=device),
+                           torch.empty(0, dtype=torch.int64, device=device), 0.5)
     assert keep.shape == (0,) and keep.dtype == torch.int64
 
 
@@ -164,7 +167,8 @@ def test_batched_nms_matches_torchvision_offset_trick_on_integer_boxes(generator
     boxes = torch.cat([corner, corner + torch.randint(1, 40, (300, 2), generator=generator)], dim=1).float()
     scores = unique_scores(300, generator)
     idxs = torch.randint(0, 4, (300,), generator=generator)
-    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.4), torchvision.ops.batched_nms(boxes, scores, idxs, 0.4))
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.4),
+                       torchvision.ops.batched_nms(boxes, scores, idxs, 0.4))
 
 
 def test_batched_nms_category_values_are_arbitrary(generator, seed):
@@ -249,13 +253,15 @@ def test_nms_torch_compile_fullgraph(generator, seed):
     (lambda b, s: ops.nms(b, s, 1.5), r"iou_threshold must be in \[0, 1\], got 1.5"),
     (lambda b, s: ops.nms(b, s, -0.1), r"iou_threshold must be in \[0, 1\]"),
     (lambda b, s: ops.nms(b[:, :3], s, 0.5), r"boxes must be an \[N, 4\] tensor .* got shape \[10, 3\]"),
-    (lambda b, s: ops.nms(b, s[:9], 0.5), r"scores must be an \[N\] tensor .* got scores \[9\] for boxes \[10, 4\]"),
+    (lambda b, s: ops.nms(b, s[:9], 0.5),
+     r"scores must be an \[N\] tensor .* got scores \[9\] for boxes \[10, 4\]"),
     (lambda b, s: ops.nms(b, s.double(), 0.5), r"boxes and scores must have the same dtype"),
     (lambda b, s: ops.nms(b.long(), s.long(), 0.5), r"boxes must be floating point"),
     (lambda b, s: ops.batched_nms(b, s, torch.zeros(9, dtype=torch.int64), 0.5),
      r"idxs must be an \[N\] tensor .* got idxs \[9\] for boxes \[10, 4\]"),
     (lambda b, s: ops.batched_nms(b, s, torch.zeros(10), 0.5), r"idxs must be an integer tensor"),
-    (lambda b, s: ops.batched_nms(b, s, torch.zeros(10, dtype=torch.int64), 2.0), r"iou_threshold must be in"),
+    (lambda b, s: ops.batched_nms(b, s, torch.zeros(10, dtype=torch.int64), 2.0),
+     r"iou_threshold must be in"),
 ])
 def test_nms_bad_input(call, match, generator):
     boxes = random_boxes(10, generator)
@@ -271,4 +277,5 @@ def test_nms_large(n, generator, seed):
     scores = unique_scores(n, generator)
     assert torch.equal(ops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5)), seed
     idxs = torch.randint(0, 80, (n,), generator=generator)
-    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.5), tv_boxes._batched_nms_vanilla(boxes, scores, idxs, 0.5))
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.5),
+                       tv_boxes._batched_nms_vanilla(boxes, scores, idxs, 0.5))

@@ -20,7 +20,8 @@ def make_inputs(mode, low_size, skip_size, dtype=torch.float32, device="cpu", ba
     low = torch.randn(batch, low_channels, *low_size, dtype=dtype, device=device)
     skip = torch.randn(batch, skip_channels, *skip_size, dtype=dtype, device=device)
     if channels_last:
-        low, skip = low.contiguous(memory_format=torch.channels_last), skip.contiguous(memory_format=torch.channels_last)
+        low, skip = (low.contiguous(memory_format=torch.channels_last),
+                     skip.contiguous(memory_format=torch.channels_last))
     scale = shift = None
     if affine:
         scale = (torch.rand(out_channels, dtype=dtype, device=device) + 0.5)
@@ -47,7 +48,8 @@ def test_forward_matches_reference(seed, low_size, skip_size, mode, align_corner
         expected = reference.upsample_concat(low, skip, **kwargs)
         assert actual.shape == expected.shape
         assert_close_to_reference(actual, expected, seed=seed, msg=f"affine={affine} relu={relu}")
-        expected_format = torch.channels_last if channels_last and skip_size != (1, 1) else torch.contiguous_format
+        expected_format = (torch.channels_last if channels_last and skip_size != (1, 1)
+                           else torch.contiguous_format)
         assert actual.is_contiguous(memory_format=expected_format)
 
 
@@ -57,8 +59,8 @@ def test_dtypes(seed, dtype, device):
     low, skip, scale, shift = make_inputs("concat", (5, 6), (10, 12), dtype=dtype, device=device)
     actual = ops.upsample_concat(low, skip, scale=scale, shift=shift, relu=True)
     # the fused kernel rounds once; compare with the reference computed in float64
-    expected = reference.upsample_concat(low.double(), skip.double(), scale=scale.double(), shift=shift.double(),
-                                         relu=True)
+    expected = reference.upsample_concat(low.double(), skip.double(), scale=scale.double(),
+                                         shift=shift.double(), relu=True)
     assert actual.dtype == dtype
     assert_close_to_reference(actual, expected.to(dtype), seed=seed)
 
@@ -116,7 +118,8 @@ def test_backward_matches_reference(seed, low_size, skip_size, mode, channels_la
         actual = torch.autograd.grad(ops.upsample_concat(low, skip, **kwargs), inputs, grad_out)
         expected = torch.autograd.grad(reference.upsample_concat(low, skip, **kwargs), inputs, grad_out)
         for name, a, e in zip(["low", "skip", "scale", "shift"], actual, expected):
-            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4, msg=lambda m: f"grad {name} (seed {seed}): {m}")
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4,
+                                       msg=lambda m: f"grad {name} (seed {seed}): {m}")
 
 
 @pytest.mark.parametrize("mode", ["concat", "add"])
@@ -201,15 +204,22 @@ def test_cuda_matches_cpu(seed, dtype, channels_last, mode, align_corners):
 
 
 BAD_INPUTS = [
-    (lambda: (torch.randn(2, 3, 4), torch.randn(2, 3, 8, 8)), {}, ValueError, r"low must be a 4-D .*\[2, 3, 4\]"),
+    (lambda: (torch.randn(2, 3, 4), torch.randn(2, 3, 8, 8)), {}, ValueError,
+     r"low must be a 4-D .*\[2, 3, 4\]"),
     (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 8)), {}, ValueError, r"skip must be a 4-D"),
-    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(3, 3, 8, 8)), {}, ValueError, r"same batch size.*\[2, 3, 4, 4\].*\[3, 3, 8, 8\]"),
-    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 5, 8, 8)), {"mode": "add"}, ValueError, r"mode='add' needs .*same channels"),
-    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 8, 8)), {"mode": "sum"}, ValueError, r"mode must be one of"),
+    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(3, 3, 8, 8)), {}, ValueError,
+     r"same batch size.*\[2, 3, 4, 4\].*\[3, 3, 8, 8\]"),
+    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 5, 8, 8)), {"mode": "add"}, ValueError,
+     r"mode='add' needs .*same channels"),
+    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 8, 8)), {"mode": "sum"}, ValueError,
+     r"mode must be one of"),
     (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 8, 8).double()), {}, ValueError, r"same dtype"),
-    (lambda: (torch.randint(0, 5, (2, 3, 4, 4)), torch.randint(0, 5, (2, 3, 8, 8))), {}, ValueError, r"floating point"),
-    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 8, 8)), {"scale": torch.ones(5)}, ValueError, r"scale must be a 1-D tensor of length 6.*\[5\]"),
-    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 8, 8)), {"scale": torch.ones(6), "shift": torch.ones(6).double()}, ValueError, r"shift must have the dtype"),
+    (lambda: (torch.randint(0, 5, (2, 3, 4, 4)), torch.randint(0, 5, (2, 3, 8, 8))), {}, ValueError,
+     r"floating point"),
+    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 8, 8)), {"scale": torch.ones(5)}, ValueError,
+     r"scale must be a 1-D tensor of length 6.*\[5\]"),
+    (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 8, 8)),
+     {"scale": torch.ones(6), "shift": torch.ones(6).double()}, ValueError, r"shift must have the dtype"),
     (lambda: (torch.randn(2, 3, 0, 4), torch.randn(2, 3, 8, 8)), {}, ValueError, r"non-empty spatial sizes"),
 ]
 
