@@ -4,14 +4,20 @@
         --objective channel:features.conv0:3 --objective class:0 --out viz/
     fastladder attack --model ladder_densenet121 --weights ckpt.pt --attack dag img1.png img2.png --out adv/
 
-Weights: a checkpoint dict ``{"model": state_dict, "model_name", "model_kwargs", "num_classes"}``
-(``--model`` may then be left out) or a plain state_dict (``--model`` and ``--num-classes`` needed,
-``--model-kwargs`` as JSON when the model is not the registry's default size).
+Weights: a training checkpoint records the model, its classes and the normalization it was trained
+with; the model is then fed images in [0, 1] through ``fastladder.nn.Normalize`` with that mean and
+std, exactly as training normalized them. A plain state_dict needs ``--model`` and ``--num-classes``
+(``--model-kwargs`` as JSON when the model is not the registry's default size) and ``--dataset`` or
+``--mean/--std`` (RGB, 0–255 scale, as everywhere in fastladder). Checkpoints of DDP or
+torch.compile models load as they are.
 """
+import difflib
 import json
 import re
 import sys
 from pathlib import Path
+
+from fastladder.errors import ArgumentError, DataError
 
 __all__ = ["register", "parse_objective"]
 
@@ -82,63 +88,58 @@ changed pixels)."""
 
 
 def _model_arguments(parser):
-    parser.add_argument("--model", help="registered model name (fastladder.models.list_models())")
-    parser.add_argument("--weights", help="checkpoint or state_dict file (default: random weights)")
-    parser.add_argument("--num-classes", type=int, help="classes (needed for a plain state_dict)")
-    parser.add_argument("--model-kwargs", default=None, help="JSON dict of extra model constructor arguments")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
-                        help="input normalisation mean on the 0–1 scale (the model is wrapped in Normalize)")
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
-                        help="input normalisation std (0–1)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    from fastladder.eval import _common
+    from fastladder.eval.commands import DATASETS
+    from fastladder.eval.detection_commands import DATASETS as DETECTION_DATASETS
+
+    _common.add_model_arguments(parser, weights_required=False)
+    parser.add_argument("--dataset", choices=sorted(set(DATASETS) | set(DETECTION_DATASETS)), default=None,
+                        help="whose normalization applies when the weights do not record theirs")
 
 
 def _load_model(args):
-    """(model in eval mode on args.device, wrapped in Normalize when --mean/--std are given)."""
+    """(model in eval mode on args.device, layer-name prefix): a trained model is wrapped as
+    ``Sequential(Normalize(mean, std), model)`` so that it takes images in [0, 1] and normalizes them
+    as training did; its layers are then named ``1.<name>``."""
     import torch
+
+    from fastladder.eval import _common
     from fastladder.models import create_model
     from fastladder.nn import Normalize
 
-    name, num_classes = args.model, args.num_classes
-    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
-    state = None
     if args.weights:
-        checkpoint = torch.load(args.weights, map_location="cpu", weights_only=True)
-        if not isinstance(checkpoint, dict):
-            raise ValueError(f"{args.weights}: expected a checkpoint dict or a state_dict, got "
-                             f"{type(checkpoint).__name__}")
-        if "model" in checkpoint and isinstance(checkpoint["model"], dict):
-            stored = checkpoint.get("model_name")
-            if name and stored and name != stored:
-                raise ValueError(f"--model {name!r} differs from the checkpoint's model_name {stored!r} "
-                                 f"({args.weights})")
-            name = name or stored
-            num_classes = num_classes or checkpoint.get("num_classes")
-            kwargs = {**(checkpoint.get("model_kwargs") or {}), **kwargs}
-            state = checkpoint["model"]
-        else:
-            state = checkpoint
-    if not name or not num_classes:
-        raise ValueError("the model is not known: give --model and --num-classes (or a checkpoint that "
-                         "stores model_name and num_classes)")
-    model = create_model(name, num_classes=num_classes, **kwargs)
-    if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{args.weights} does not fit {name}: missing keys {missing[:5]}, unexpected "
-                             f"keys {unexpected[:5]}")
+        model, meta = _common.load_model_and_meta(args, task=None)
+        task = meta.get("task") or "seg"
+        mean, std = _common.normalization(args, meta, task, args.dataset)
     else:
-        print(f"warning: no --weights, {name} has random weights", file=sys.stderr)
-    if (args.mean is None) != (args.std is None):
-        raise ValueError("--mean and --std go together")
-    if args.mean is not None:
-        model = torch.nn.Sequential(Normalize(args.mean, args.std), model)
-        prefix = "1."
-    else:
-        prefix = ""
-    return model.to(args.device).eval(), prefix
+        if not args.model or not args.num_classes:
+            raise ArgumentError("without --weights the model is not known: give --model and --num-classes")
+        try:
+            model = create_model(args.model, num_classes=args.num_classes, **(args.model_kwargs or {}))
+        except TypeError as error:
+            raise ArgumentError(f"--model-kwargs {args.model_kwargs}: {error}") from error
+        print(f"warning: no --weights, {args.model} has random weights", file=sys.stderr)
+        if args.mean is None and args.std is None and args.dataset is None:
+            return model.to(args.device).eval(), ""
+        mean, std = _common.normalization(args, {}, "seg", args.dataset)
+    # Normalize takes its statistics on the 0–1 scale of its [0, 1] input
+    wrapped = torch.nn.Sequential(Normalize([v / 255 for v in mean], [v / 255 for v in std]), model)
+    return wrapped.to(args.device).eval(), "1."
+
+
+def check_layers(model, objectives, prefix: str):
+    """Every layer an objective names is a module of the model; an unknown name is an
+    ArgumentError listing the closest names."""
+    names = [name[len(prefix):] for name, _ in model.named_modules() if name.startswith(prefix) and name]
+    known = set(names)
+    for objective in objectives:
+        for layer in objective.layers:
+            name = layer[len(prefix):]
+            if name not in known:
+                close = difflib.get_close_matches(name, names, n=6, cutoff=0.5)
+                hint = f"close names: {', '.join(close)}" if close else \
+                    f"its modules include: {', '.join(n for n in names if '.' not in n)}"
+                raise ArgumentError(f"--objective: {name!r} is not a module of the model; {hint}")
 
 
 def parse_objective(spec: str, prefix: str = ""):
@@ -165,7 +166,7 @@ def parse_objective(spec: str, prefix: str = ""):
             return feature_viz.segmentation_class(int(rest[0]), region)
     except ValueError:
         pass
-    raise ValueError(f"--objective {spec!r}: expected channel:LAYER:I, unit:LAYER:I[:Y:X], layer:LAYER, "
+    raise ArgumentError(f"--objective {spec!r}: expected channel:LAYER:I, unit:LAYER:I[:Y:X], layer:LAYER, "
                      "class:I or "
                      f"segclass:I[:TOP,LEFT,BOTTOM,RIGHT]")
 
@@ -180,9 +181,10 @@ def cmd_visualize(args) -> int:
     from fastladder.analysis._report import save_image_grid, save_png
 
     if not args.objective and not args.filters:
-        raise ValueError("nothing to do: give at least one --objective or --filters")
+        raise ArgumentError("nothing to do: give at least one --objective or --filters")
     model, prefix = _load_model(args)
     objectives = [parse_objective(spec, prefix) for spec in args.objective]
+    check_layers(model, objectives, prefix)
     transforms = () if args.transforms in ("none",
                                            "") else tuple(t.strip() for t in args.transforms.split(","))
     out = Path(args.out)
@@ -217,16 +219,19 @@ def _read_images(paths, resize):
     import torch
     from PIL import Image
 
+    from fastladder.eval._images import read_image
+
     images = []
     for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if resize:
-                image = image.resize((resize[1], resize[0]), Image.BILINEAR)
-            images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255)
+        image = read_image(path)  # a missing, truncated or foreign file is a DataError naming it
+        if resize:
+            image = torch.from_numpy(np.asarray(
+                Image.fromarray(image.permute(1, 2, 0).numpy()).resize((resize[1], resize[0]), Image.BILINEAR)
+            ).copy()).permute(2, 0, 1)
+        images.append(image.float() / 255)
     sizes = {tuple(image.shape) for image in images}
     if len(sizes) > 1:
-        raise ValueError(f"the images differ in size {sorted(sizes)}: give --resize H W")
+        raise DataError(f"the images differ in size {sorted(sizes)}: give --resize H W")
     return torch.stack(images)
 
 
@@ -243,12 +248,12 @@ def cmd_attack(args) -> int:
     clean_prediction = clean.argmax(1)
     dense = clean.dim() == 4
     if dense != (args.attack == "dag"):
-        raise ValueError(f"--attack {args.attack} is for "
+        raise ArgumentError(f"--attack {args.attack} is for "
                          f"{'segmentation' if args.attack == 'dag' else 'classification'} "
                          f"models; this model's output has shape {tuple(clean.shape)}")
     if args.labels is not None:
         if dense or len(args.labels) != len(args.images):
-            raise ValueError(f"--labels takes one class per image for a classifier ({len(args.images)} "
+            raise ArgumentError(f"--labels takes one class per image for a classifier ({len(args.images)} "
                              "images), got "
                              f"{len(args.labels)} values")
         labels = torch.tensor(args.labels, device=images.device)
