@@ -37,7 +37,8 @@ def register(subparsers):
     viz.add_argument("--filters", action="store_true", help="also save the first convolution's filters")
     viz.add_argument("--out", required=True, help="output folder for the PNG grids")
     viz.add_argument("--steps", type=int, default=256)
-    viz.add_argument("--size", type=int, default=128, help="image side in pixels")
+    viz.add_argument("--size", type=int, default=None,
+                     help="image side in pixels (default 128; an SSD: its input size)")
     viz.add_argument("--num-images", type=int, default=4, help="images per objective")
     viz.add_argument("--lr", type=float, default=0.05)
     viz.add_argument("--transforms", default="jitter,scale,rotate,blur",
@@ -98,7 +99,7 @@ def _model_arguments(parser):
 
 
 def _load_model(args):
-    """(model in eval mode on args.device, layer-name prefix): a trained model is wrapped as
+    """(model in eval mode on args.device, layer-name prefix, meta): a trained model is wrapped as
     ``Sequential(Normalize(mean, std), model)`` so that it takes images in [0, 1] and normalizes them
     as training did; its layers are then named ``1.<name>``."""
     import torch
@@ -119,12 +120,14 @@ def _load_model(args):
         except TypeError as error:
             raise ArgumentError(f"--model-kwargs {args.model_kwargs}: {error}") from error
         print(f"warning: no --weights, {args.model} has random weights", file=sys.stderr)
+        meta = {"model_name": args.model, "num_classes": args.num_classes, "dataset": args.dataset,
+                "task": "det" if hasattr(model, "priors_for") else "seg"}
         if args.mean is None and args.std is None and args.dataset is None:
-            return model.to(args.device).eval(), ""
-        mean, std = _common.normalization(args, {}, "seg", args.dataset)
+            return model.to(args.device).eval(), "", meta
+        mean, std = _common.normalization(args, meta, meta["task"], args.dataset)
     # Normalize takes its statistics on the 0–1 scale of its [0, 1] input
     wrapped = torch.nn.Sequential(Normalize([v / 255 for v in mean], [v / 255 for v in std]), model)
-    return wrapped.to(args.device).eval(), "1."
+    return wrapped.to(args.device).eval(), "1.", meta
 
 
 def check_layers(model, objectives, prefix: str):
@@ -182,9 +185,12 @@ def cmd_visualize(args) -> int:
 
     if not args.objective and not args.filters:
         raise ArgumentError("nothing to do: give at least one --objective or --filters")
-    model, prefix = _load_model(args)
+    model, prefix, _ = _load_model(args)
     objectives = [parse_objective(spec, prefix) for spec in args.objective]
     check_layers(model, objectives, prefix)
+    detector = getattr(model[-1] if isinstance(model, torch.nn.Sequential) else model, "image_size", None)
+    if args.size is None:
+        args.size = max(detector) if detector is not None else 128
     transforms = () if args.transforms in ("none",
                                            "") else tuple(t.strip() for t in args.transforms.split(","))
     out = Path(args.out)
@@ -240,7 +246,10 @@ def cmd_attack(args) -> int:
     from fastladder.analysis import adversarial
     from fastladder.analysis._report import attack_summary, flipped_fraction, save_attack_figure
 
-    model, _ = _load_model(args)
+    model, _, meta = _load_model(args)
+    detector = getattr(model[-1] if isinstance(model, torch.nn.Sequential) else model, "priors_for", None)
+    if detector is not None:
+        return _attack_detector(args, model, meta)
     images = _read_images(args.images, args.resize).to(args.device)
     with torch.no_grad():
         clean = model(images)
@@ -249,13 +258,12 @@ def cmd_attack(args) -> int:
     dense = clean.dim() == 4
     if dense != (args.attack == "dag"):
         raise ArgumentError(f"--attack {args.attack} is for "
-                         f"{'segmentation' if args.attack == 'dag' else 'classification'} "
-                         f"models; this model's output has shape {tuple(clean.shape)}")
+                            f"{'segmentation' if args.attack == 'dag' else 'classification'} "
+                            f"models; this model's output has shape {tuple(clean.shape)}")
     if args.labels is not None:
         if dense or len(args.labels) != len(args.images):
             raise ArgumentError(f"--labels takes one class per image for a classifier ({len(args.images)} "
-                             "images), got "
-                             f"{len(args.labels)} values")
+                                f"images), got {len(args.labels)} values")
         labels = torch.tensor(args.labels, device=images.device)
     else:
         labels = clean_prediction
@@ -284,22 +292,74 @@ def cmd_attack(args) -> int:
     adversarial_prediction = adversarial_output.argmax(1)
     changed = flipped_fraction(adversarial_prediction, clean_prediction) if dense else None
     summary = attack_summary(result, changed_fraction=changed)
-    summary.update(attack=args.attack, images=[str(p) for p in args.images], model=args.model or "",
-                   weights=args.weights or "")
+    summary.update(attack=args.attack, images=[str(p) for p in args.images],
+                   model=meta.get("model_name") or "", weights=args.weights or "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    class_names = args.class_names.split(",") if args.class_names else None
+    class_names = args.class_names.split(",") if args.class_names else meta.get("class_names")
+    palette = None
+    if dense:
+        from fastladder.eval.commands import _palette
+        palette = _palette(meta.get("dataset"), int(clean.shape[1]))
     for i, path in enumerate(args.images):
         figure = save_attack_figure(out / f"{_file_stem(Path(path).stem)}_{args.attack}.png", images[i:i + 1],
                                     result.adversarial[i:i + 1], clean_prediction[i:i + 1],
-                                    adversarial_prediction[i:i + 1], class_names=class_names,
+                                    adversarial_prediction[i:i + 1], class_names=class_names, palette=palette,
                                     metadata={"fastladder": "attack", "attack": args.attack,
                                               "image": str(path),
                                               "success": bool(result.success[i]), "l2": result.l2[i].item(),
                                               "linf": result.linf[i].item()})
         print(f"wrote {figure}")
+    _write_summary(out, summary, args.attack, dense)
+    return 0
+
+
+def _write_summary(out: Path, summary, attack: str, dense: bool):
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{args.attack}: success rate {summary['success_rate']:.3f}, median L2 {summary['median_l2']:.4g}, "
+    print(f"{attack}: success rate {summary['success_rate']:.3f}, median L2 {summary['median_l2']:.4g}, "
           f"median Linf {summary['median_linf']:.4g}"
           + (f", changed pixels {summary['mean_changed_fraction']:.3f}" if dense else ""))
+
+
+def _attack_detector(args, model, meta) -> int:
+    """``--attack dag`` on an SSD: DAG on its per-prior class scores (ssd_attack), which removes every
+    detection, or with ``--target-class`` gives every detection that class. The images are resized
+    to the SSD's input size."""
+    import torch
+
+    from fastladder.analysis import adversarial
+    from fastladder.analysis._report import amplified_perturbation, attack_summary, save_png, to_uint8
+    from fastladder.eval.detection_commands import draw_detections
+
+    if args.attack != "dag":
+        raise ArgumentError(f"--attack {args.attack} is for classifiers; an SSD detector is attacked with "
+                            f"--attack dag (suppress its detections, or --target-class to mislabel them)")
+    ssd = model[-1] if isinstance(model, torch.nn.Sequential) else model
+    height, width = ssd.image_size
+    images = _read_images(args.images, args.resize or (height, width)).to(args.device)
+    mode = "suppress" if args.target_class is None else "mislabel"
+    result = adversarial.ssd_attack(model, images, mode=mode, target_label=args.target_class,
+                                    gamma=args.gamma or 0.5, max_iter=args.max_iter)
+    summary = attack_summary(result)
+    summary.update(attack=f"dag ({mode})", images=[str(p) for p in args.images],
+                   model=meta.get("model_name") or "", weights=args.weights or "")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    with torch.no_grad():
+        clean, attacked = model(images).to_list(), model(result.adversarial).to_list()
+    for i, path in enumerate(args.images):
+        tiles = []
+        for batch, found in ((images, clean), (result.adversarial, attacked)):
+            boxes, scores, labels = found[i]
+            picture = draw_detections(to_uint8(batch[i].cpu()), boxes.float().cpu() * scale, scores.cpu(),
+                                      labels.cpu())
+            tiles.append(picture.permute(2, 0, 1))
+        tiles.append(to_uint8(amplified_perturbation(result.adversarial[i:i + 1], images[i:i + 1])[0].cpu()))
+        figure = save_png(out / f"{_file_stem(Path(path).stem)}_dag.png", torch.cat(tiles, dim=2),
+                          {"fastladder": "attack", "attack": f"dag ({mode})", "image": str(path),
+                           "success": bool(result.success[i]), "l2": result.l2[i].item(),
+                           "linf": result.linf[i].item()})
+        print(f"wrote {figure}")
+    _write_summary(out, summary, f"dag ({mode})", False)
     return 0

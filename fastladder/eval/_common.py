@@ -162,11 +162,14 @@ def load_model_and_meta(args, *, task: Optional[str], num_classes: Optional[int]
 
 # The normalization each dataset's training uses, RGB on the 0–255 scale.
 def _dataset_normalization(task: str, dataset: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    from fastladder.data import transforms
-
-    if task == "seg" and dataset in ("cityscapes", "synthetic"):
-        return transforms.CITYSCAPES_MEAN, transforms.CITYSCAPES_STD
-    return transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
+    if task == "det":
+        from fastladder.data.box_transforms import IMAGENET_MEAN, IMAGENET_STD
+        return IMAGENET_MEAN, IMAGENET_STD
+    if dataset in ("cityscapes", "synthetic"):
+        from fastladder.data.transforms import CITYSCAPES_MEAN, CITYSCAPES_STD
+        return CITYSCAPES_MEAN, CITYSCAPES_STD
+    from fastladder.train.segmentation import IMAGENET_MEAN, IMAGENET_STD
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def normalization(args, meta: Dict[str, Any], task: str, dataset: Optional[str] = None
