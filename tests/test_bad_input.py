@@ -227,10 +227,8 @@ def test_interrupt_is_one_line_and_status_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
     parser = cli.build_parser()
+    parser._subparsers._group_actions[0].choices["info"].set_defaults(func=interrupted)
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    parser.set_defaults(func=interrupted)
-    info = parser._subparsers._group_actions[0].choices["info"]
-    info.set_defaults(func=interrupted)
     status, lines = run(["info"], capsys)
     assert status == 130 and lines == ["fastladder info: interrupted"]
 

@@ -172,6 +172,22 @@ def _dataset_normalization(task: str, dataset: str) -> Tuple[Tuple[float, ...], 
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+# The dataset of a checkpoint that does not record one (written before checkpoints described their model).
+_DEFAULT_DATASETS = {"seg": "cityscapes", "det": "mot15"}
+
+
+def dataset_name(args, meta: Dict[str, Any], task: str) -> str:
+    """--dataset, else the checkpoint's dataset, else (an older checkpoint or a plain state_dict) the
+    task's default, with a warning naming it."""
+    name = getattr(args, "dataset", None) or meta.get("dataset")
+    if name is None:
+        name = _DEFAULT_DATASETS[task]
+        print(f"warning: --weights {args.weights} does not record its dataset or normalization; using "
+              f"{name}'s (give --dataset, or --mean/--std)", file=sys.stderr)
+        meta["dataset"] = name
+    return name
+
+
 def normalization(args, meta: Dict[str, Any], task: str, dataset: Optional[str] = None
                   ) -> Tuple[list, list]:
     """(mean, std) RGB on the 0–255 scale: --mean/--std, else the checkpoint's, else the default of
@@ -182,11 +198,7 @@ def normalization(args, meta: Dict[str, Any], task: str, dataset: Optional[str] 
     if std is None:
         std = meta.get("std")
     if mean is None or std is None:
-        name = meta.get("dataset") or dataset
-        if name is None:
-            raise ArgumentError(f"--weights {args.weights} does not record its input normalization: give "
-                                f"--dataset, or --mean and --std (0-255 scale)")
-        default_mean, default_std = _dataset_normalization(task, name)
+        default_mean, default_std = _dataset_normalization(task, dataset or dataset_name(args, meta, task))
         mean = default_mean if mean is None else mean
         std = default_std if std is None else std
     if any(not math.isfinite(v) or v <= 0 for v in std):

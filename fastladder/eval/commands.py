@@ -106,9 +106,7 @@ def cmd_eval_seg(args) -> int:
 
     _common.check_limit(args.limit)
     model, meta = _common.load_model_and_meta(args, task="seg")
-    dataset_name = args.dataset or meta.get("dataset")
-    if dataset_name is None:
-        raise ArgumentError(f"--weights {args.weights} does not record its dataset: give --dataset")
+    dataset_name = _common.dataset_name(args, meta, "seg")
     mean, std = _common.normalization(args, meta, "seg", dataset_name)
     dataset = _common.open_eval_dataset("seg", dataset_name, args.root, args.split)
     num_classes = int(meta["num_classes"])
@@ -158,7 +156,7 @@ def cmd_predict(args) -> int:
 
     sources = collect_inputs(args.inputs)  # before the model: a bad input fails fast
     model, meta = _common.load_model_and_meta(args, task="seg")
-    dataset = args.dataset or meta.get("dataset") or "cityscapes"
+    dataset = _common.dataset_name(args, meta, "seg")
     mean, std = _common.normalization(args, meta, "seg", dataset)
     num_classes = int(meta["num_classes"])
     device = torch.device(args.device)

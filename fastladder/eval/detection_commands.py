@@ -98,7 +98,7 @@ def _load_detector(args, num_classes=None):
         if not hasattr(model, attribute):
             raise ArgumentError(f"--weights {args.weights}: the model ({type(model).__name__}) is not an SSD "
                                 f"detector (it has no {attribute})")
-    mean, std = _common.normalization(args, meta, "det", getattr(args, "dataset", None))
+    mean, std = _common.normalization(args, meta, "det")
     return model.to(torch.device(args.device)).eval(), meta, _input_size(args, meta), mean, std
 
 
@@ -125,9 +125,7 @@ def cmd_eval_det(args) -> int:
         raise ArgumentError(f"--batch-size must be positive, got {args.batch_size}")
     _common.check_limit(args.limit)
     model, meta, size, mean, std = _load_detector(args)
-    dataset_name = args.dataset or meta.get("dataset")
-    if dataset_name is None:
-        raise ArgumentError(f"--weights {args.weights} does not record its dataset: give --dataset")
+    dataset_name = _common.dataset_name(args, meta, "det")
     kwargs = dict(args.dataset_kwargs or {})
     if dataset_name == "voc":
         kwargs.setdefault("year", args.year)
