@@ -92,7 +92,7 @@ def test_train_eval_predict_visualize_attack(tmp_path, generator, task, dataset,
 
     # predict
     out = tmp_path / "predicted"
-    assert run(["predict", "--task", task, "--weights", str(checkpoint), str(images), "--out", str(out),
+    assert run(["predict", "--weights", str(checkpoint), str(images), "--out", str(out),
                 "--no-progress", "--device", "cpu"]) == 0
     written = [name for _, _, files in os.walk(out) for name in files]
     assert written and all(name.endswith((".png", ".json", ".txt")) for name in written)

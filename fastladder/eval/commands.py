@@ -58,8 +58,9 @@ def register(subparsers):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common.add_model_arguments(predict)
     predict.add_argument("inputs", nargs="+", help="image files (png/jpg), folders of them, or video files")
-    predict.add_argument("--task", choices=("seg", "det"), default="seg",
-                         help="seg: semantic segmentation (default); det: SSD detection")
+    predict.add_argument("--task", choices=("seg", "det"), default=None,
+                         help="seg: semantic segmentation; det: SSD detection (default: the checkpoint's, "
+                              "else seg)")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--dataset", choices=sorted(set(DATASETS) | set(detection_commands.DATASETS)),
                          default=None,
@@ -142,20 +143,27 @@ def cmd_eval_seg(args) -> int:
 # --- predict --------------------------------------------------------------------------------------
 
 def cmd_predict(args) -> int:
-    if args.task == "det":
+    from fastladder.eval._images import collect_inputs
+
+    sources = collect_inputs(args.inputs)  # before the model: a bad input fails fast
+    model, meta = _common.load_model_and_meta(args, task=args.task)
+    task = args.task or meta.get("task") or "seg"
+    if task == "det":
         if args.scales != [1.0] or args.flip:
             raise ArgumentError("--scales and --flip are for segmentation; detection (--task det) runs one "
                                 "scale")
-        return detection_commands.cmd_predict_det(args)
+        return detection_commands.predict_det(args, sources, model, meta)
+    return _predict_seg(args, sources, model, meta)
+
+
+def _predict_seg(args, sources, model, meta) -> int:
     import torch
     from tqdm import tqdm
 
     from fastladder.data.labels import cityscapes_train_to_label_id, colorize
-    from fastladder.eval._images import collect_inputs, count_frames, iterate_frames, overlay, save_png
+    from fastladder.eval._images import count_frames, iterate_frames, overlay, save_png
     from fastladder.eval.inference import normalize_image, predict_logits
 
-    sources = collect_inputs(args.inputs)  # before the model: a bad input fails fast
-    model, meta = _common.load_model_and_meta(args, task="seg")
     dataset = _common.dataset_name(args, meta, "seg")
     mean, std = _common.normalization(args, meta, "seg", dataset)
     num_classes = int(meta["num_classes"])

@@ -28,7 +28,7 @@ from typing import Dict, List, Tuple
 from fastladder.errors import ArgumentError, DataError
 from fastladder.eval import _common
 
-__all__ = ["add_eval_det", "add_predict_det_arguments", "cmd_eval_det", "cmd_predict_det", "DATASETS",
+__all__ = ["add_eval_det", "add_predict_det_arguments", "cmd_eval_det", "predict_det", "DATASETS",
            "mot_rows", "draw_detections"]
 
 DATASETS = ("mot15", "voc", "synthetic")
@@ -89,11 +89,12 @@ def _input_size(args, meta) -> Tuple[int, int]:
     return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
 
-def _load_detector(args, num_classes=None):
-    """(SSD in eval mode on args.device, meta, (h, w) input size, mean, std)."""
+def _load_detector(args, loaded=None):
+    """(SSD in eval mode on args.device, meta, (h, w) input size, mean, std); ``loaded``: the
+    (model, meta) already read from args.weights."""
     import torch
 
-    model, meta = _common.load_model_and_meta(args, task="det", num_classes=num_classes)
+    model, meta = loaded or _common.load_model_and_meta(args, task="det")
     for attribute in ("image_size", "priors_for"):
         if not hasattr(model, attribute):
             raise ArgumentError(f"--weights {args.weights}: the model ({type(model).__name__}) is not an SSD "
@@ -227,17 +228,18 @@ def _sequence_and_frame(source, name: str, counters: Dict[str, int]) -> Tuple[st
     return sequence, int(number.group(1)) if number else counters[sequence]
 
 
-def cmd_predict_det(args) -> int:
+def predict_det(args, sources, model, meta) -> int:
+    """``fastladder predict`` of a detector (``--task det``, or an SSD checkpoint) on the collected
+    input sources."""
     import torch
     from tqdm import tqdm
 
-    from fastladder.eval._images import collect_inputs, count_frames, iterate_frames, save_png
+    from fastladder.eval._images import count_frames, iterate_frames, save_png
     from fastladder.eval.evaluate import detect, prepare_detection_input
 
     if not 0 <= args.score_thresh <= 1:
         raise ArgumentError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
-    sources = collect_inputs(args.inputs)  # before the model: a bad input fails fast
-    model, meta, size, mean, std = _load_detector(args)
+    model, meta, size, mean, std = _load_detector(args, (model, meta))
     class_names = args.class_names or _foreground_names(meta)
     device = next(model.parameters()).device
     counts = [count_frames(source) for source in sources]
