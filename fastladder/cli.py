@@ -138,7 +138,12 @@ def _user_error_message(error: BaseException):
     from fastladder.errors import FastladderError
 
     if isinstance(error, FastladderError):
-        return str(error)
+        text = str(error)
+        if "Original Traceback" in text:
+            # raised in a DataLoader worker: torch re-raises it with the worker's traceback in the
+            # message, whose last line is "module.Class: the message"
+            text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+        return text
     if isinstance(error, OSError) and error.filename is not None:
         # a missing, unreadable or unwritable file the user named: the OS's reason and the path
         reason = error.strerror or type(error).__name__

@@ -214,13 +214,22 @@ def open_eval_dataset(task: str, name: str, root: Optional[str], split: str, **k
     The synthetic sets are read, never generated here: an evaluation must not overwrite the data a
     run was trained on, and finding nothing at ``root`` is an error.
     """
-    from fastladder import data
-
     if root is None:
         raise ArgumentError(f"--dataset {name} needs --root: the folder of its official layout (for "
                             f"synthetic: where the training run generated it)")
     if not os.path.isdir(root):
         raise DataError(f"--root {root}: no such folder")
+    try:
+        return _open(task, name, root, split, **kwargs)
+    except ValueError as error:  # a missing split folder, list file or manifest entry: named by the loader
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"--dataset {name} --root {root} --split {split}: {error}") from error
+
+
+def _open(task: str, name: str, root: str, split: str, **kwargs):
+    from fastladder import data
+
     if task == "seg":
         if name == "voc":
             return data.VOCSegmentation(root, image_set=split, **kwargs)
@@ -228,9 +237,14 @@ def open_eval_dataset(task: str, name: str, root: Optional[str], split: str, **k
             return data.CamVid(root, split, **kwargs)
         if name == "synthetic":
             from fastladder.data.synthetic import MANIFEST_NAME
-            if not os.path.isfile(os.path.join(root, MANIFEST_NAME)):
+            manifest = os.path.join(root, MANIFEST_NAME)
+            if not os.path.isfile(manifest):
                 raise DataError(f"--root {root}: no synthetic scenes there ({MANIFEST_NAME} is missing); "
                                 f"give the folder the training run generated")
+            with open(manifest) as f:
+                splits = json.load(f).get("splits") or {}
+            if split not in splits:
+                raise DataError(f"{manifest}: split {split!r} was not generated (there: {sorted(splits)})")
             return data.Cityscapes(root, split, target="trainIds", **kwargs)
         return data.Cityscapes(root, split, **kwargs)
     if name == "voc":

@@ -102,20 +102,22 @@ def _class_names(meta, dataset, num_classes: int):
 def cmd_eval_seg(args) -> int:
     import torch
 
-    from fastladder.eval.evaluate import NormalizedSegmentation
+    from fastladder.data.transforms import segmentation_eval_transforms
     from fastladder.eval.inference import evaluate_segmentation, format_iou_table
 
     _common.check_limit(args.limit)
     model, meta = _common.load_model_and_meta(args, task="seg")
     dataset_name = _common.dataset_name(args, meta, "seg")
     mean, std = _common.normalization(args, meta, "seg", dataset_name)
-    dataset = _common.open_eval_dataset("seg", dataset_name, args.root, args.split)
+    # training's evaluation transforms: normalization at full resolution
+    dataset = _common.open_eval_dataset("seg", dataset_name, args.root, args.split,
+                                        transforms=segmentation_eval_transforms(mean, std))
     num_classes = int(meta["num_classes"])
     if int(dataset.num_classes) != num_classes:
         raise ArgumentError(f"--weights {args.weights} predicts {num_classes} classes, --dataset "
                             f"{dataset_name} has {dataset.num_classes}")
     class_names = _class_names(meta, dataset, num_classes)
-    data = NormalizedSegmentation(dataset, mean, std)
+    data = dataset
     if args.limit is not None:
         data = torch.utils.data.Subset(data, range(min(args.limit, len(data))))
     if len(data) == 0:

@@ -1,8 +1,10 @@
 """Evaluation over a dataset, as the ``fastladder eval`` commands run it (the commands only parse
 options and print): the preprocessing of each item, the loop, the metrics.
 
-Segmentation: :class:`NormalizedSegmentation` feeds :func:`fastladder.eval.evaluate_segmentation`.
-Detection: :class:`DetectionEvalSet` resizes each image to the SSD's input size and normalizes it;
+Segmentation: the dataset with training's evaluation transforms feeds
+:func:`fastladder.eval.evaluate_segmentation`.
+Detection: :class:`DetectionEvalSet` resizes each image to the SSD's input size and normalizes it
+(training's evaluation transforms);
 :func:`evaluate_detector` maps the detections back to the pixels of the original image and scores
 them against the dataset's ground truth there with :func:`fastladder.eval.average_precision`
 (ignored boxes — MOT consider 0, VOC difficult — are its ignore regions).
@@ -12,36 +14,17 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-__all__ = ["NormalizedSegmentation", "DetectionEvalSet", "collate_detection_eval", "prepare_detection_input",
+__all__ = ["DetectionEvalSet", "collate_detection_eval", "prepare_detection_input",
            "detect", "evaluate_detector"]
-
-
-class NormalizedSegmentation:
-    """A segmentation dataset (uint8 image [3, H, W], label [H, W]) whose images come out
-    normalized for the model: (image − mean) / std, float32, mean/std RGB on the 0–255 scale."""
-
-    def __init__(self, dataset, mean: Sequence[float], std: Sequence[float]):
-        self.dataset, self.mean, self.std = dataset, mean, std
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        from fastladder.eval.inference import normalize_image
-
-        image, label = self.dataset[index]
-        return normalize_image(image, self.mean, self.std), label
 
 
 def prepare_detection_input(image: torch.Tensor, size: Sequence[int], mean: Sequence[float],
                             std: Sequence[float]) -> torch.Tensor:
     """uint8 [3, H, W] → normalized float [3, h, w] at the network's input size (h, w), as the SSD
     evaluation transforms of training do."""
-    from fastladder.data.box_transforms import Resize, ToFloatNormalize
+    from fastladder.data.box_transforms import ssd_eval_transforms
 
-    empty = {"boxes": torch.zeros(0, 4)}
-    resized, _ = Resize(tuple(size))(image, empty)
-    normalized, _ = ToFloatNormalize(mean, std)(resized, empty)
+    normalized, _ = ssd_eval_transforms(tuple(size), mean, std)(image, {"boxes": torch.zeros(0, 4)})
     return normalized
 
 
