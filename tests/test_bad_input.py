@@ -59,7 +59,7 @@ def trained(tmp_path_factory):
     write_camvid(base / "camvid", "val", generator)
     status = cli.main(["train", "seg", "--dataset", "camvid", "--root", str(base / "camvid"), "--out",
                        str(base / "run"), "--steps", "1", "--batch-size", "2", *QUIET, "--model-kwargs",
-                       json.dumps(TINY_LADDER), "--crop-size", "32"])
+                       json.dumps(TINY_LADDER), "--crop-size", "64"])
     assert status == 0
     return base
 
@@ -72,7 +72,7 @@ def commands_on(weights, base, out):
         "predict": ["predict", "--weights", str(weights), image, "--out", str(out), "--no-progress",
                     "--device", "cpu"],
         "visualize": ["visualize", "--weights", str(weights), "--objective", "channel:context:0", "--steps",
-                      "1", "--size", "32", "--num-images", "1", "--out", str(out), "--device", "cpu"],
+                      "1", "--size", "64", "--num-images", "1", "--out", str(out), "--device", "cpu"],
         "attack": ["attack", "--attack", "dag", "--weights", str(weights), image, "--max-iter", "1", "--out",
                    str(out), "--device", "cpu"],
     }
@@ -185,8 +185,8 @@ def test_eval_synthetic_leaves_the_training_data_as_it_was(tmp_path, capsys):
     data, run_dir = tmp_path / "scenes", tmp_path / "run"
     assert cli.main(["train", "seg", "--dataset", "synthetic", "--root", str(data), "--out", str(run_dir),
                      "--steps", "1", "--batch-size", "2", *QUIET, "--model-kwargs",
-                         json.dumps(TINY_LADDER), "--crop-size", "32", "--dataset-kwargs",
-                     json.dumps({"num_images": 2, "size": [32, 48]})]) == 0
+                         json.dumps(TINY_LADDER), "--crop-size", "64", "--dataset-kwargs",
+                     json.dumps({"num_images": 2, "size": [64, 96]})]) == 0
     before = tree_digest(data)
     status, lines = run(["eval", "seg", "--weights", str(run_dir / "last.pt"), "--root", str(data), *QUIET],
                         capsys)

@@ -164,7 +164,7 @@ def _predict_seg(args, sources, model, meta) -> int:
 
     from fastladder.data.labels import cityscapes_train_to_label_id, colorize
     from fastladder.eval._images import count_frames, iterate_frames, overlay, save_png
-    from fastladder.eval.inference import normalize_image, predict_logits
+    from fastladder.eval.inference import normalize_image, predict
 
     dataset = _common.dataset_name(args, meta, "seg")
     mean, std = _common.normalization(args, meta, "seg", dataset)
@@ -186,7 +186,7 @@ def _predict_seg(args, sources, model, meta) -> int:
         for source in sources:
             for name, image in _common.frames_or_report(source, iterate_frames, failures):
                 x = normalize_image(image.to(device).unsqueeze(0), mean, std)
-                train_ids = predict_logits(model, x, scales=args.scales, flip=args.flip).argmax(1)[0].cpu()
+                train_ids = predict(model, x, scales=args.scales, flip=args.flip)[0].cpu()
                 base = os.path.join(args.out, name)
                 colors = colorize(train_ids, palette)
                 if "color" in wanted:
