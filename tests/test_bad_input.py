@@ -176,7 +176,7 @@ def test_eval_synthetic_reads_never_regenerates(trained, tmp_path, capsys):
     status, lines = run(argv, capsys)
     assert_one_line(status, lines, empty)
     assert list(empty.iterdir()) == []
-    status, lines = run(argv[:6] + [str(tmp_path / "nowhere")] + argv[7:], capsys)
+    status, lines = run(argv[:7] + [str(tmp_path / "nowhere")] + argv[8:], capsys)
     assert_one_line(status, lines, tmp_path / "nowhere")
     assert not (tmp_path / "nowhere").exists()
 
