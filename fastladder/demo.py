@@ -89,7 +89,7 @@ def run_demo(out: str = "fastladder-demo", *, quick: bool = False, device: Optio
     from fastladder.data import SyntheticScenes
     from fastladder.data.transforms import CITYSCAPES_MEAN, CITYSCAPES_STD, segmentation_eval_transforms
     from fastladder.eval._images import save_grid
-    from fastladder.eval._weights import load_model
+    from fastladder.models import load_model
     from fastladder.eval.inference import evaluate_segmentation, format_iou_table
     from fastladder.train import TrainConfig, train
     from fastladder.train.segmentation import build_segmentation_dataset

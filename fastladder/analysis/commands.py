@@ -89,12 +89,12 @@ changed pixels)."""
 
 
 def _model_arguments(parser):
+    from fastladder.data.registry import list_datasets
     from fastladder.eval import _common
-    from fastladder.eval.commands import DATASETS
-    from fastladder.eval.detection_commands import DATASETS as DETECTION_DATASETS
 
     _common.add_model_arguments(parser, weights_required=False)
-    parser.add_argument("--dataset", choices=sorted(set(DATASETS) | set(DETECTION_DATASETS)), default=None,
+    parser.add_argument("--dataset", choices=sorted(set(list_datasets("seg")) | set(list_datasets("det"))),
+                        default=None,
                         help="whose normalization applies when the weights do not record theirs")
 
 
@@ -110,8 +110,7 @@ def _load_model(args):
 
     if args.weights:
         model, meta = _common.load_model_and_meta(args, task=None)
-        task = meta.get("task") or "seg"
-        mean, std = _common.normalization(args, meta, task, args.dataset)
+        mean, std = _common.normalization(args, meta, meta.get("task") or "seg")
     else:
         if not args.model or not args.num_classes:
             raise ArgumentError("without --weights the model is not known: give --model and --num-classes")
@@ -124,7 +123,7 @@ def _load_model(args):
                 "task": "det" if hasattr(model, "priors_for") else "seg"}
         if args.mean is None and args.std is None and args.dataset is None:
             return model.to(args.device).eval(), "", meta
-        mean, std = _common.normalization(args, meta, meta["task"], args.dataset)
+        mean, std = _common.normalization(args, meta, meta["task"])
     # Normalize takes its statistics on the 0–1 scale of its [0, 1] input
     wrapped = torch.nn.Sequential(Normalize([v / 255 for v in mean], [v / 255 for v in std]), model)
     return wrapped.to(args.device).eval(), "1.", meta
@@ -299,8 +298,8 @@ def cmd_attack(args) -> int:
     class_names = args.class_names.split(",") if args.class_names else meta.get("class_names")
     palette = None
     if dense:
-        from fastladder.eval.commands import _palette
-        palette = _palette(meta.get("dataset"), int(clean.shape[1]))
+        from fastladder.eval._common import palette as dataset_palette
+        palette = dataset_palette("seg", meta.get("dataset"), int(clean.shape[1]))
     for i, path in enumerate(args.images):
         figure = save_attack_figure(out / f"{_file_stem(Path(path).stem)}_{args.attack}.png", images[i:i + 1],
                                     result.adversarial[i:i + 1], clean_prediction[i:i + 1],

@@ -12,6 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fastladder.errors import DataError
+from fastladder.data.labels import IGNORE_INDEX
+
 __all__ = ["read_image", "read_label", "write_image", "write_label", "check_folder", "allowed_values_check",
            "SegmentationDataset"]
 
@@ -26,8 +29,8 @@ def read_image(path: PathLike) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read the image ({error})") from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"{path}: cannot read the image ({error})") from error
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
@@ -41,11 +44,11 @@ def read_label(path: PathLike) -> torch.Tensor:
         with Image.open(path) as image:
             mode = image.mode
             if mode not in _LABEL_MODES:
-                raise ValueError(f"{path}: a label image must hold class ids (palette or grey PNG), got "
-                                 f"PIL mode {mode!r} of size {image.size[0]}x{image.size[1]}")
+                raise DataError(f"{path}: a label image must hold class ids (palette or grey PNG), got "
+                                f"PIL mode {mode!r} of size {image.size[0]}x{image.size[1]}")
             values = np.asarray(image)
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"{path}: cannot read the label image ({error})") from error
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(f"{path}: cannot read the label image ({error})") from error
     return torch.from_numpy(values.astype(np.int64))
 
 
@@ -76,7 +79,7 @@ def write_label(path: PathLike, label: torch.Tensor, palette: Optional[torch.Ten
 def check_folder(path: Path, what: str) -> Path:
     """``path`` if it is a folder, else a ValueError naming ``what`` and the path."""
     if not path.is_dir():
-        raise ValueError(f"{what}: folder {path} does not exist")
+        raise DataError(f"{what}: folder {path} does not exist")
     return path
 
 
@@ -90,7 +93,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     Tensor[H, W] of train ids, 255 = ignore; without transforms the pair itself.
     """
 
-    ignore_index = 255
+    ignore_index = IGNORE_INDEX
     num_classes: int
     class_names: Tuple[str, ...]
     palette: torch.Tensor
@@ -124,8 +127,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return image, torch.full(image.shape[1:], self.ignore_index, dtype=torch.int64)
         values = self.read_label_file(label_path)
         if values.shape != image.shape[1:]:
-            raise ValueError(f"{image_path} is {image.shape[2]}x{image.shape[1]} (WxH) but its label "
-                             f"{label_path} is {values.shape[1]}x{values.shape[0]}")
+            raise DataError(f"{image_path} is {image.shape[2]}x{image.shape[1]} (WxH) but its label "
+                            f"{label_path} is {values.shape[1]}x{values.shape[0]}")
         return image, self.decode_label(values, label_path)
 
     def __getitem__(self, index: int):
@@ -144,4 +147,4 @@ def allowed_values_check(values: torch.Tensor, allowed: torch.Tensor, path: Path
     present = torch.unique(values)
     bad = present[~torch.isin(present, allowed)]
     if bad.numel():
-        raise ValueError(f"{path}: label values {bad[:10].tolist()} are not {description}")
+        raise DataError(f"{path}: label values {bad[:10].tolist()} are not {description}")

@@ -21,6 +21,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from fastladder.data.registry import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "Compose", "PhotometricDistort", "Expand", "MinIoURandomCrop", "RandomHorizontalFlip", "Resize",
     "ToFloatNormalize", "ssd_train_transforms", "ssd_eval_transforms", "collate_detection",
@@ -29,9 +31,6 @@ __all__ = [
 
 Target = Dict[str, torch.Tensor]
 
-# ImageNet statistics on the 0-255 scale (RGB): the normalization of torchvision's VGG/DenseNet weights.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 _PER_BOX_KEYS = ("boxes", "labels", "ignore")
 

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 
+from fastladder.errors import ArgumentError, DataError
 from fastladder.data._io import SegmentationDataset, allowed_values_check, check_folder
 
 __all__ = ["CAMVID_CLASSES", "CAMVID_PALETTE", "CamVid"]
@@ -45,7 +46,7 @@ class CamVid(SegmentationDataset):
     def __init__(self, root: Union[str, os.PathLike], split: str = "train",
                  transforms: Optional[Callable] = None):
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise ArgumentError(f"split must be one of {SPLITS}, got {split!r}")
         self.root = check_folder(Path(root), "CamVid root")
         self.split = split
         self.palette = CAMVID_PALETTE.clone()
@@ -55,10 +56,10 @@ class CamVid(SegmentationDataset):
         for image_path in sorted(image_folder.glob("*.png")):
             label_path = label_folder / image_path.name
             if not label_path.is_file():
-                raise ValueError(f"image {image_path} has no label file: {label_path} does not exist")
+                raise DataError(f"image {image_path} has no label file: {label_path} does not exist")
             files.append((image_path, label_path))
         if not files:
-            raise ValueError(f"CamVid split {split!r}: no *.png images in {image_folder}")
+            raise DataError(f"CamVid split {split!r}: no *.png images in {image_folder}")
         super().__init__(files, transforms)
 
     def decode_label(self, values: torch.Tensor, path: Path) -> torch.Tensor:

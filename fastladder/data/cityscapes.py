@@ -12,6 +12,7 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
+from fastladder.errors import ArgumentError, DataError
 from fastladder.data._io import SegmentationDataset, check_folder
 from fastladder.data.labels import (CITYSCAPES_CLASSES, CITYSCAPES_LABELS, CITYSCAPES_PALETTE,
                                     cityscapes_label_to_train_id)
@@ -43,9 +44,9 @@ class Cityscapes(SegmentationDataset):
     def __init__(self, root: Union[str, os.PathLike], split: str = "train", target: str = "trainIds",
                  transforms: Optional[Callable] = None):
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise ArgumentError(f"split must be one of {SPLITS}, got {split!r}")
         if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+            raise ArgumentError(f"target must be one of {TARGETS}, got {target!r}")
         self.root = Path(root)
         self.split = split
         self.target = target
@@ -63,11 +64,11 @@ class Cityscapes(SegmentationDataset):
                 stem = image_path.name[:-len(_IMAGE_SUFFIX)]
                 label_path = label_folder / city.name / (stem + _LABEL_SUFFIX)
                 if not label_path.is_file():
-                    raise ValueError(f"image {image_path} has no label file: {label_path} does not exist")
+                    raise DataError(f"image {image_path} has no label file: {label_path} does not exist")
                 files.append((image_path, label_path))
         if not files:
-            raise ValueError(f"Cityscapes split {split!r}: no {{city}}/*{_IMAGE_SUFFIX} images under "
-                             f"{image_folder}")
+            raise DataError(f"Cityscapes split {split!r}: no {{city}}/*{_IMAGE_SUFFIX} images under "
+                            f"{image_folder}")
         super().__init__(files, transforms)
         if target == "trainIds":
             self.num_classes = len(CITYSCAPES_CLASSES)

@@ -8,6 +8,8 @@ from typing import NamedTuple, Tuple
 
 import torch
 
+from fastladder.errors import DataError
+
 __all__ = ["Label", "CITYSCAPES_LABELS", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "IGNORE_INDEX",
            "cityscapes_label_to_train_id", "cityscapes_train_to_label_id", "colorize"]
 
@@ -81,7 +83,7 @@ def cityscapes_label_to_train_id(label_ids: torch.Tensor, *, source: str = "labe
         if not bad.any():
             return train_ids
     values = torch.unique(ids[bad])[:10].tolist()
-    raise ValueError(f"{source}: values {values} are not Cityscapes label ids (0…33)")
+    raise DataError(f"{source}: values {values} are not Cityscapes label ids (0…33)")
 
 
 def cityscapes_train_to_label_id(train_ids: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,11 @@ import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from PIL import Image
+
+from fastladder.data._io import read_image
+from fastladder.errors import ArgumentError, DataError
 
 __all__ = ["MOT15Detection", "SequenceInfo", "read_sequence_info", "read_mot_ground_truth"]
 
@@ -65,22 +67,22 @@ def read_sequence_info(sequence_dir: str) -> SequenceInfo:
         with open(ini_path, encoding="utf-8") as f:
             parser.read_file(f)
     except (configparser.Error, UnicodeDecodeError) as error:
-        raise ValueError(f"{ini_path}: not a valid ini file: {error}") from error
+        raise DataError(f"{ini_path}: not a valid ini file: {error}") from error
     if not parser.has_section("Sequence"):
-        raise ValueError(f"{ini_path}: no [Sequence] section (sections: {parser.sections()})")
+        raise DataError(f"{ini_path}: no [Sequence] section (sections: {parser.sections()})")
     section = parser["Sequence"]
 
     def field(key, convert, required=True):
         if key not in section:
             if required:
-                raise ValueError(f"{ini_path}: [Sequence] lacks the key {key!r} (keys: {sorted(section)})")
+                raise DataError(f"{ini_path}: [Sequence] lacks the key {key!r} (keys: {sorted(section)})")
             return None
         text = section[key].strip()
         try:
             return convert(text)
         except ValueError as error:
-            raise ValueError(f"{ini_path}: [Sequence] {key} = {text!r} is not a valid "
-                             f"{convert.__name__}") from error
+            raise DataError(f"{ini_path}: [Sequence] {key} = {text!r} is not a valid "
+                            f"{convert.__name__}") from error
 
     info = SequenceInfo(name=field("name", str, required=False) or name,
                         image_dir=field("imDir", str, required=False) or "img1",
@@ -90,30 +92,30 @@ def read_sequence_info(sequence_dir: str) -> SequenceInfo:
                         extension=field("imExt", str, required=False) or ".jpg")
     for key, value in (("seqLength", info.length), ("imWidth", info.width), ("imHeight", info.height)):
         if value <= 0:
-            raise ValueError(f"{ini_path}: [Sequence] {key} must be positive, got {value}")
+            raise DataError(f"{ini_path}: [Sequence] {key} must be positive, got {value}")
     if not info.extension.startswith("."):
         info.extension = "." + info.extension
     image_dir = os.path.join(sequence_dir, info.image_dir)
     if not os.path.isdir(image_dir):
-        raise ValueError(f"{ini_path}: the image folder imDir={info.image_dir!r} does not exist "
-                         f"({image_dir})")
+        raise DataError(f"{ini_path}: the image folder imDir={info.image_dir!r} does not exist "
+                        f"({image_dir})")
     return info
 
 
 def _derive_sequence_info(sequence_dir: str, name: str) -> SequenceInfo:
     image_dir = os.path.join(sequence_dir, "img1")
     if not os.path.isdir(image_dir):
-        raise ValueError(f"{sequence_dir}: neither seqinfo.ini nor an img1 folder found")
+        raise DataError(f"{sequence_dir}: neither seqinfo.ini nor an img1 folder found")
     frames = sorted(entry for entry in os.listdir(image_dir) if _frame_number(entry) is not None)
     if not frames:
-        raise ValueError(f"{image_dir}: no frame images (000001.jpg, ...) found")
+        raise DataError(f"{image_dir}: no frame images (000001.jpg, ...) found")
     extension = os.path.splitext(frames[0])[1]
     first = os.path.join(image_dir, frames[0])
     try:
         with Image.open(first) as image:
             width, height = image.size
     except OSError as error:
-        raise ValueError(f"{first}: cannot read the image size: {error}") from error
+        raise DataError(f"{first}: cannot read the image size: {error}") from error
     return SequenceInfo(name=name, image_dir="img1", frame_rate=None, length=len(frames), width=width,
                         height=height, extension=extension)
 
@@ -136,33 +138,37 @@ def read_mot_ground_truth(path: str, num_frames: int) -> Dict[int, Tuple[torch.T
         non-numeric field, a negative width or height, or a frame outside 1..num_frames.
     """
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: ground-truth file not found")
+        raise DataError(f"{path}: ground-truth file not found")
     rows: Dict[int, List[Tuple[float, float, float, float, bool]]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            fields = [field.strip() for field in text.split(",")]
-            if len(fields) != _GT_COLUMNS:
-                raise ValueError(f"{path}:{line_number}: expected {_GT_COLUMNS} comma-separated values "
-                                 f"(frame, id, left, top, width, height, consider, x, y, z), got "
-                                 f"{len(fields)}: {text!r}")
-            try:
-                values = [float(field) for field in fields]
-            except ValueError:
-                raise ValueError(f"{path}:{line_number}: non-numeric value in {text!r}") from None
-            if not all(math.isfinite(value) for value in values):
-                raise ValueError(f"{path}:{line_number}: non-finite value in {text!r}")
-            frame, _, left, top, width, height, consider = values[:7]
-            if frame != int(frame) or not 1 <= frame <= num_frames:
-                raise ValueError(f"{path}:{line_number}: frame {fields[0]} is outside 1..{num_frames} "
-                                 f"(the sequence length)")
-            if width < 0 or height < 0:
-                raise ValueError(f"{path}:{line_number}: negative box size (width {fields[4]}, "
-                                 f"height {fields[5]})")
-            ignore = consider == 0 or width == 0 or height == 0
-            rows.setdefault(int(frame), []).append((left - 1, top - 1, width, height, ignore))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read the ground truth ({error})") from error
+    for line_number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        fields = [field.strip() for field in text.split(",")]
+        if len(fields) != _GT_COLUMNS:
+            raise DataError(f"{path}:{line_number}: expected {_GT_COLUMNS} comma-separated values "
+                            f"(frame, id, left, top, width, height, consider, x, y, z), got "
+                            f"{len(fields)}: {text!r}")
+        try:
+            values = [float(field) for field in fields]
+        except ValueError:
+            raise DataError(f"{path}:{line_number}: non-numeric value in {text!r}") from None
+        if not all(math.isfinite(value) for value in values):
+            raise DataError(f"{path}:{line_number}: non-finite value in {text!r}")
+        frame, _, left, top, width, height, consider = values[:7]
+        if frame != int(frame) or not 1 <= frame <= num_frames:
+            raise DataError(f"{path}:{line_number}: frame {fields[0]} is outside 1..{num_frames} "
+                            f"(the sequence length)")
+        if width < 0 or height < 0:
+            raise DataError(f"{path}:{line_number}: negative box size (width {fields[4]}, "
+                            f"height {fields[5]})")
+        ignore = consider == 0 or width == 0 or height == 0
+        rows.setdefault(int(frame), []).append((left - 1, top - 1, width, height, ignore))
     result = {}
     for frame, frame_rows in rows.items():
         table = torch.tensor([row[:4] for row in frame_rows], dtype=torch.float64)
@@ -195,24 +201,24 @@ class MOT15Detection(torch.utils.data.Dataset):
     def __init__(self, root: str, split: str = "train", val_fraction: float = 0.2,
                  transforms: Optional[Callable] = None, sequences: Optional[Sequence[str]] = None):
         if split not in ("train", "val", "all"):
-            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+            raise ArgumentError(f"split must be 'train', 'val' or 'all', got {split!r}")
         if not 0.0 <= float(val_fraction) <= 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
+            raise ArgumentError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
         train_dir = os.path.join(root, "train")
         if not os.path.isdir(train_dir):
-            raise ValueError(f"{train_dir}: folder not found (expected the 2DMOT2015 layout "
-                             f"root/train/SEQ/...)")
+            raise DataError(f"{train_dir}: folder not found (expected the 2DMOT2015 layout "
+                            f"root/train/SEQ/...)")
         available = sorted(entry for entry in os.listdir(train_dir)
                            if os.path.isdir(os.path.join(train_dir, entry)))
         if sequences is None:
             sequences = available
             if not sequences:
-                raise ValueError(f"{train_dir}: no sequence folders")
+                raise DataError(f"{train_dir}: no sequence folders")
         else:
             sequences = list(sequences)
             missing = [name for name in sequences if name not in available]
             if missing:
-                raise ValueError(f"sequences {missing} not found in {train_dir} (available: {available})")
+                raise ArgumentError(f"sequences {missing} not found in {train_dir} (available: {available})")
         self.root, self.split, self.transforms = root, split, transforms
         self.val_fraction = float(val_fraction)
         self.sequences = tuple(sequences)
@@ -236,8 +242,8 @@ class MOT15Detection(torch.utils.data.Dataset):
                 continue
             file_name = f"{frame:06d}{info.extension}"
             if file_name not in present:
-                raise ValueError(f"{os.path.join(image_dir, file_name)}: frame {frame} has ground truth "
-                                 f"but no image")
+                raise DataError(f"{os.path.join(image_dir, file_name)}: frame {frame} has ground truth "
+                                f"but no image")
             self.frames.append((name, frame, os.path.join(image_dir, file_name)))
             self._targets.append(annotations[frame])
 
@@ -248,9 +254,7 @@ class MOT15Detection(torch.utils.data.Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         _, _, path = self.frames[index]
-        with Image.open(path) as picture:
-            array = np.asarray(picture.convert("RGB"))
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+        image = read_image(path)
         boxes, ignore = self._targets[index]
         target = {"boxes": boxes.clone(), "labels": torch.ones(boxes.shape[0], dtype=torch.int64),
                   "ignore": ignore.clone()}

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from fastladder.errors import ArgumentError, DataError
 from fastladder.data.cityscapes import Cityscapes
 
 __all__ = ["SyntheticScenes", "render_street_scene", "SYNTHETIC_LABEL_IDS", "DEFAULT_NUM_IMAGES"]
@@ -516,8 +517,8 @@ def _read_manifest(root: Path) -> Dict:
         if not isinstance(manifest.get("splits"), dict):
             raise ValueError("no 'splits' object")
     except ValueError as error:
-        raise ValueError(f"{path}: not a synthetic-scenes manifest ({error}); delete it to "
-                         f"regenerate") from error
+        raise DataError(f"{path}: not a synthetic-scenes manifest ({error}); delete it to "
+                        f"regenerate") from error
     return manifest
 
 
@@ -535,13 +536,13 @@ def _parameters(num_images: int, size: Sequence[int], seed: int) -> Dict:
 
 def _check_parameters(split: str, num_images, size, seed) -> Tuple[int, Tuple[int, int], int]:
     if not isinstance(split, str) or split not in DEFAULT_NUM_IMAGES:
-        raise ValueError(f"split must be one of {tuple(DEFAULT_NUM_IMAGES)}, got {split!r}")
+        raise ArgumentError(f"split must be one of {tuple(DEFAULT_NUM_IMAGES)}, got {split!r}")
     if not isinstance(num_images, (int, np.integer)) or num_images <= 0:
-        raise ValueError(f"num_images must be a positive int, got {num_images!r}")
+        raise ArgumentError(f"num_images must be a positive int, got {num_images!r}")
     if len(size) != 2 or any(not isinstance(s, (int, np.integer)) or s < 32 for s in size):
-        raise ValueError(f"size must be (height, width) ints of at least 32, got {size!r}")
+        raise ArgumentError(f"size must be (height, width) ints of at least 32, got {size!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise ArgumentError(f"seed must be a non-negative int, got {seed!r}")
     return int(num_images), (int(size[0]), int(size[1])), int(seed)
 
 
@@ -556,12 +557,12 @@ def _check_no_foreign_data(root: Path, split: str) -> None:
             continue
         for entry in folder.iterdir():
             if entry.name != CITY:
-                raise ValueError(f"{folder} holds {entry.name!r}, which the synthetic-scene generator did "
-                                 f"not write: give SyntheticScenes a root of its own")
+                raise DataError(f"{folder} holds {entry.name!r}, which the synthetic-scene generator did "
+                                f"not write: give SyntheticScenes a root of its own")
             for item in entry.iterdir():
                 if not (item.name.startswith(f"{CITY}_") and item.suffix == ".png"):
-                    raise ValueError(f"{entry} holds {item.name!r}, which the synthetic-scene generator "
-                                     f"did not write: give SyntheticScenes a root of its own")
+                    raise DataError(f"{entry} holds {item.name!r}, which the synthetic-scene generator "
+                                    f"did not write: give SyntheticScenes a root of its own")
 
 
 class SyntheticScenes(Cityscapes):

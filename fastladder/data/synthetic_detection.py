@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from fastladder.errors import ArgumentError, DataError
 from fastladder.data.mot import MOT15Detection
 
 __all__ = ["SyntheticPedestrians", "generate_synthetic_pedestrians", "MANIFEST_NAME"]
@@ -84,11 +85,11 @@ def generate_synthetic_pedestrians(root: str, *, num_sequences: int = 8, frames_
     """
     num_sequences, frames_per_sequence = int(num_sequences), int(frames_per_sequence)
     if num_sequences < 1 or num_sequences > 99:
-        raise ValueError(f"num_sequences must be in 1..99, got {num_sequences}")
+        raise ArgumentError(f"num_sequences must be in 1..99, got {num_sequences}")
     if frames_per_sequence < 1 or frames_per_sequence > 999999:
-        raise ValueError(f"frames_per_sequence must be in 1..999999, got {frames_per_sequence}")
+        raise ArgumentError(f"frames_per_sequence must be in 1..999999, got {frames_per_sequence}")
     if len(tuple(size)) != 2 or min(size) < 32:
-        raise ValueError(f"size must be (H, W) with both sides >= 32 pixels, got {tuple(size)}")
+        raise ArgumentError(f"size must be (H, W) with both sides >= 32 pixels, got {tuple(size)}")
     height, width = int(size[0]), int(size[1])
     parameters = {"generator": "fastladder.data.SyntheticPedestrians", "version": _GENERATOR_VERSION,
                   "num_sequences": num_sequences, "frames_per_sequence": frames_per_sequence,
@@ -100,17 +101,17 @@ def generate_synthetic_pedestrians(root: str, *, num_sequences: int = 8, frames_
             with open(manifest_path, encoding="utf-8") as f:
                 recorded = json.load(f)
         except (OSError, ValueError) as error:
-            raise ValueError(f"{manifest_path}: unreadable manifest ({error}); delete {root} to "
-                             f"regenerate") from error
+            raise DataError(f"{manifest_path}: unreadable manifest ({error}); delete {root} to "
+                            f"regenerate") from error
         if recorded.get("complete") and recorded.get("parameters") == parameters:
             return False
         if recorded.get("parameters", {}).get("generator") != parameters["generator"]:
-            raise ValueError(f"{manifest_path} was not written by SyntheticPedestrians; choose another root")
+            raise DataError(f"{manifest_path} was not written by SyntheticPedestrians; choose another root")
         if os.path.isdir(train_dir):
             shutil.rmtree(train_dir)   # our own files, stale or incomplete
     elif os.path.isdir(train_dir) and os.listdir(train_dir):
-        raise ValueError(f"{train_dir} exists but {manifest_path} does not: this folder holds data that "
-                         f"SyntheticPedestrians did not generate; choose an empty root")
+        raise DataError(f"{train_dir} exists but {manifest_path} does not: this folder holds data that "
+                        f"SyntheticPedestrians did not generate; choose an empty root")
     os.makedirs(root, exist_ok=True)
     _write_manifest(manifest_path, parameters, complete=False)
     with tqdm(total=num_sequences * frames_per_sequence, desc="SyntheticPedestrians", unit="frame",

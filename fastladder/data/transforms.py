@@ -16,17 +16,14 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+# RGB means and standard deviations on the 0–255 scale, defined with the datasets they belong to
+from fastladder.data.registry import (CITYSCAPES_MEAN, CITYSCAPES_STD, IGNORE_INDEX, IMAGENET_MEAN,
+                                      IMAGENET_STD)
+
 __all__ = ["CITYSCAPES_MEAN", "CITYSCAPES_STD", "IMAGENET_MEAN", "IMAGENET_STD", "Compose", "RandomScale",
            "RandomCrop", "RandomHorizontalFlip", "ColorJitter", "Resize", "ToFloat", "Normalize",
            "segmentation_train_transforms", "segmentation_eval_transforms"]
 
-# RGB mean and standard deviation on the 0–255 scale
-CITYSCAPES_MEAN = (75.2, 85.0, 75.1)
-CITYSCAPES_STD = (46.9, 47.6, 46.5)
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-IGNORE_INDEX = 255
 _INTERPOLATIONS = ("bilinear", "bicubic")
 Pair = Tuple[torch.Tensor, Optional[torch.Tensor]]
 

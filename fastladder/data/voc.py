@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from fastladder.errors import ArgumentError, DataError
 from fastladder.data._io import (SegmentationDataset, allowed_values_check, check_folder, read_image,
                                  read_label)
 
@@ -63,18 +64,18 @@ def _devkit(root: Union[str, os.PathLike]) -> Path:
 
 def _read_ids(path: Path, what: str, allow_empty: bool = False) -> List[str]:
     if not path.is_file():
-        raise ValueError(f"{what}: list {path} does not exist")
+        raise DataError(f"{what}: list {path} does not exist")
     # detection lists of one class hold "id flag" pairs; the id is the first field
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids and not allow_empty:
-        raise ValueError(f"{what}: list {path} is empty")
+        raise DataError(f"{what}: list {path} is empty")
     return ids
 
 
 def _existing(path: Path, what: str) -> Path:
     """``path`` if it is a file, else a ValueError: "{what}: {path} does not exist"."""
     if not path.is_file():
-        raise ValueError(f"{what}: {path} does not exist")
+        raise DataError(f"{what}: {path} does not exist")
     return path
 
 
@@ -105,12 +106,13 @@ class VOCSegmentation(SegmentationDataset):
         lists = voc / "ImageSets" / "Segmentation"
         if image_set == "train_aug":
             if sbd_root is None:
-                raise ValueError("image_set 'train_aug' needs sbd_root (the SBD folder holding dataset/cls)")
+                raise ArgumentError("image_set 'train_aug' needs sbd_root (the SBD folder holding "
+                                    "dataset/cls)")
             files = self._train_aug_files(voc, Path(sbd_root), lists)
         else:
             if sbd_root is not None:
-                raise ValueError(f"sbd_root is only used by image_set 'train_aug', got image_set "
-                                 f"{image_set!r}")
+                raise ArgumentError(f"sbd_root is only used by image_set 'train_aug', got image_set "
+                                    f"{image_set!r}")
             files = []
             for image_id in _read_ids(lists / f"{image_set}.txt", f"VOC{year} image_set {image_set!r}"):
                 image_path = _existing(voc / "JPEGImages" / f"{image_id}.jpg", f"image of id {image_id}")
@@ -150,8 +152,8 @@ class VOCSegmentation(SegmentationDataset):
                           sbd / "cls" / f"{image_id}.mat"]
             label_path = next((p for p in candidates if p.is_file()), None)
             if label_path is None:
-                raise ValueError(f"image {image_path} has no SBD label file: none of "
-                                 f"{[str(p) for p in candidates]} exists")
+                raise DataError(f"image {image_path} has no SBD label file: none of "
+                                f"{[str(p) for p in candidates]} exists")
             files.append((image_path, label_path))
         # sorted by id, so the order does not depend on which list an id came from
         files.sort(key=lambda pair: pair[0].stem)
@@ -178,11 +180,11 @@ def read_sbd_mat(path: Path) -> torch.Tensor:
         contents = loadmat(str(path), squeeze_me=True, struct_as_record=False)
         segmentation = contents["GTcls"].Segmentation
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
-        raise ValueError(f"{path}: not an SBD class label file (struct GTcls with field Segmentation): "
-                         f"{type(error).__name__}: {error}") from error
+        raise DataError(f"{path}: not an SBD class label file (struct GTcls with field Segmentation): "
+                        f"{type(error).__name__}: {error}") from error
     if getattr(segmentation, "ndim", 0) != 2:
-        raise ValueError(f"{path}: GTcls.Segmentation must be a 2-D class map, got shape "
-                         f"{getattr(segmentation, 'shape', None)}")
+        raise DataError(f"{path}: GTcls.Segmentation must be a 2-D class map, got shape "
+                        f"{getattr(segmentation, 'shape', None)}")
     return torch.from_numpy(segmentation.astype("int64"))
 
 
@@ -191,7 +193,7 @@ def read_sbd_mat(path: Path) -> torch.Tensor:
 def _text(element: ElementTree.Element, tag: str, path: Path) -> str:
     child = element.find(tag)
     if child is None or child.text is None or not child.text.strip():
-        raise ValueError(f"{path}: <{element.tag}> has no <{tag}>")
+        raise DataError(f"{path}: <{element.tag}> has no <{tag}>")
     return child.text.strip()
 
 
@@ -200,7 +202,7 @@ def _number(element: ElementTree.Element, tag: str, path: Path) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"{path}: <{tag}> of <{element.tag}> is not a number: {text!r}") from None
+        raise DataError(f"{path}: <{tag}> of <{element.tag}> is not a number: {text!r}") from None
 
 
 def parse_voc_annotation(path: Union[str, os.PathLike]) -> Dict[str, object]:
@@ -215,23 +217,23 @@ def parse_voc_annotation(path: Union[str, os.PathLike]) -> Dict[str, object]:
     try:
         root = ElementTree.parse(path).getroot()
     except (ElementTree.ParseError, OSError) as error:
-        raise ValueError(f"{path}: cannot parse the annotation XML ({error})") from error
+        raise DataError(f"{path}: cannot parse the annotation XML ({error})") from error
     size = root.find("size")
     if size is None:
-        raise ValueError(f"{path}: <annotation> has no <size>")
+        raise DataError(f"{path}: <annotation> has no <size>")
     height, width = int(_number(size, "height", path)), int(_number(size, "width", path))
     boxes, labels, difficult = [], [], []
     for obj in root.findall("object"):
         name = _text(obj, "name", path)
         if name not in _CLASS_INDEX or name == "background":
-            raise ValueError(f"{path}: unknown object class {name!r} (VOC classes: {VOC_CLASSES[1:]})")
+            raise DataError(f"{path}: unknown object class {name!r} (VOC classes: {VOC_CLASSES[1:]})")
         box = obj.find("bndbox")
         if box is None:
-            raise ValueError(f"{path}: object {name!r} has no <bndbox>")
+            raise DataError(f"{path}: object {name!r} has no <bndbox>")
         x1, y1, x2, y2 = (_number(box, tag, path) for tag in ("xmin", "ymin", "xmax", "ymax"))
         if x2 < x1 or y2 < y1:
-            raise ValueError(f"{path}: object {name!r} has an empty box (xmin, ymin, xmax, ymax) = "
-                             f"({x1}, {y1}, {x2}, {y2})")
+            raise DataError(f"{path}: object {name!r} has an empty box (xmin, ymin, xmax, ymax) = "
+                            f"({x1}, {y1}, {x2}, {y2})")
         flag = obj.find("difficult")
         is_difficult = flag is not None and flag.text is not None and flag.text.strip() not in ("", "0")
         boxes.append((x1 - 1.0, y1 - 1.0, x2, y2))
@@ -256,7 +258,8 @@ class VOCDetection(torch.utils.data.Dataset):
         transforms: optional callable ``(image, target) -> (image, target)``.
 
     ``ds[i]`` is (image uint8 Tensor[3, H, W] RGB, {"boxes": float32 Tensor[M, 4] xyxy 0-based
-    pixels, "labels": int64 Tensor[M], "difficult": bool Tensor[M]}) after ``transforms``.
+    pixels, "labels": int64 Tensor[M], "ignore": bool Tensor[M] (the "difficult" flag)}) after
+    ``transforms``.
     Annotations are parsed when an item is read; a malformed file is a ValueError naming it.
     """
 
@@ -268,7 +271,7 @@ class VOCDetection(torch.utils.data.Dataset):
                  image_set: str = "trainval", transforms: Optional[Callable] = None):
         years = [str(year)] if isinstance(year, (str, int)) else [str(y) for y in year]
         if not years:
-            raise ValueError("year must name at least one VOC year")
+            raise ArgumentError("year must name at least one VOC year")
         if transforms is not None and not callable(transforms):
             raise ValueError(f"transforms must be callable (image, target) -> (image, target), got "
                              f"{transforms!r}")
@@ -291,7 +294,9 @@ class VOCDetection(torch.utils.data.Dataset):
         image_path, annotation_path = self.files[index]
         image = read_image(image_path)
         annotation = parse_voc_annotation(annotation_path)
-        target = {key: annotation[key] for key in ("boxes", "labels", "difficult")}
+        # VOC's "difficult" objects count neither as hits nor as misses: they are the ignored boxes
+        target = {"boxes": annotation["boxes"], "labels": annotation["labels"],
+                  "ignore": annotation["difficult"]}
         if self.transforms is not None:
             return self.transforms(image, target)
         return image, target

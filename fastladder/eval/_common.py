@@ -13,10 +13,11 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from fastladder.errors import ArgumentError, CheckpointError, DataError
+from fastladder.errors import ArgumentError, DataError
 
-__all__ = ["add_model_arguments", "task_subparsers", "read_checkpoint", "load_model_and_meta",
-           "normalization", "open_eval_dataset", "write_json", "to_json", "check_limit"]
+__all__ = ["add_model_arguments", "task_subparsers", "load_model_and_meta", "dataset_name", "normalization",
+           "palette", "open_eval_dataset", "write_json", "to_json", "check_limit", "frames_or_report",
+           "raise_for_failures"]
 
 
 def task_subparsers(subparsers, name: str, help: str):
@@ -76,188 +77,104 @@ def check_limit(limit: Optional[int]):
 
 # --- checkpoint and model -------------------------------------------------------------------------
 
-_META_FIELDS = ("model_name", "model_kwargs", "num_classes", "class_names", "task", "dataset", "mean", "std",
-                "image_size")
+def load_model_and_meta(args, *, task: Optional[str]):
+    """(model in eval mode, meta) from ``args.weights`` and the model flags, through the one
+    checkpoint loader (:func:`fastladder.models.load_model_and_meta`).
 
-
-def read_checkpoint(path) -> Dict[str, Any]:
-    """The dict in a checkpoint or state_dict file; a missing, truncated, corrupt or foreign file is a
-    CheckpointError naming it (never a suggestion to unpickle arbitrary code)."""
-    import pickle
-    import zipfile
-
-    import torch
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"--weights {path}: no such file")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as error:
-        text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "weights_only" in text or "Unsupported global" in text:
-            reason = "it holds Python objects other than tensors and plain containers, not a checkpoint"
-        elif isinstance(error, EOFError) or "central directory" in text or "failed finding" in text:
-            reason = f"truncated or corrupt ({text})"
-        else:
-            reason = f"not a PyTorch checkpoint, or corrupt ({text})"
-        raise CheckpointError(f"--weights {path}: cannot read it: {reason}") from error
-    if not isinstance(loaded, dict):
-        raise CheckpointError(f"--weights {path}: expected a checkpoint dict or a state_dict, got "
-                              f"{type(loaded).__name__}")
-    return loaded
-
-
-def _recorded_meta(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
-    """What a training checkpoint says about its model and preprocessing (None where it is silent)."""
-    meta = dict.fromkeys(_META_FIELDS)
-    if not isinstance(checkpoint.get("model"), dict):
-        return meta  # a plain state_dict
-    for field in ("model_name", "model_kwargs", "num_classes"):
-        meta[field] = checkpoint.get(field)
-    recorded = checkpoint.get("meta")
-    if isinstance(recorded, dict):
-        meta.update({field: recorded[field] for field in _META_FIELDS if recorded.get(field) is not None})
-    config = checkpoint.get("config")
-    if isinstance(config, dict):
-        meta["dataset"] = meta["dataset"] or config.get("dataset")
-        if meta["image_size"] is None and config.get("image_size") is not None:
-            meta["image_size"] = list(config["image_size"])
-    if meta["task"] is None and meta["model_name"]:
-        meta["task"] = "det" if str(meta["model_name"]).startswith("ssd") else "seg"
-    return meta
-
-
-def load_model_and_meta(args, *, task: Optional[str], num_classes: Optional[int] = None):
-    """(model in eval mode, meta) from ``args.weights`` and the model flags.
-
-    ``meta`` is a dict: ``model_name``, ``model_kwargs``, ``num_classes``, ``class_names``, ``task``,
-    ``dataset``, ``mean``, ``std`` (0–255 RGB) and ``image_size`` (SSD), each None where neither the
-    checkpoint nor a flag tells it. ``args.model``, ``args.num_classes`` (or ``num_classes``) and
-    ``args.model_kwargs`` override the checkpoint's.
+    ``meta`` is the checkpoint's :class:`fastladder.models.ModelMeta` as a dict (``model_name``,
+    ``model_kwargs``, ``num_classes``, ``class_names``, ``task``, ``dataset``, ``mean``, ``std`` on the
+    0–255 scale, ``input_size`` of an SSD), None where it is silent (a plain state_dict).
+    ``--model``, ``--num-classes`` and ``--model-kwargs`` override the checkpoint's; ``task``, when
+    given, is the task the command serves (another model's is an ArgumentError).
     """
-    from fastladder.eval._weights import load_model
+    from fastladder.models import load_model_and_meta as load
 
-    checkpoint = read_checkpoint(args.weights)
-    meta = _recorded_meta(checkpoint)
+    model, meta = load(args.weights, args.model, args.num_classes, **dict(args.model_kwargs or {}))
+    meta = meta.to_dict()
     if task is not None and meta["task"] is not None and meta["task"] != task:
         raise ArgumentError(f"--weights {args.weights} holds a {meta['task']} model ({meta['model_name']}); "
                             f"this command is for {task}")
-    kwargs = dict(getattr(args, "model_kwargs", None) or {})
-    classes = args.num_classes if getattr(args, "num_classes", None) is not None else num_classes
-    if meta["num_classes"] is not None and getattr(args, "num_classes", None) is None:
-        classes = None  # the checkpoint's count (a dataset's is only the fallback of a plain state_dict)
-    try:
-        model = load_model(checkpoint, args.model, classes, **kwargs)
-    except TypeError as error:  # an unknown constructor argument of --model-kwargs
-        raise ArgumentError(f"--model-kwargs {kwargs}: {error}") from error
-    except (ValueError, KeyError) as error:
-        raise CheckpointError(f"--weights {args.weights}: {error}") from error
-    meta["model_name"] = args.model or meta["model_name"]
-    meta["num_classes"] = classes if classes is not None else meta["num_classes"]
-    if meta["image_size"] is None and hasattr(model, "image_size"):
-        meta["image_size"] = [int(v) for v in model.image_size]
-    return model.eval(), meta
+    return model, meta
 
 
-# The normalization each dataset's training uses, RGB on the 0–255 scale.
-def _dataset_normalization(task: str, dataset: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    if task == "det":
-        from fastladder.data.box_transforms import IMAGENET_MEAN, IMAGENET_STD
-        return IMAGENET_MEAN, IMAGENET_STD
-    if dataset in ("cityscapes", "synthetic"):
-        from fastladder.data.transforms import CITYSCAPES_MEAN, CITYSCAPES_STD
-        return CITYSCAPES_MEAN, CITYSCAPES_STD
-    from fastladder.train.segmentation import IMAGENET_MEAN, IMAGENET_STD
-    return IMAGENET_MEAN, IMAGENET_STD
+def dataset_name(args, meta: Dict[str, Any]) -> Optional[str]:
+    """--dataset, else the dataset the checkpoint was trained on (None for a plain state_dict)."""
+    return getattr(args, "dataset", None) or meta.get("dataset")
 
 
-# The dataset of a checkpoint that does not record one (written before checkpoints described their model).
-_DEFAULT_DATASETS = {"seg": "cityscapes", "det": "mot15"}
+def normalization(args, meta: Dict[str, Any], task: str) -> Tuple[list, list]:
+    """(mean, std) RGB on the 0–255 scale: --mean/--std, else the checkpoint's, else the registry's
+    default for --dataset. A plain state_dict without either is an ArgumentError."""
+    from fastladder.data.registry import dataset_info
 
-
-def dataset_name(args, meta: Dict[str, Any], task: str) -> str:
-    """--dataset, else the checkpoint's dataset, else (an older checkpoint or a plain state_dict) the
-    task's default, with a warning naming it."""
-    name = getattr(args, "dataset", None) or meta.get("dataset")
-    if name is None:
-        name = _DEFAULT_DATASETS[task]
-        print(f"warning: --weights {args.weights} does not record its dataset or normalization; using "
-              f"{name}'s (give --dataset, or --mean/--std)", file=sys.stderr)
-        meta["dataset"] = name
-    return name
-
-
-def normalization(args, meta: Dict[str, Any], task: str, dataset: Optional[str] = None
-                  ) -> Tuple[list, list]:
-    """(mean, std) RGB on the 0–255 scale: --mean/--std, else the checkpoint's, else the default of
-    the dataset the checkpoint (or --dataset) names."""
-    mean, std = getattr(args, "mean", None), getattr(args, "std", None)
-    if mean is None:
-        mean = meta.get("mean")
-    if std is None:
-        std = meta.get("std")
+    mean = getattr(args, "mean", None) or meta.get("mean")
+    std = getattr(args, "std", None) or meta.get("std")
     if mean is None or std is None:
-        default_mean, default_std = _dataset_normalization(task, dataset or dataset_name(args, meta, task))
-        mean = default_mean if mean is None else mean
-        std = default_std if std is None else std
+        name = dataset_name(args, meta)
+        if name is None:
+            raise ArgumentError(f"--weights {args.weights} does not record the input normalization it was "
+                                f"trained with: give --dataset, or --mean and --std (RGB, 0-255 scale)")
+        info = dataset_info(task, name)
+        mean = info.mean if mean is None else mean
+        std = info.std if std is None else std
     if any(not math.isfinite(v) or v <= 0 for v in std):
         raise ArgumentError(f"--std must be positive and finite, got {list(std)}")
     return [float(v) for v in mean], [float(v) for v in std]
 
 
+def palette(task: str, dataset: Optional[str], num_classes: int):
+    """Colours of classes 0…num_classes−1, uint8 [num_classes, 3]: the dataset's own where it covers
+    every class, else the Pascal VOC colour map."""
+    from fastladder.data.registry import dataset_info
+    from fastladder.data.voc import voc_colormap
+
+    colours = dataset_info(task, dataset).palette if dataset is not None else None
+    if colours is None or colours.shape[0] < num_classes:
+        colours = voc_colormap(min(num_classes, 256))
+    return colours
+
+
 # --- datasets -------------------------------------------------------------------------------------
 
 def open_eval_dataset(task: str, name: str, root: Optional[str], split: str, **kwargs):
-    """The ``split`` of dataset ``name`` under ``root``, as its loader reads it (no transforms).
+    """The ``split`` of registered dataset ``name`` under ``root``, as its loader reads it.
 
-    The synthetic sets are read, never generated here: an evaluation must not overwrite the data a
-    run was trained on, and finding nothing at ``root`` is an error.
+    The synthetic sets are read (in the Cityscapes / MOT15 layout they are written in), never
+    generated here: an evaluation must not overwrite the data a run was trained on, and finding
+    nothing at ``root`` is an error.
     """
+    from fastladder.data.registry import build_dataset
+
     if root is None:
         raise ArgumentError(f"--dataset {name} needs --root: the folder of its official layout (for "
                             f"synthetic: where the training run generated it)")
     if not os.path.isdir(root):
         raise DataError(f"--root {root}: no such folder")
-    try:
-        return _open(task, name, root, split, **kwargs)
-    except ValueError as error:  # a missing split folder, list file or manifest entry: named by the loader
-        if isinstance(error, DataError):
-            raise
-        raise DataError(f"--dataset {name} --root {root} --split {split}: {error}") from error
+    if name == "synthetic":
+        _check_generated(task, root, split)
+        name = "cityscapes" if task == "seg" else "mot15"
+        if task == "det":  # the generation parameters do not apply to reading
+            kwargs = {k: v for k, v in kwargs.items() if k == "val_fraction"}
+    return build_dataset(task, name, root, split, **kwargs)
 
 
-def _open(task: str, name: str, root: str, split: str, **kwargs):
-    from fastladder import data
-
+def _check_generated(task: str, root: str, split: str):
     if task == "seg":
-        if name == "voc":
-            return data.VOCSegmentation(root, image_set=split, **kwargs)
-        if name == "camvid":
-            return data.CamVid(root, split, **kwargs)
-        if name == "synthetic":
-            from fastladder.data.synthetic import MANIFEST_NAME
-            manifest = os.path.join(root, MANIFEST_NAME)
-            if not os.path.isfile(manifest):
-                raise DataError(f"--root {root}: no synthetic scenes there ({MANIFEST_NAME} is missing); "
-                                f"give the folder the training run generated")
+        from fastladder.data.synthetic import MANIFEST_NAME
+    else:
+        from fastladder.data.synthetic_detection import MANIFEST_NAME
+    manifest = os.path.join(root, MANIFEST_NAME)
+    if not os.path.isfile(manifest):
+        raise DataError(f"--root {root}: no synthetic set there ({MANIFEST_NAME} is missing); give the "
+                        f"folder the training run generated")
+    if task == "seg":
+        try:
             with open(manifest) as f:
                 splits = json.load(f).get("splits") or {}
-            if split not in splits:
-                raise DataError(f"{manifest}: split {split!r} was not generated (there: {sorted(splits)})")
-            return data.Cityscapes(root, split, target="trainIds", **kwargs)
-        return data.Cityscapes(root, split, **kwargs)
-    if name == "voc":
-        from fastladder.data.voc import VOCDetection
-        return VOCDetection(root, image_set=split, **kwargs)
-    from fastladder.data.mot import MOT15Detection
-    if name == "synthetic":
-        from fastladder.data.synthetic_detection import MANIFEST_NAME
-        if not os.path.isfile(os.path.join(root, MANIFEST_NAME)):
-            raise DataError(f"--root {root}: no synthetic pedestrians there ({MANIFEST_NAME} is missing); "
-                            f"give the folder the training run generated")
-        kwargs = {k: v for k, v in kwargs.items() if k == "val_fraction"}
-    return MOT15Detection(root, split, **kwargs)
+        except (ValueError, AttributeError) as error:
+            raise DataError(f"{manifest}: not a synthetic-scenes manifest ({error})") from error
+        if split not in splits:
+            raise DataError(f"{manifest}: split {split!r} was not generated (there: {sorted(splits)})")
 
 
 # --- output ---------------------------------------------------------------------------------------

@@ -15,12 +15,13 @@ or ``--mean/--std``). The detection commands live in fastladder.eval.detection_c
 import argparse
 import os
 
+from fastladder.data.registry import list_datasets
 from fastladder.errors import ArgumentError, DataError
 from fastladder.eval import _common, detection_commands
 
 __all__ = ["register", "cmd_eval_seg", "cmd_predict"]
 
-DATASETS = ("cityscapes", "voc", "camvid", "synthetic")
+DATASETS = list_datasets("seg")
 # Datasets labelled with the 19 Cityscapes train ids: their predictions map to official label ids.
 _CITYSCAPES_IDS = ("cityscapes", "synthetic")
 OUTPUTS = ("color", "overlay", "labelIds")
@@ -78,20 +79,6 @@ def register(subparsers):
 
 # --- shared pieces --------------------------------------------------------------------------------
 
-def _palette(dataset, num_classes: int):
-    """Colours of train ids 0…num_classes−1, uint8 [num_classes, 3]: the dataset's own where it has
-    one that covers every class, else the Pascal VOC colour map."""
-    from fastladder.data.camvid import CAMVID_PALETTE
-    from fastladder.data.labels import CITYSCAPES_PALETTE
-    from fastladder.data.voc import voc_colormap
-
-    palette = {"cityscapes": CITYSCAPES_PALETTE, "synthetic": CITYSCAPES_PALETTE,
-               "camvid": CAMVID_PALETTE}.get(dataset)
-    if palette is None or palette.shape[0] < num_classes:
-        palette = voc_colormap(min(num_classes, 256))
-    return palette
-
-
 def _class_names(meta, dataset, num_classes: int):
     names = meta.get("class_names") or list(getattr(dataset, "class_names", None) or [])
     return list(names) if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
@@ -107,8 +94,10 @@ def cmd_eval_seg(args) -> int:
 
     _common.check_limit(args.limit)
     model, meta = _common.load_model_and_meta(args, task="seg")
-    dataset_name = _common.dataset_name(args, meta, "seg")
-    mean, std = _common.normalization(args, meta, "seg", dataset_name)
+    dataset_name = _common.dataset_name(args, meta)
+    if dataset_name is None:
+        raise ArgumentError(f"--weights {args.weights} does not record its dataset: give --dataset")
+    mean, std = _common.normalization(args, meta, "seg")
     # training's evaluation transforms: normalization at full resolution
     dataset = _common.open_eval_dataset("seg", dataset_name, args.root, args.split,
                                         transforms=segmentation_eval_transforms(mean, std))
@@ -166,12 +155,14 @@ def _predict_seg(args, sources, model, meta) -> int:
     from fastladder.eval._images import count_frames, iterate_frames, overlay, save_png
     from fastladder.eval.inference import normalize_image, predict
 
-    dataset = _common.dataset_name(args, meta, "seg")
-    mean, std = _common.normalization(args, meta, "seg", dataset)
+    dataset = _common.dataset_name(args, meta)
+    if dataset is not None and dataset not in DATASETS:
+        raise ArgumentError(f"--dataset {dataset} is a detection dataset; this is a segmentation model")
+    mean, std = _common.normalization(args, meta, "seg")
     num_classes = int(meta["num_classes"])
     device = torch.device(args.device)
     model.to(device)
-    palette = _palette(dataset, num_classes)
+    palette = _common.palette("seg", dataset, num_classes)
     wanted = set(args.outputs or OUTPUTS)
     if not (dataset in _CITYSCAPES_IDS and num_classes == 19) and "labelIds" in wanted:
         if args.outputs and "labelIds" in args.outputs:

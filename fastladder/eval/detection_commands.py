@@ -25,13 +25,14 @@ import os
 import re
 from typing import Dict, List, Tuple
 
+from fastladder.data.registry import list_datasets
 from fastladder.errors import ArgumentError, DataError
 from fastladder.eval import _common
 
 __all__ = ["add_eval_det", "add_predict_det_arguments", "cmd_eval_det", "predict_det", "DATASETS",
            "mot_rows", "draw_detections"]
 
-DATASETS = ("mot15", "voc", "synthetic")
+DATASETS = list_datasets("det")
 
 
 def add_eval_det(eval_tasks):
@@ -83,7 +84,7 @@ def add_predict_det_arguments(parser):
 def _input_size(args, meta) -> Tuple[int, int]:
     size = args.image_size
     if size is None:
-        return tuple(int(v) for v in meta["image_size"])
+        return tuple(int(v) for v in meta["input_size"])
     if len(size) not in (1, 2) or min(size) <= 0:
         raise ArgumentError(f"--image-size must be SIDE or H W with positive sizes, got {size}")
     return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
@@ -99,6 +100,8 @@ def _load_detector(args, loaded=None):
         if not hasattr(model, attribute):
             raise ArgumentError(f"--weights {args.weights}: the model ({type(model).__name__}) is not an SSD "
                                 f"detector (it has no {attribute})")
+    if getattr(args, "dataset", None) is not None and args.dataset not in DATASETS:
+        raise ArgumentError(f"--dataset {args.dataset} is a segmentation dataset; this is a detector")
     mean, std = _common.normalization(args, meta, "det")
     return model.to(torch.device(args.device)).eval(), meta, _input_size(args, meta), mean, std
 
@@ -126,7 +129,9 @@ def cmd_eval_det(args) -> int:
         raise ArgumentError(f"--batch-size must be positive, got {args.batch_size}")
     _common.check_limit(args.limit)
     model, meta, size, mean, std = _load_detector(args)
-    dataset_name = _common.dataset_name(args, meta, "det")
+    dataset_name = _common.dataset_name(args, meta)
+    if dataset_name is None:
+        raise ArgumentError(f"--weights {args.weights} does not record its dataset: give --dataset")
     kwargs = dict(args.dataset_kwargs or {})
     if dataset_name == "voc":
         kwargs.setdefault("year", args.year)

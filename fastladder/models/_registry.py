@@ -1,6 +1,6 @@
 """The model registry: register_model, create_model, list_models."""
 import fnmatch
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 __all__ = ["register_model", "create_model", "list_models"]
 
@@ -8,7 +8,8 @@ _MODELS: Dict[str, Callable] = {}
 
 
 def register_model(fn: Callable) -> Callable:
-    """Decorator: registers a builder ``fn(num_classes=..., backbone_weights=None, **kw)`` under fn.__name__."""
+    """Decorator: registers a builder ``fn(num_classes=..., backbone_weights=None, **kw)`` under its
+    ``__name__``."""
     name = fn.__name__
     if name in _MODELS and _MODELS[name] is not fn:
         raise ValueError(f"a model named {name!r} is already registered")
@@ -21,12 +22,13 @@ def list_models(pattern: str = "*") -> List[str]:
     return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
 
 
-def create_model(name: str, num_classes: int = 19, backbone_weights=None, **kwargs):
+def create_model(name: str, num_classes: Optional[int] = None, backbone_weights=None, **kwargs):
     """Builds a registered model.
 
     Args:
         name: one of :func:`list_models`.
-        num_classes: outputs of the classifier.
+        num_classes: outputs of the classifier; None takes the builder's own default (DenseNets 1000
+            ImageNet classes, ladder DenseNets 19 Cityscapes classes, SSDs 21 VOC classes).
         backbone_weights: a path or a state_dict (torchvision DenseNet keys, old ``norm.1`` style
             accepted) loaded into the backbone; a missing or mismatched key is a ValueError.
         **kwargs: passed on to the model's constructor (e.g. ``memory_efficient=True``, or
@@ -34,4 +36,6 @@ def create_model(name: str, num_classes: int = 19, backbone_weights=None, **kwar
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, backbone_weights=backbone_weights, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return _MODELS[name](backbone_weights=backbone_weights, **kwargs)

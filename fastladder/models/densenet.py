@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastladder.models._checkpoint import read_state_dict
 from fastladder.models._registry import register_model
 from fastladder.models._state_dict import copy_into, key_problems
 from fastladder.nn.densenet import DenseBlock, Transition, _conv_relu, _uses_batch_stats
@@ -105,19 +106,6 @@ def remap_legacy_keys(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[st
     return remapped
 
 
-def _read_weights(weights: WeightsLike) -> Mapping[str, torch.Tensor]:
-    if isinstance(weights, (str, os.PathLike)):
-        loaded = torch.load(weights, map_location="cpu", weights_only=True)
-        # Training checkpoints often wrap the weights.
-        for wrapper in ("state_dict", "model"):
-            if isinstance(loaded, Mapping) and wrapper in loaded and isinstance(loaded[wrapper], Mapping):
-                loaded = loaded[wrapper]
-        weights = loaded
-    if not isinstance(weights, Mapping):
-        raise ValueError(f"backbone_weights must be a path or a state_dict, got {type(weights).__name__}")
-    return weights
-
-
 def load_densenet_weights(model: nn.Module, weights: WeightsLike, *, ignore: Sequence[str] = ()) -> None:
     """Loads a torchvision-style DenseNet state_dict into ``model`` (whose keys are a subset of it).
 
@@ -128,7 +116,7 @@ def load_densenet_weights(model: nn.Module, weights: WeightsLike, *, ignore: Seq
     Raises:
         ValueError: listing the missing, unexpected and shape-mismatched keys.
     """
-    source = remap_legacy_keys(_read_weights(weights))
+    source = remap_legacy_keys(read_state_dict(weights, what="backbone_weights"))
     source = OrderedDict((k, v) for k, v in source.items() if not any(k.startswith(p) for p in ignore))
     target = OrderedDict((k, v) for k, v in model.state_dict().items() if not any(k.startswith(p) for p in ignore))
     problems = key_problems(source, target, optional=lambda key: key.endswith("num_batches_tracked"))
@@ -191,7 +179,7 @@ def _densenet(variant: str, num_classes: int, backbone_weights: Optional[Weights
     kwargs.setdefault("num_init_features", num_init_features)
     model = DenseNet(num_classes=num_classes, **kwargs)
     if backbone_weights is not None:
-        weights = remap_legacy_keys(_read_weights(backbone_weights))
+        weights = remap_legacy_keys(read_state_dict(backbone_weights, what="backbone_weights"))
         # The ImageNet classifier belongs to the backbone only when the class count matches.
         classifier = weights.get("classifier.weight")
         keep_classifier = classifier is not None and classifier.shape == model.classifier.weight.shape

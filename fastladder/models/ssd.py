@@ -7,10 +7,10 @@ per-channel scale (initialised to 20); extra layers (1×1 then 3×3 convolutions
 further. A 3×3 multibox head on every map predicts, for every prior (default box), 4 box offsets
 and C class logits (class 0 = background).
 
-Input: RGB images in [0, 1] normalised with torchvision's ImageNet mean (0.485, 0.456, 0.406) and
-std (0.229, 0.224, 0.225) (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`), the statistics the VGG16
-ImageNet weights were trained with: ``(image - mean) / std`` per channel. The normalisation is
-the caller's (the data pipeline's), so that the model sees exactly what it is given.
+Input: RGB images normalised with ImageNet's mean and std (``fastladder.data.registry.IMAGENET_MEAN``
+and ``IMAGENET_STD``, on the 0–255 pixel scale), the statistics the VGG16 ImageNet weights were
+trained with: ``(pixel - mean) / std`` per channel. The normalisation is the caller's (the data
+pipeline's), so that the model sees exactly what it is given.
 
 Priors: image-relative ``(cx, cy, w, h)``; aspect ratio ``ar = w / h`` with ``w = s·sqrt(ar)``,
 ``h = s/sqrt(ar)`` (ar < 1: taller than wide); see :func:`ssd_priors`. In train mode the model
@@ -27,17 +27,14 @@ import torch.nn.functional as F
 
 from fastladder.models._registry import register_model
 from fastladder.models._state_dict import copy_into, key_problems
-from fastladder.models.densenet import WeightsLike, _read_weights
+from fastladder.models._checkpoint import read_state_dict
+from fastladder.models.densenet import WeightsLike
 from fastladder.nn.detection import DetectionPostprocess
 from fastladder.nn.ssd import L2Norm, SSDHead
 from fastladder.ops.boxes import Detections, ssd_postprocess
 
 __all__ = ["ssd_priors", "priors_per_location", "SSD", "ssd300_vgg16", "ssd512_vgg16", "SSD300_CONFIG",
-           "SSD512_CONFIG", "IMAGENET_MEAN", "IMAGENET_STD"]
-
-# The input normalisation the torchvision VGG16 ImageNet weights expect (RGB, images in [0, 1]).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+           "SSD512_CONFIG"]
 
 SizeLike = Union[int, Tuple[int, int]]
 
@@ -458,7 +455,7 @@ class SSD(nn.Module):
         if self.width != 1.0:
             raise ValueError(f"backbone_weights need the full-width VGG16 (width=1.0), this SSD has "
                              f"width={self.width}")
-        source = _read_weights(weights)
+        source = read_state_dict(weights, what="backbone_weights")
         target = OrderedDict((f"features.{k}", v) for k, v in self.features.state_dict().items())
         source = OrderedDict((k, v) for k, v in source.items() if not k.startswith("classifier."))
         problems = key_problems(source, target)

@@ -1,30 +1,32 @@
-"""Training checkpoints: written atomically, loadable with ``torch.load(weights_only=True)``.
+"""Writing training checkpoints atomically; the random generator states they carry.
 
 A checkpoint of :class:`fastladder.train.loop.Trainer` is a dict with the keys
 
     model          the model's state_dict (no ``module.`` prefix of DistributedDataParallel)
-    model_name     its name in the model registry (``fastladder.models.create_model``)
-    model_kwargs   the keyword arguments it was built with (besides num_classes)
-    num_classes    int
+    meta           :class:`fastladder.models.ModelMeta` as a dict: model name, constructor kwargs,
+                   num_classes, class names, task, dataset, input mean/std (RGB, 0–255 scale) and,
+                   for SSD, the input size
     optimizer, scheduler, scaler   their state_dicts (scaler None without float16 AMP)
     step, epoch    optimizer steps done, and the epoch the next step belongs to
     rng            {"torch", "cuda", "python", "numpy"} generator states (see :func:`rng_state`)
     config         the run's TrainConfig as a dict
     metrics        the last evaluation's metrics (floats; per-class lists)
+    best           {"metric", "value", "step"} of the best evaluation so far
 
-so ``create_model(ckpt["model_name"], ckpt["num_classes"], **ckpt["model_kwargs"])`` followed by
-``load_state_dict(ckpt["model"])`` restores the model. Every value is a tensor or a plain Python
-type (numpy's RNG state is stored as a tensor), so the file loads with ``weights_only=True``.
+:func:`fastladder.models.load_model` rebuilds the model from it, and
+:func:`fastladder.models.read_checkpoint` is the reader (also of ``--resume``). Every value is a
+tensor or a plain Python type (numpy's RNG state is stored as a tensor), so the file loads with
+``weights_only=True``.
 """
 import os
 import random
 import tempfile
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "strip_prefix"]
+__all__ = ["save_checkpoint", "rng_state", "set_rng_state"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -72,42 +74,6 @@ def save_checkpoint(path: PathLike, **state: Any) -> str:
     finally:
         os.close(folder_handle)
     return path
-
-
-def load_checkpoint(path: PathLike, map_location: Optional[Union[str, torch.device]] = "cpu",
-                    weights_only: bool = True) -> Dict[str, Any]:
-    """Reads a checkpoint written by :func:`save_checkpoint` (or any ``torch.save`` dict).
-
-    Args:
-        path: the file.
-        map_location: where tensors go (``torch.load``'s argument); CPU by default.
-        weights_only: only tensors and plain Python types (safe on files from elsewhere).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        RuntimeError: the file is not a readable checkpoint (truncated, corrupt, another format),
-            naming the file and the underlying error.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        where = os.path.dirname(os.path.abspath(path))
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist (looked in {where})")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as error:
-        raise RuntimeError(f"checkpoint {path!r} ({os.path.getsize(path)} bytes) cannot be read: it is "
-                           f"truncated, corrupt or not a torch checkpoint ({type(error).__name__}: "
-                           f"{error})") from error
-    if not isinstance(state, dict):
-        raise RuntimeError(f"checkpoint {path!r} holds a {type(state).__name__}, expected a dict")
-    return state
-
-
-def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
-    """The state_dict without ``prefix`` on its keys (DistributedDataParallel's ``module.``,
-    torch.compile's ``_orig_mod.``); keys without it are kept as they are."""
-    return {(key[len(prefix):] if key.startswith(prefix) else key): value
-            for key, value in state_dict.items()}
 
 
 def rng_state() -> Dict[str, Any]:

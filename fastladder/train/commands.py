@@ -4,19 +4,25 @@
     fastladder train seg --dataset synthetic --model ladder_densenet121 \\
         --model-kwargs '{"growth_rate": 8}' --crop-size 128 --steps 200 --out runs/tiny
     fastladder train seg --config ldn121_cityscapes.yaml --out runs/ldn121 --resume     # <out>/last.pt
+    fastladder train seg --config base.yaml --config small.yaml --out runs/x --resume auto
     torchrun --nproc_per_node=2 -m fastladder.cli train seg --config ldn121_cityscapes.yaml
     fastladder train det --dataset synthetic --model-kwargs '{"width": 0.25}' --steps 2000 --out runs/ssd
-    fastladder train det --dataset voc --root VOCdevkit --backbone-weights vgg16-397923af.pth \\
+    fastladder train det --dataset voc --root VOCdevkit --backbone-weights imagenet \\
         --set dataset_kwargs='{"year": "2007", "train_image_set": "trainval", "val_image_set": "test"}'
 
-Flags override the config file's values; ``--set KEY=VALUE`` sets any option of TrainConfig.
-``train det`` starts from SSD's optimization defaults (fastladder.train.detection.DETECTION_DEFAULTS:
+Config files (--config, repeatable) merge in order, later files winning; ``--set KEY=VALUE`` sets
+any option of TrainConfig over them, and the flags win over both. A run folder that holds an earlier
+run is refused unless --resume (continue it; "auto": continue when it has a last.pt, else start) or
+--overwrite (start over). Ctrl-C or SIGTERM saves <out>/last.pt and exits with 130 / 143.
+``train det`` starts from SSD's optimization defaults (fastladder.train.config.TASK_DEFAULTS["det"]:
 SGD, momentum 0.9, weight decay 5e-4, lr 1e-3 with warmup, step decay at 2/3 and 5/6 of the run).
 """
 import argparse
 import json
 import os
 import sys
+
+from fastladder.data.registry import list_datasets
 
 __all__ = ["register", "config_from_args", "cmd_train_seg", "cmd_train_det"]
 
@@ -72,9 +78,10 @@ _FLAGS = {
     "--model": ("model", dict(help="a registered model (fastladder.models.list_models())")),
     "--model-kwargs": ("model_kwargs", dict(
         type=_json_dict, metavar="JSON", help="keyword arguments of the model, e.g. '{\"growth_rate\": 8}'")),
-    "--backbone-weights": ("backbone_weights", dict(metavar="FILE",
-                                                    help="torchvision DenseNet state_dict for the backbone")),
-    "--dataset": ("dataset", dict(choices=("cityscapes", "voc", "camvid", "synthetic"))),
+    "--backbone-weights": ("backbone_weights", dict(
+        metavar="FILE|imagenet", help="torchvision DenseNet state_dict for the backbone, or 'imagenet' for "
+                                      "torchvision's (downloaded once into the torch hub cache)")),
+    "--dataset": ("dataset", dict(choices=list_datasets("seg"))),
     "--root": ("root", dict(metavar="DIR", help="the dataset's folder (official layout)")),
     "--dataset-kwargs": ("dataset_kwargs", dict(type=_json_dict, metavar="JSON",
                                                 help="extra dataset arguments, e.g. '{\"num_images\": 64}'")),
@@ -114,9 +121,10 @@ _DET_FLAGS = dict(_FLAGS)
 for _flag in ("--crop-size", "--memory-efficient", "--poly-power"):
     del _DET_FLAGS[_flag]
 _DET_FLAGS.update({
-    "--dataset": ("dataset", dict(choices=("mot15", "voc", "synthetic"))),
-    "--backbone-weights": ("backbone_weights", dict(metavar="FILE",
-                                                    help="torchvision VGG16 state_dict for the backbone")),
+    "--dataset": ("dataset", dict(choices=list_datasets("det"))),
+    "--backbone-weights": ("backbone_weights", dict(
+        metavar="FILE|imagenet", help="torchvision VGG16 state_dict for the backbone, or 'imagenet' for "
+                                      "torchvision's (downloaded once into the torch hub cache)")),
     "--dataset-kwargs": ("dataset_kwargs", dict(type=_json_dict, metavar="JSON",
                                                 help="extra dataset arguments, e.g. "
                                                      "'{\"num_sequences\": 4}'")),
@@ -142,9 +150,13 @@ _DET_FLAGS.update({
 def _add_task_parser(tasks, name: str, help: str, flags, handler):
     parser = tasks.add_parser(name, help=help, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", metavar="FILE", help="a YAML or JSON file of TrainConfig options")
+    parser.add_argument("--config", metavar="FILE", action="append", default=[],
+                        help="a YAML or JSON file of TrainConfig options; repeatable (later files win)")
     parser.add_argument("--resume", nargs="?", const="last", default=argparse.SUPPRESS, metavar="CKPT",
-                        help="continue from a checkpoint (without a path: <out>/last.pt)")
+                        help="continue from a checkpoint (without a path: <out>/last.pt; 'auto': "
+                             "<out>/last.pt when there is one, else start)")
+    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                        help="start over in a run folder that holds an earlier run (its results are deleted)")
     for flag, (field, kwargs) in flags.items():
         parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, **kwargs)
     parser.add_argument("--set", dest="assignments", action="append", type=_assignment, default=[],
@@ -161,19 +173,17 @@ def register(subparsers):
 
 
 def config_from_args(args, task: str = "seg"):
-    """The TrainConfig of a parsed command line: the task's defaults, the config file, then --set,
-    then the flags. ``det`` starts from :data:`fastladder.train.detection.DETECTION_DEFAULTS`
-    (step milestones at 2/3 and 5/6 of a run given in steps, unless set)."""
+    """The TrainConfig of a parsed command line: the task's defaults, the config files in order,
+    then --set, then the flags. A bad value is blamed on where it came from (the file, "--set" or
+    the command line)."""
     from fastladder.train.config import TrainConfig, load_config_file
-    values = load_config_file(args.config) if getattr(args, "config", None) else {}
-    values.update(dict(getattr(args, "assignments", [])))
+
+    layers = [(path, load_config_file(path)) for path in getattr(args, "config", None) or []]
+    layers.append(("--set", dict(getattr(args, "assignments", []))))
     fields = set(TrainConfig.field_names())
-    values.update({key: value for key, value in vars(args).items() if key in fields and key != "task"})
-    values["task"] = task
-    if task == "det":
-        from fastladder.train.detection import detection_config
-        return detection_config(source=args.config or "command line", **values)
-    return TrainConfig.from_dict(values, source=args.config or "command line")
+    flags = {key: value for key, value in vars(args).items() if key in fields and key != "task"}
+    layers.append(("command line", {**flags, "task": task}))
+    return TrainConfig.from_layers(layers)
 
 
 def cmd_train_seg(args) -> int:
@@ -185,13 +195,18 @@ def cmd_train_det(args) -> int:
 
 
 def _run(args, task: str) -> int:
-    from fastladder.train.loop import train
+    from fastladder.errors import FastladderError
+    from fastladder.train.loop import TrainingInterrupted, train
+
     try:
         config = config_from_args(args, task)
-    except (ValueError, FileNotFoundError) as error:
+        summary = train(config)
+    except FastladderError as error:
         print(f"fastladder train {task}: error: {error}", file=sys.stderr)
         return 2
-    summary = train(config)
+    except TrainingInterrupted as interrupted:
+        print(f"fastladder train {task}: {interrupted}", file=sys.stderr)
+        return interrupted.exit_code
     if os.environ.get("RANK", "0") != "0":
         return 0
     best = summary["best"]

@@ -2,36 +2,61 @@
 
     config = TrainConfig.from_file("ldn121.yaml", overrides={"lr": 1e-4, "out": "runs/x"})
 
-Unknown keys are an error naming them (a misspelt ``learning_rate`` must not be silently ignored).
-The run folder gets the resolved configuration as ``config.json``.
+Unknown keys are an error naming them (a misspelt ``learning_rate`` must not be silently ignored),
+and so is every value of the wrong type or out of range (:class:`fastladder.errors.ArgumentError`
+naming the field), before any training starts. Fields left unset take the defaults of the config's
+task (:data:`TASK_DEFAULTS`: the paper's Cityscapes LDN-121 setup for ``seg``, SSD's for ``det``),
+however the config is made. The run folder gets the resolved configuration as ``config.json``.
 """
 import dataclasses
+import inspect
 import json
+import math
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["TrainConfig", "load_config_file"]
+from fastladder.errors import ArgumentError
+
+__all__ = ["TrainConfig", "load_config_file", "TASK_DEFAULTS"]
 
 _AMP_DTYPES = ("float16", "bfloat16")
 # fastladder.eval.detection.AP_METHODS (not imported: configs load without the extension)
 _AP_METHODS = ("voc07", "voc", "coco101", "mot")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+# The defaults of the fields that depend on the task. Detection: SSD's optimization (Liu et al.
+# 2016): SGD with momentum 0.9, weight decay 5e-4, lr 1e-3 after a warmup, divided by 10 at 2/3 and
+# 5/6 of the run (milestones set from the run's length in steps when none are given); every layer
+# at the same lr (the backbone is part of the detector, not a frozen feature extractor); mixed
+# precision when the run uses CUDA.
+TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "seg": dict(model="ladder_densenet121", dataset="cityscapes", optimizer="adam", lr=5e-4, momentum=0.9,
+                weight_decay=1e-4, backbone_lr_divisor=5.0, schedule="poly", warmup_steps=0,
+                warmup_factor=0.001, gamma=0.1, batch_size=4, val_batch_size=1, epochs=30, amp=False),
+    "det": dict(model="ssd300_vgg16", dataset="voc", optimizer="sgd", lr=1e-3, momentum=0.9,
+                weight_decay=5e-4, backbone_lr_divisor=1.0, schedule="step", warmup_steps=500,
+                warmup_factor=0.001, gamma=0.1, batch_size=32, val_batch_size=8, epochs=200, amp=None),
+}
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a training run depends on. Defaults: the paper's Cityscapes LDN-121 setup.
+    """Everything a training run depends on. ``None`` in a field of :data:`TASK_DEFAULTS` means
+    "the task's default" (filled in at construction).
 
     Sizes are ``[height, width]`` in pixels; steps are optimizer steps (batches per process).
     """
 
     # what to train
     task: str = "seg"
-    model: str = "ladder_densenet121"
+    model: Optional[str] = None
     model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    backbone_weights: Optional[str] = None  # a torchvision DenseNet state_dict file for the backbone
+    # a state_dict file for the backbone, or "imagenet" for torchvision's ImageNet weights
+    backbone_weights: Optional[str] = None
     memory_efficient: bool = False  # passed to the model: recompute dense layers in backward
     # data
-    dataset: str = "cityscapes"
+    dataset: Optional[str] = None
     root: Optional[str] = None
     dataset_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     crop_size: List[int] = dataclasses.field(default_factory=lambda: [448, 448])
@@ -43,31 +68,31 @@ class TrainConfig:
     match_iou: float = 0.5  # IoU above which a prior matches a ground-truth box
     ap_method: str = "voc"  # voc | voc07 | coco101 | mot: the AP definition of the main metric
     ap_iou: float = 0.5  # IoU at which a detection counts as a true positive
-    batch_size: int = 4  # per process
-    val_batch_size: int = 1
+    batch_size: Optional[int] = None  # per process
+    val_batch_size: Optional[int] = None
     workers: int = 4
     # length
-    epochs: int = 30
+    epochs: Optional[int] = None
     steps: Optional[int] = None  # when set, the run's length in steps (overrides epochs)
     # optimization
-    optimizer: str = "adam"
-    lr: float = 5e-4
-    backbone_lr_divisor: float = 5.0  # the paper's ÷5 (its code: ÷2)
+    optimizer: Optional[str] = None
+    lr: Optional[float] = None
+    backbone_lr_divisor: Optional[float] = None  # the paper's ÷5 (its code: ÷2)
     backbone_prefix: str = "features."
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "poly"
+    weight_decay: Optional[float] = None
+    momentum: Optional[float] = None
+    schedule: Optional[str] = None
     poly_power: float = 1.5
-    warmup_steps: int = 0
-    warmup_factor: float = 0.001
+    warmup_steps: Optional[int] = None
+    warmup_factor: Optional[float] = None
     milestones: List[int] = dataclasses.field(default_factory=list)
-    gamma: float = 0.1
+    gamma: Optional[float] = None
     min_lr_factor: float = 0.0
     clip_grad_norm: Optional[float] = None
     # execution
     seed: int = 0
     device: Optional[str] = None  # default: cuda when available (the local rank's GPU under torchrun)
-    amp: bool = False  # autocast: float16 + GradScaler on CUDA; bfloat16 on CPU
+    amp: Optional[bool] = None  # autocast: float16 + GradScaler on CUDA; bfloat16 on CPU
     amp_dtype: Optional[str] = None  # float16 | bfloat16 (default float16 on CUDA, bfloat16 on CPU)
     channels_last: bool = False
     sync_bn: bool = False
@@ -76,12 +101,30 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None  # steps between "last" checkpoints; None: at each evaluation
     log_every: int = 10
     out: str = "runs/train"
-    resume: Optional[str] = None  # a checkpoint path, or "last" for <out>/last.pt
+    # a checkpoint path; "last": <out>/last.pt; "auto": <out>/last.pt if there is one, else start
+    resume: Optional[str] = None
+    overwrite: bool = False  # start over in a run folder that holds an earlier run's results
     stop_at: Optional[int] = None  # end this run after that step (the schedule still spans the whole run)
     progress: bool = True
 
     def __post_init__(self):
+        self._fill_task_defaults()
         self.validate()
+
+    def _fill_task_defaults(self):
+        if self.task not in TASK_DEFAULTS:
+            raise ArgumentError(f"task must be one of {tuple(TASK_DEFAULTS)}, got {self.task!r}")
+        for name, value in TASK_DEFAULTS[self.task].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.amp is None:
+            # float16 autocast on CUDA (SSD trains well in it); on CPU bfloat16 autocast is mostly slower
+            import torch
+            on_cuda = self.device is None or str(self.device).startswith("cuda")
+            self.amp = torch.cuda.is_available() and on_cuda
+        if (self.task == "det" and self.schedule == "step" and not self.milestones
+                and _is_int(self.steps) and self.steps > 0):
+            self.milestones = sorted({max(1, self.steps * 2 // 3), max(1, self.steps * 5 // 6)})
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -90,27 +133,57 @@ class TrainConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        """Builds a config from a mapping; unknown keys raise ValueError naming them and ``source``."""
+    def _check_keys(cls, values: Mapping[str, Any], source: str):
         if not isinstance(values, Mapping):
-            raise ValueError(f"{source} must be a mapping of option names to values, got "
-                             f"{type(values).__name__}")
+            raise ArgumentError(f"{source} must be a mapping of option names to values, got "
+                                f"{type(values).__name__}")
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ValueError(f"{source}: unknown option(s) {', '.join(map(repr, unknown))}; "
-                             f"known options: {', '.join(cls.field_names())}")
-        return cls(**dict(values))
+            raise ArgumentError(f"{source}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                                f"known options: {', '.join(cls.field_names())}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """Builds a config from a mapping; unknown keys and bad values raise ArgumentError naming
+        them (and ``source``, the origin of the values: a file, "command line")."""
+        cls._check_keys(values, source)
+        try:
+            return cls(**dict(values))
+        except ArgumentError as error:
+            raise ArgumentError(f"{source}: {error}") from None
 
     @classmethod
     def from_file(cls, path: str, overrides: Optional[Mapping[str, Any]] = None) -> "TrainConfig":
         """Reads a YAML (``.yaml``/``.yml``) or JSON file; ``overrides`` (e.g. CLI flags) win."""
-        values = load_config_file(path)
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ValueError(f"{path}: unknown option(s) {', '.join(map(repr, unknown))}; "
-                             f"known options: {', '.join(cls.field_names())}")
-        values.update(overrides or {})
-        return cls.from_dict(values, source=str(path))
+        return cls.from_files([path], overrides)
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str], overrides: Optional[Mapping[str, Any]] = None,
+                   override_source: str = "overrides") -> "TrainConfig":
+        """Merges YAML/JSON files in order (a later file's keys win; nested dicts such as
+        ``model_kwargs`` are replaced, not merged), then ``overrides``. An error names the file
+        (or ``override_source``) that gave the bad value."""
+        layers = [(str(path), load_config_file(path)) for path in paths]
+        return cls.from_layers(layers + [(override_source, dict(overrides or {}))])
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[Tuple[str, Mapping[str, Any]]]) -> "TrainConfig":
+        """A config from ``(source, values)`` layers, later layers winning key by key. A bad key or
+        value is an ArgumentError naming the source that gave it (a file, "--set", "command line")."""
+        values: Dict[str, Any] = {}
+        origin: Dict[str, str] = {}
+        for source, layer in layers:
+            cls._check_keys(layer, source)
+            values.update(layer)
+            origin.update(dict.fromkeys(layer, source))
+        try:
+            return cls(**values)
+        except ArgumentError as error:
+            field = getattr(error, "field", None)
+            source = origin.get(field)
+            if source is None:  # a default of the task, or a consequence of several fields
+                source = ", ".join(dict.fromkeys(origin.values())) or "config"
+            raise ArgumentError(f"{source}: {error}") from None
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed (validated again; unknown names are an error)."""
@@ -130,37 +203,15 @@ class TrainConfig:
     # --- checks ---------------------------------------------------------------------------------
 
     def validate(self):
-        """Normalizes sizes and checks types and ranges; ValueError names the field and the value."""
-        if isinstance(self.crop_size, int):
-            self.crop_size = [self.crop_size, self.crop_size]
-        self.crop_size = list(self.crop_size) if isinstance(self.crop_size, (list, tuple)) else self.crop_size
-        if not (isinstance(self.crop_size, list) and len(self.crop_size) == 2
-                and all(isinstance(s, int) and s > 0 for s in self.crop_size)):
-            raise ValueError(f"crop_size must be a positive int or [height, width], got {self.crop_size!r}")
+        """Normalizes sizes and checks every field's type and range; ArgumentError names the field
+        and the value (its ``field`` attribute holds the name)."""
+        _choice("task", self.task, tuple(TASK_DEFAULTS))
+        self.crop_size = _size("crop_size", self.crop_size)
         if self.image_size is not None:
-            if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
-                self.image_size = [self.image_size, self.image_size]
-            size = list(self.image_size) if isinstance(self.image_size, (list, tuple)) else None
-            if not (size and len(size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0
-                                                   for s in size)):
-                raise ValueError(f"image_size must be null, a positive int or [height, width], got "
-                                 f"{self.image_size!r}")
-            self.image_size = size
-        if not (isinstance(self.zoom_out, (int, float)) and not isinstance(self.zoom_out, bool)
-                and self.zoom_out >= 1):
-            raise ValueError(f"zoom_out must be a number >= 1 (1: no zoom-out), got {self.zoom_out!r}")
-        if not (isinstance(self.neg_pos_ratio, (int, float)) and not isinstance(self.neg_pos_ratio, bool)
-                and self.neg_pos_ratio >= 0):
-            raise ValueError(f"neg_pos_ratio must be a number >= 0, got {self.neg_pos_ratio!r}")
-        for name in ("match_iou", "ap_iou"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
-                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-        if self.ap_method not in _AP_METHODS:
-            raise ValueError(f"ap_method must be one of {_AP_METHODS}, got {self.ap_method!r}")
-        self.scale_range = list(self.scale_range)
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise ValueError(f"scale_range must be [min, max] with 0 < min <= max, got {self.scale_range!r}")
+            self.image_size = _size("image_size", self.image_size, "null, ")
+        self.scale_range = _number_list("scale_range", self.scale_range, 2)
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise _error("scale_range", f"must be [min, max] with 0 < min <= max, got {self.scale_range!r}")
         for name in ("batch_size", "val_batch_size", "epochs", "log_every"):
             _positive_int(name, getattr(self, name))
         for name in ("steps", "eval_every", "checkpoint_every", "stop_at"):
@@ -168,57 +219,148 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         for name in ("workers", "seed", "warmup_steps"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+            if not (_is_int(value) and value >= 0):
+                raise _error(name, f"must be an int >= 0, got {value!r}")
         for name in ("lr", "backbone_lr_divisor"):
             _positive_number(name, getattr(self, name))
-        for name in ("weight_decay", "momentum", "gamma", "min_lr_factor", "warmup_factor", "poly_power"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("weight_decay", "momentum", "gamma", "min_lr_factor", "warmup_factor", "poly_power",
+                     "neg_pos_ratio"):
+            _number(name, getattr(self, name), "a number >= 0", lambda v: v >= 0)
+        _number("zoom_out", self.zoom_out, "a number >= 1 (1: no zoom-out)", lambda v: v >= 1)
+        for name in ("match_iou", "ap_iou"):
+            _number(name, getattr(self, name), "a number in (0, 1]", lambda v: 0 < v <= 1)
         if self.clip_grad_norm is not None:
             _positive_number("clip_grad_norm", self.clip_grad_norm)
+        _choice("ap_method", self.ap_method, _AP_METHODS)
         for name in ("model_kwargs", "dataset_kwargs"):
             if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a dict, got {getattr(self, name)!r}")
-        for name in ("amp", "channels_last", "sync_bn", "memory_efficient", "progress"):
+                raise _error(name, f"must be a dict, got {getattr(self, name)!r}")
+        for name in ("amp", "channels_last", "sync_bn", "memory_efficient", "progress", "overwrite"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.amp_dtype is not None and self.amp_dtype not in _AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {_AMP_DTYPES} or null, got {self.amp_dtype!r}")
-        if not isinstance(self.milestones, (list, tuple)):
-            raise ValueError(f"milestones must be a list of steps, got {self.milestones!r}")
+                raise _error(name, f"must be true or false, got {getattr(self, name)!r}")
+        if self.amp_dtype is not None:
+            _choice("amp_dtype", self.amp_dtype, _AMP_DTYPES)
+        if not isinstance(self.milestones, (list, tuple)) or not all(
+                _is_int(step) and step > 0 for step in self.milestones):
+            raise _error("milestones", f"must be a list of positive step counts, got {self.milestones!r}")
         self.milestones = list(self.milestones)
+        if self.milestones != sorted(set(self.milestones)):
+            raise _error("milestones", f"must be increasing, got {self.milestones!r}")
         from fastladder.train.optim import OPTIMIZERS, SCHEDULES
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not isinstance(self.out, str) or not self.out:
-            raise ValueError(f"out must be a folder path, got {self.out!r}")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        if self.device is not None and not (isinstance(self.device, str) and _DEVICE.match(self.device)):
+            raise _error("device", f"must be cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("out", "backbone_prefix"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise _error(name, f"must be a non-empty string, got {getattr(self, name)!r}")
+        for name in ("root", "resume", "backbone_weights"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise _error(name, f"must be a path (a non-empty string) or null, got {value!r}")
+        if self.backbone_weights not in (None, "imagenet") and not os.path.isfile(self.backbone_weights):
+            raise _error("backbone_weights", f"must be 'imagenet' or a weights file; {self.backbone_weights} "
+                                             f"does not exist")
+        self._check_dataset()
+        self._check_model()
+
+    def _check_dataset(self):
+        from fastladder.data.registry import dataset_info, list_datasets
+
+        if self.dataset not in list_datasets(self.task):
+            raise _error("dataset", f"must be one of {list_datasets(self.task)} for task {self.task!r}, "
+                                    f"got {self.dataset!r}")
+        accepted = _parameters(dataset_info(self.task, self.dataset).dataset_class)
+        accepted -= {"root", "split", "image_set", "transforms"}
+        if self.task == "det" and self.dataset == "voc":
+            accepted |= {"train_image_set", "val_image_set"}
+        unknown = sorted(set(self.dataset_kwargs) - accepted)
+        if unknown:
+            raise _error("dataset_kwargs", f"{unknown} are not arguments of dataset {self.dataset!r} "
+                                           f"(it takes {sorted(accepted)})")
+
+    def _check_model(self):
+        import fastladder.models as models
+
+        if not isinstance(self.model, str) or self.model not in models.list_models():
+            raise _error("model", f"must be one of {models.list_models()}, got {self.model!r}")
+        builder = models._registry._MODELS[self.model]
+        built = inspect.signature(builder).return_annotation
+        accepted = _parameters(built) if inspect.isclass(built) else None
+        if accepted is None:
+            return
+        accepted -= {"num_classes", "backbone_weights"}
+        unknown = sorted(set(self.model_kwargs) - accepted)
+        if unknown:
+            raise _error("model_kwargs", f"{unknown} are not arguments of model {self.model!r} (it takes "
+                                         f"{sorted(accepted)})")
+
+
+def _error(field: str, message: str) -> ArgumentError:
+    error = ArgumentError(f"{field} {message}")
+    error.field = field
+    return error
+
+
+def _parameters(cls) -> set:
+    return {name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(name: str, value, what: str, ok) -> None:
+    if not (_is_number(value) and ok(value)):
+        raise _error(name, f"must be {what}, got {value!r}")
 
 
 def _positive_int(name: str, value):
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not (_is_int(value) and value > 0):
+        raise _error(name, f"must be a positive int, got {value!r}")
 
 
 def _positive_number(name: str, value):
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    _number(name, value, "a positive number (finite)", lambda v: v > 0)
+
+
+def _choice(name: str, value, choices: Sequence[str]):
+    if value not in choices:
+        raise _error(name, f"must be one of {tuple(choices)}, got {value!r}")
+
+
+def _number_list(name: str, value, length: int) -> List[float]:
+    if not (isinstance(value, (list, tuple)) and len(value) == length and all(_is_number(v) for v in value)):
+        raise _error(name, f"must be a list of {length} numbers, got {value!r}")
+    return list(value)
+
+
+def _size(name: str, value, also: str = "") -> List[int]:
+    if _is_int(value):
+        value = [value, value]
+    if not (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(_is_int(v) and v > 0 for v in value)):
+        raise _error(name, f"must be {also}a positive int or [height, width], got {value!r}")
+    return list(value)
 
 
 def load_config_file(path: str) -> Dict[str, Any]:
-    """The mapping stored in a YAML or JSON file (by extension; YAML when unsure, which reads JSON too)."""
+    """The mapping stored in a YAML or JSON file (by extension; YAML when unsure, which reads JSON too).
+    A missing or malformed file is an ArgumentError naming it (and the line for a syntax error)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
+        raise ArgumentError(f"--config: file {path} does not exist")
     with open(path) as f:
         text = f.read()
     if path.endswith(".json"):
         try:
             values = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}") from error
+            raise ArgumentError(f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}") from error
     else:
         import yaml
         try:
@@ -226,9 +368,11 @@ def load_config_file(path: str) -> Dict[str, Any]:
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
-            raise ValueError(f"{where}: invalid YAML: {error}") from error
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ArgumentError(f"{where}: invalid YAML: {problem}") from error
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of option names to values, got {type(values).__name__}")
+        raise ArgumentError(f"{path} must hold a mapping of option names to values, got "
+                            f"{type(values).__name__}")
     return values

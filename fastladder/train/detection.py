@@ -29,42 +29,21 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from fastladder.train.config import TrainConfig
-from fastladder.train.loop import Runtime, Task, dataset_root, move_to_device
+from fastladder.train.loop import Runtime, Task, move_to_device
 
 __all__ = ["DetectionTask", "build_detection_dataset", "detection_config", "detection_transforms",
-           "collate_padded", "DETECTION_DEFAULTS", "DATASETS"]
-
-DATASETS = ("mot15", "voc", "synthetic")
-
-# SSD's optimization (Liu et al. 2016): SGD with momentum 0.9, weight decay 5e-4, lr 1e-3 after a
-# warmup, divided by 10 at 2/3 and 5/6 of the run (the milestones are set from the run's length
-# by detection_config when none are given). Every layer at the same lr: the backbone is part of
-# the detector, not a frozen feature extractor.
-DETECTION_DEFAULTS = dict(task="det", model="ssd300_vgg16", dataset="voc", optimizer="sgd", lr=1e-3,
-                          momentum=0.9, weight_decay=5e-4, backbone_lr_divisor=1.0, schedule="step",
-                          warmup_steps=500, warmup_factor=0.001, gamma=0.1, batch_size=32, val_batch_size=8,
-                          epochs=200)
+           "collate_padded"]
 
 # The models' own input sizes (their prior layouts are made for them).
 _NOMINAL_SIZES = {"ssd300_vgg16": 300, "ssd512_vgg16": 512}
 
 
 def detection_config(*, source: str = "detection_config()", **values) -> TrainConfig:
-    """A TrainConfig for the detection task: :data:`DETECTION_DEFAULTS` updated by ``values``.
-
-    With ``schedule="step"``, no ``milestones`` and a run length in ``steps``, the milestones are
-    2/3 and 5/6 of the run (SSD's 80k/100k of 120k iterations). Without ``amp``, mixed precision is
-    on when the run will use CUDA. ``source`` names the values in
-    error messages (a file, "command line")."""
-    merged = {**DETECTION_DEFAULTS, **values}
-    if "amp" not in values:
-        # float16 autocast on CUDA (SSD trains well in it); on CPU bfloat16 autocast is mostly slower
-        device = merged.get("device")
-        merged["amp"] = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if merged.get("schedule") == "step" and not merged.get("milestones") and merged.get("steps"):
-        steps = int(merged["steps"])
-        merged["milestones"] = sorted({max(1, steps * 2 // 3), max(1, steps * 5 // 6)})
-    return TrainConfig.from_dict(merged, source=source)
+    """A TrainConfig of the detection task: SSD's optimization defaults
+    (:data:`fastladder.train.config.TASK_DEFAULTS` ``["det"]``: SGD, lr 1e-3 with warmup, step decay
+    at 2/3 and 5/6 of a run given in steps, mixed precision on CUDA) updated by ``values``.
+    ``source`` names the values in error messages (a file, "command line")."""
+    return TrainConfig.from_dict({**values, "task": "det"}, source=source)
 
 
 def input_size(config: TrainConfig) -> Tuple[int, int]:
@@ -82,62 +61,50 @@ def input_size(config: TrainConfig) -> Tuple[int, int]:
 
 def detection_transforms(config: TrainConfig, split: str) -> Callable:
     """The SSD pipeline of ``split``: "train" augments (photometric distortion, zoom out up to
-    ``config.zoom_out``, min-IoU crop, flip), both resize to :func:`input_size` and normalise with
-    the ImageNet mean and std (0-255 scale). Returns an ``(image, target) -> (image, target)``."""
+    ``config.zoom_out`` on a canvas of the mean colour, min-IoU crop, flip), both resize to
+    :func:`input_size` and normalise with the dataset's registered mean and std (0-255 scale; ImageNet's
+    for every detection set, what the VGG16 weights expect). Returns an ``(image, target) -> (image,
+    target)``."""
     from fastladder.data import box_transforms as T
+    from fastladder.data.registry import dataset_info
 
+    info = dataset_info("det", config.dataset)
     size = input_size(config)
     if split == "val":
-        return T.ssd_eval_transforms(size)
+        return T.ssd_eval_transforms(size, mean=info.mean, std=info.std)
     if split != "train":
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     steps = [T.PhotometricDistort()]
     if config.zoom_out > 1:
-        steps.append(T.Expand(T.IMAGENET_MEAN, max_ratio=float(config.zoom_out)))
-    steps += [T.MinIoURandomCrop(), T.RandomHorizontalFlip(), T.Resize(size), T.ToFloatNormalize()]
+        steps.append(T.Expand(info.mean, max_ratio=float(config.zoom_out)))
+    steps += [T.MinIoURandomCrop(), T.RandomHorizontalFlip(), T.Resize(size),
+              T.ToFloatNormalize(info.mean, info.std)]
     return T.Compose(steps)
 
 
-class _DifficultAsIgnore:
-    """VOC targets carry "difficult"; the SSD transforms and the loss use "ignore"."""
-
-    def __init__(self, transforms: Callable):
-        self.transforms = transforms
-
-    def __call__(self, image, target):
-        target = dict(target)
-        if "ignore" not in target:
-            difficult = target.pop("difficult", None)
-            boxes = target["boxes"]
-            target["ignore"] = (torch.zeros(boxes.shape[0], dtype=torch.bool) if difficult is None
-                                else torch.as_tensor(difficult, dtype=torch.bool).reshape(-1))
-        return self.transforms(image, target)
-
-
 def build_detection_dataset(config: TrainConfig, split: str) -> Dataset:
-    """The dataset ``config.dataset`` names, with the SSD transforms of ``split``.
+    """The dataset ``config.dataset`` names (:func:`fastladder.data.list_datasets` ``("det")``), with
+    the SSD transforms of ``split``.
 
     Args:
-        config: reads ``dataset``, ``root``, ``dataset_kwargs`` (extra constructor arguments, e.g.
-            ``{"num_sequences": 4}`` for ``synthetic``, ``{"val_fraction": 0.2}`` for ``mot15``,
-            ``{"year": "2007", "train_image_set": "trainval", "val_image_set": "test"}`` for
-            ``voc``), ``image_size``, ``zoom_out``.
+        config: reads ``dataset``, ``root`` (default for ``synthetic``: ``<out>/synthetic-data``),
+            ``dataset_kwargs`` (extra constructor arguments, e.g. ``{"num_sequences": 4}`` for
+            ``synthetic``, ``{"val_fraction": 0.2}`` for ``mot15``, ``{"year": "2007",
+            "train_image_set": "trainval", "val_image_set": "test"}`` for ``voc``), ``image_size``,
+            ``zoom_out``.
         split: "train" or "val".
     """
-    root = dataset_root(config, split, DATASETS, "detection")
-    name = config.dataset
+    from fastladder.data import registry
+
+    info = registry.dataset_info("det", config.dataset)
+    root = registry.dataset_root("det", config.dataset, config.root, config.out)
     transforms = detection_transforms(config, split)
     kwargs = dict(config.dataset_kwargs)
-    if name == "synthetic":
-        from fastladder.data.synthetic_detection import SyntheticPedestrians
+    official = {"train": kwargs.pop("train_image_set", info.train_split),
+                "val": kwargs.pop("val_image_set", info.val_split)}[split]
+    if config.dataset == "synthetic":
         kwargs.setdefault("progress", config.progress)
-        return SyntheticPedestrians(root, split, transforms=transforms, **kwargs)
-    if name == "mot15":
-        from fastladder.data.mot import MOT15Detection
-        return MOT15Detection(root, split, transforms=transforms, **kwargs)
-    image_sets = {"train": kwargs.pop("train_image_set", "train"), "val": kwargs.pop("val_image_set", "val")}
-    from fastladder.data.voc import VOCDetection
-    return VOCDetection(root, image_set=image_sets[split], transforms=_DifficultAsIgnore(transforms), **kwargs)
+    return registry.build_dataset("det", config.dataset, root, official, transforms=transforms, **kwargs)
 
 
 def collate_padded(samples: Sequence[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]

@@ -18,10 +18,13 @@ What makes it so:
 """
 import abc
 import contextlib
+import glob
 import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
@@ -31,34 +34,44 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from fastladder.errors import ArgumentError, CheckpointError, DataError
 from fastladder.train._log import CSVLog, plot_curves
-from fastladder.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fastladder.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from fastladder.train.config import TrainConfig
 from fastladder.train.distributed import (DistributedContext, EpochBatchSampler, ShardSampler, all_reduce_sum,
                                           broadcast_buffers, init_distributed, unwrap_model, wrap_model)
 from fastladder.train.optim import build_optimizer, build_scheduler
 
-__all__ = ["Task", "Runtime", "SeededDataset", "Trainer", "train", "sample_seed", "move_to_device", "TASKS"]
+__all__ = ["Task", "Runtime", "SeededDataset", "Trainer", "train", "sample_seed", "move_to_device", "TASKS",
+           "TrainingInterrupted", "RUN_FILES"]
 
 # task name -> "module:class", imported when used
 TASKS = {"seg": "fastladder.train.segmentation:SegmentationTask",
          "det": "fastladder.train.detection:DetectionTask"}
 
+# What a run writes into its folder (besides TensorBoard's events.out.tfevents.* files); --overwrite
+# deletes these, and a folder holding anything but the synthetic data is refused without --resume.
+RUN_FILES = ("config.json", "log.csv", "curves.png", "metrics.json", "last.pt", "best.pt")
 
 
-def dataset_root(config: TrainConfig, split: str, datasets: Sequence[str], task: str) -> str:
-    """The folder of ``config.dataset`` (one of ``datasets``) for ``split`` ("train" or "val"):
-    ``config.root``, or ``<out>/synthetic-data`` for the built-in synthetic set, which needs none."""
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    name = config.dataset
-    if name not in datasets:
-        raise ValueError(f"dataset must be one of {tuple(datasets)} for {task}, got {name!r}")
-    if config.root is not None:
-        return config.root
-    if name != "synthetic":
-        raise ValueError(f"dataset {name!r} needs root (--root): the folder of its official layout")
-    return os.path.join(config.out, "synthetic-data")
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after saving a checkpoint.
+
+    Attributes:
+        signal_name: "SIGINT" or "SIGTERM".
+        exit_code: 128 + the signal number (130, 143), the shell's convention.
+        checkpoint: the checkpoint written (resume with it), or None on processes that do not write.
+        step: the optimizer steps done.
+    """
+
+    def __init__(self, signal_number: int, checkpoint: Optional[str], step: int):
+        self.signal_name = signal.Signals(signal_number).name
+        self.exit_code = 128 + int(signal_number)
+        self.checkpoint, self.step = checkpoint, step
+        where = f"saved {checkpoint}" if checkpoint else "checkpoint saved by the main process"
+        super().__init__(f"interrupted by {self.signal_name} at step {step}: {where}; continue with --resume")
+
+
 
 def move_to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     """Moves every tensor of a (nested list / tuple / dict) batch to ``device``; 4-D floating
@@ -103,10 +116,38 @@ class Task(abc.ABC):
         registry (also stored in checkpoints)."""
 
     def build_model(self, config: TrainConfig, spec: Dict[str, Any]) -> nn.Module:
-        """The model from the registry (with ``config.backbone_weights`` in its backbone)."""
+        """The model from the registry (with ``config.backbone_weights`` in its backbone: a file, or
+        "imagenet" for torchvision's ImageNet weights, see :mod:`fastladder.models.pretrained`)."""
         from fastladder.models import create_model
-        return create_model(spec["model_name"], spec["num_classes"], backbone_weights=config.backbone_weights,
+        from fastladder.models.pretrained import resolve_backbone_weights
+
+        weights = resolve_backbone_weights(config.backbone_weights, spec["model_name"],
+                                           progress=config.progress)
+        return create_model(spec["model_name"], spec["num_classes"], backbone_weights=weights,
                             **spec["model_kwargs"])
+
+    def model_meta(self, config: TrainConfig, spec: Dict[str, Any], model: nn.Module):
+        """The :class:`fastladder.models.ModelMeta` stored in every checkpoint: the model as ``spec``
+        builds it, the dataset's class names and the normalization its registry entry gives (the one
+        the dataset builders of the tasks apply)."""
+        from fastladder.data.registry import dataset_info
+        from fastladder.models import ModelMeta
+
+        info = dataset_info(self.name, config.dataset)
+        class_names = getattr(self, "class_names", None)
+        if class_names is not None and len(class_names) != spec["num_classes"]:
+            class_names = None
+        input_size = getattr(model, "image_size", None) if self.name == "det" else None
+        return ModelMeta(spec["model_name"], int(spec["num_classes"]), dict(spec["model_kwargs"]),
+                         task=self.name, dataset=config.dataset, class_names=class_names, mean=info.mean,
+                         std=info.std, input_size=input_size)
+
+    def check_sample(self, dataset: Dataset, index: int) -> None:
+        """Reads sample ``index`` of the validation set once, before training, so that a bad file
+        stops the run before any work is done (DataError naming the file). Default: the dataset's
+        untransformed ``load(index)`` when it has one, else ``dataset[index]``."""
+        load = getattr(dataset, "load", None)
+        load(index) if callable(load) else dataset[index]
 
     def collate(self, samples: Sequence[Any]) -> Any:
         """Joins a list of samples into a batch (torch's default_collate)."""
@@ -253,17 +294,53 @@ class Trainer:
         return dtype, dtype == torch.float16
 
     def _resume_path(self) -> Optional[str]:
-        resume = self.config.resume
+        """The checkpoint to resume from: ``resume`` "last" is <out>/last.pt (which must exist),
+        "auto" is <out>/last.pt when it exists (else a fresh start), anything else a path."""
+        resume, out = self.config.resume, self.config.out
+        last = os.path.join(out, "last.pt")
         if not resume:
             return None
-        if resume in ("last", "auto", "true", "True"):
-            return os.path.join(self.config.out, "last.pt")
-        return resume
+        if resume == "auto":
+            return last if os.path.isfile(last) else None
+        path = last if resume == "last" else resume
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path}: checkpoint file does not exist (--resume)")
+        return path
+
+    def _prepare_run_folder(self, resume: Optional[str]):
+        """Refuses a run folder holding earlier results unless the run resumes or overwrites them;
+        --overwrite deletes those results (never the synthetic data kept there)."""
+        from fastladder.data.registry import SYNTHETIC_DATA_FOLDER
+
+        out = self.config.out
+        if not os.path.isdir(out):
+            if os.path.exists(out):
+                raise ArgumentError(f"out: {out} exists and is not a folder")
+            return
+        # config.json alone is what a run that failed before its first step leaves: no results
+        entries = sorted(set(os.listdir(out)) - {SYNTHETIC_DATA_FOLDER, "config.json"})
+        if not entries or resume is not None:
+            return
+        if not self.config.overwrite:
+            shown = ", ".join(entries[:5]) + (", …" if len(entries) > 5 else "")
+            raise ArgumentError(f"out: the run folder {out} is not empty ({shown}): continue that run with "
+                                f"--resume (or --resume auto), replace it with --overwrite, or choose "
+                                f"another --out")
+        if self.context.is_main:
+            for name in RUN_FILES:
+                if os.path.isfile(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+            for path in glob.glob(os.path.join(out, "events.out.tfevents.*")):
+                os.remove(path)
 
     def _setup(self):
         config, task = self.config, self.task
         self.context = context = self.context or init_distributed(config.device)
         self.main = context.is_main
+        resume = self._resume_path()
+        self._prepare_run_folder(resume)
+        # every process has looked at the folder before the main one writes into it
+        context.barrier()
         if self.main:
             os.makedirs(config.out, exist_ok=True)
             config.save(os.path.join(config.out, "config.json"))
@@ -279,6 +356,7 @@ class Trainer:
         self.train_dataset, self.val_dataset = task.build_datasets(config)
         self.spec = task.model_spec(config, self.train_dataset)
         model = task.build_model(config, self.spec)
+        self.meta = task.model_meta(config, self.spec, model)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = wrap_model(model, context, sync_bn=config.sync_bn)
@@ -315,13 +393,14 @@ class Trainer:
         self.metrics: Dict[str, Any] = {}
         self.step = 0
         restored_rng = None
-        resume = self._resume_path()
         if resume is not None:
             restored_rng = self._load(resume)
-        self.log = None
+        self._check_val_data()
+        self.log = self.writer = None
         if self.main:
             self.log = CSVLog(os.path.join(config.out, "log.csv"), task.metric_names,
                               resume_step=self.step if resume is not None else None)
+            self.writer = _tensorboard_writer(config.out, self.step)
         self.seconds_before = self.log.last_seconds() if self.log is not None else 0.0
         if restored_rng is not None:
             # Last: nothing after this point may draw from the global generators before training does.
@@ -329,14 +408,23 @@ class Trainer:
 
     def _load(self, path: str):
         """Restores the state of a checkpoint; returns its random generator states."""
-        checkpoint = load_checkpoint(path, map_location="cpu")
+        from fastladder.models import read_checkpoint, strip_wrapper_prefixes
+        from fastladder.models._state_dict import key_problems
+
+        checkpoint = read_checkpoint(path, map_location="cpu")
         missing = [key for key in ("model", "optimizer", "scheduler", "step") if key not in checkpoint]
         if missing:
-            raise RuntimeError(f"checkpoint {path!r} lacks {missing}: not a fastladder training checkpoint")
-        if checkpoint.get("model_name") not in (None, self.spec["model_name"]):
-            raise RuntimeError(f"checkpoint {path!r} is of model {checkpoint['model_name']!r}, this run "
-                               f"trains {self.spec['model_name']!r}")
-        self.bare_model.load_state_dict(checkpoint["model"])
+            raise CheckpointError(f"{path}: lacks {missing}: not a fastladder training checkpoint (--resume)")
+        recorded = (checkpoint.get("meta") or {}).get("model_name", checkpoint.get("model_name"))
+        if recorded not in (None, self.spec["model_name"]):
+            raise CheckpointError(f"{path}: is a checkpoint of model {recorded!r}, this run trains "
+                                  f"{self.spec['model_name']!r} (--resume)")
+        state_dict = strip_wrapper_prefixes(checkpoint["model"])
+        problems = key_problems(state_dict, self.bare_model.state_dict())
+        if problems:
+            raise CheckpointError(f"{path} does not fit this run's model {self.spec['model_name']!r} "
+                                  f"(--resume): " + "; ".join(problems))
+        self.bare_model.load_state_dict(state_dict)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if checkpoint.get("scaler") and self.scaler.is_enabled():
@@ -355,9 +443,7 @@ class Trainer:
         """The checkpoint dict (see :mod:`fastladder.train.checkpoint`)."""
         return {
             "model": self.bare_model.state_dict(),
-            "model_name": self.spec["model_name"],
-            "model_kwargs": dict(self.spec["model_kwargs"]),
-            "num_classes": int(self.spec["num_classes"]),
+            "meta": self.meta.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -403,6 +489,11 @@ class Trainer:
         metrics, task, config = self.metrics, self.task, self.config
         self.log.write(step=self.step, epoch=epoch, split="val", loss=metrics.get("loss"), lr=None,
                        seconds=seconds, **{name: metrics[name] for name in task.metric_names})
+        if self.writer is not None:
+            for name in ("loss", *task.metric_names):
+                if isinstance(metrics.get(name), (int, float)):
+                    self.writer.add_scalar(f"val/{name}", metrics[name], self.step)
+            self.writer.flush()
         with open(os.path.join(config.out, "metrics.json"), "w") as f:
             record = {"step": self.step, "epoch": epoch, "metrics": metrics, "best": self.best}
             json.dump(_json_safe(record), f, indent=2)
@@ -429,61 +520,108 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         """Trains from the current (or resumed) step up to ``total_steps`` (or ``stop_at``).
 
+        SIGINT (Ctrl-C) and SIGTERM end the run after the current step: last.pt is saved and
+        :class:`TrainingInterrupted` is raised (resume with ``resume="last"``).
+
         Returns:
             ``{"step", "total_steps", "loss" (the last logged training loss), "metrics" (the last
             evaluation), "best" ({"metric", "value", "step"}), "out", "checkpoint", "best_checkpoint",
             "log", "curves", "seconds"}`` (paths None where nothing was written).
         """
-        self._setup()
-        config, task, context = self.config, self.task, self.context
-        started = time.perf_counter()
-        window_loss, window_steps = torch.zeros((), dtype=torch.float64, device=context.device), 0
-        paths = {"checkpoint": None, "best_checkpoint": None}
-        last_loss = None
+        self._stop_signal: Optional[int] = None
+        with self._signals_handled():
+            try:
+                self._setup()
+                return self._fit()
+            finally:
+                if getattr(self, "writer", None) is not None:
+                    self.writer.close()
+
+    @contextlib.contextmanager
+    def _signals_handled(self):
+        """SIGINT and SIGTERM set a flag that the loop reads after each step (a second signal acts
+        as usual: Ctrl-C twice forces the exit). Only the main thread can install handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+
+        def handler(number, frame):
+            self._stop_signal = number
+            for restored, action in previous.items():
+                signal.signal(restored, action)
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, handler)
         try:
-            while self.step < self.end_step:
+            yield
+        finally:
+            for number, action in previous.items():
+                signal.signal(number, action)
+
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked to stop, on any process: they all stop after the same step (a
+        process that went on alone would wait forever in the next step's gradient reduction)."""
+        if not self.context.distributed:
+            return self._stop_signal is not None
+        flags = torch.zeros(2, dtype=torch.int64, device=self.context.device)
+        if self._stop_signal is not None:
+            flags[0], flags[1] = 1, int(self._stop_signal)
+        self.runtime.reduce_sum(flags)
+        if flags[0] > 0 and self._stop_signal is None:
+            self._stop_signal = int(flags[1] // flags[0])  # the signal the others received
+        return bool(flags[0] > 0)
+
+    def _interrupted(self) -> TrainingInterrupted:
+        path = self._save("last.pt") if self.main else None
+        self.context.close()
+        if self.main:
+            tqdm.write(f"interrupted by {signal.Signals(self._stop_signal).name} at step {self.step}: "
+                       f"saved {path}")
+        return TrainingInterrupted(self._stop_signal, path, self.step)
+
+    def _check_val_data(self):
+        """Reads every validation sample of this process once (DataError naming the file at the
+        first bad one), so that bad data stops the run before the first step, not at its first
+        evaluation."""
+        dataset = self.val_dataset
+        if dataset is None:
+            return
+        indices = list(ShardSampler(len(dataset), self.context.rank, self.context.world_size))
+        checker = _SampleChecker(self.task, dataset)
+        loader = DataLoader(checker, sampler=indices, batch_size=None, num_workers=self.config.workers,
+                            collate_fn=_identity)
+        for problem in self.runtime.progress(loader, desc="checking val data", total=len(indices)):
+            if problem is not None:
+                raise DataError(problem)
+
+    def _fit(self) -> Dict[str, Any]:
+        config, context = self.config, self.context
+        started = time.perf_counter()
+        # the summed loss and the number of steps since the last logged training row
+        self._window = [torch.zeros((), dtype=torch.float64, device=context.device), 0]
+        self._last_loss = None
+        paths = {"checkpoint": None, "best_checkpoint": None}
+        try:
+            while self.step < self.end_step and self._stop_signal is None:
                 epoch, done = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, done)
                 batches = min(self.steps_per_epoch - done, self.end_step - self.step)
                 bar = tqdm(total=batches, desc=f"epoch {epoch + 1}/{self.num_epochs}", dynamic_ncols=True,
                            disable=not (config.progress and self.main))
                 self.model.train()
-                for batch in self.train_loader:
-                    batch = task.to_device(batch, context.device, config.channels_last)
-                    lr = max(group["lr"] for group in self.optimizer.param_groups)
-                    with self.runtime.autocast():
-                        loss, extra = task.training_step(self.model, batch)
-                    self._backward_and_step(loss)
-                    self.step += 1
-                    window_loss += loss.detach().double()
-                    window_steps += 1
-                    bar.update(1)
-                    end_of_epoch = self.step % self.steps_per_epoch == 0
-                    seconds = self.seconds_before + time.perf_counter() - started
-                    if self.step % config.log_every == 0 or self.step == self.end_step or end_of_epoch:
-                        last_loss = self._log_training(window_loss, window_steps, epoch, lr, seconds, bar,
-                                                       extra)
-                        window_loss.zero_()
-                        window_steps = 0
-                    evaluate = self.val_loader is not None and (
-                        (config.eval_every is not None and self.step % config.eval_every == 0)
-                        or (config.eval_every is None and end_of_epoch) or self.step == self.total_steps)
-                    if evaluate:
-                        self.metrics = self.evaluate()
-                        value = self.metrics[task.main_metric]
-                        if self._improved(value):
-                            self.best = {"metric": task.main_metric, "value": value, "step": self.step}
-                            if self.main:
-                                paths["best_checkpoint"] = self._save("best.pt")
-                        if self.main:
-                            self._after_evaluation(epoch, seconds)
-                    every = config.checkpoint_every
-                    periodic = every is not None and self.step % every == 0
-                    if self.main and (evaluate or periodic or self.step == self.end_step):
-                        paths["checkpoint"] = self._save("last.pt")
-                    if self.step >= self.end_step:
-                        break
+                try:
+                    for batch in self.train_loader:
+                        self._train_step(batch, epoch, bar, paths, started)
+                        if self.step >= self.end_step or self._stop_requested():
+                            break
+                except Exception:
+                    # a signal also reaches the data-loading workers, which may die of it first
+                    if self._stop_signal is None:
+                        raise
                 bar.close()
+            if self._stop_signal is not None:
+                raise self._interrupted()
             # The main process may still be writing its last checkpoint; no process leaves before it.
             context.barrier()
         finally:
@@ -496,7 +634,7 @@ class Trainer:
         return {
             "step": self.step,
             "total_steps": self.total_steps,
-            "loss": last_loss,
+            "loss": self._last_loss,
             "metrics": self.metrics,
             "best": self.best,
             "out": out,
@@ -506,6 +644,43 @@ class Trainer:
             "curves": curves_path if os.path.isfile(curves_path) else None,
             "seconds": self.seconds_before + time.perf_counter() - started,
         }
+
+    def _train_step(self, batch, epoch: int, bar, paths: Dict[str, Optional[str]], started: float):
+        """One optimizer step, then the logging, evaluation and checkpoints due after it."""
+        config, task, context = self.config, self.task, self.context
+        batch = task.to_device(batch, context.device, config.channels_last)
+        lr = max(group["lr"] for group in self.optimizer.param_groups)
+        with self.runtime.autocast():
+            loss, extra = task.training_step(self.model, batch)
+        self._backward_and_step(loss)
+        self.step += 1
+        self._window[0] += loss.detach().double()
+        self._window[1] += 1
+        bar.update(1)
+        end_of_epoch = self.step % self.steps_per_epoch == 0
+        seconds = self.seconds_before + time.perf_counter() - started
+        if self.step % config.log_every == 0 or self.step == self.end_step or end_of_epoch:
+            self._last_loss = self._log_training(*self._window, epoch, lr, seconds, bar, extra)
+            self._window = [torch.zeros_like(self._window[0]), 0]
+        evaluate = self.val_loader is not None and (
+            (config.eval_every is not None and self.step % config.eval_every == 0)
+            or (config.eval_every is None and end_of_epoch) or self.step == self.total_steps)
+        if evaluate:
+            if self.main:
+                # an evaluation that fails (or is killed) must not cost the training done so far
+                paths["checkpoint"] = self._save("last.pt")
+            self.metrics = self.evaluate()
+            value = self.metrics[task.main_metric]
+            if self._improved(value):
+                self.best = {"metric": task.main_metric, "value": value, "step": self.step}
+                if self.main:
+                    paths["best_checkpoint"] = self._save("best.pt")
+            if self.main:
+                self._after_evaluation(epoch, seconds)
+        every = config.checkpoint_every
+        periodic = every is not None and self.step % every == 0
+        if self.main and (evaluate or periodic or self.step == self.end_step):
+            paths["checkpoint"] = self._save("last.pt")
 
     def _log_training(self, window_loss, window_steps, epoch, lr, seconds, bar, extra) -> float:
         """Logs the mean loss of the last steps (over all processes) and the lr of the last step
@@ -517,10 +692,47 @@ class Trainer:
                                      f"lower the lr ({self.config.lr}) or enable clip_grad_norm")
         if self.main:
             self.log.write(step=self.step, epoch=epoch, split="train", loss=loss, lr=lr, seconds=seconds)
+            if self.writer is not None:
+                self.writer.add_scalar("train/loss", loss, self.step)
+                self.writer.add_scalar("train/lr", lr, self.step)
             postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.3g}"}
             postfix.update({key: f"{float(value):.4g}" for key, value in (extra or {}).items()})
             bar.set_postfix(postfix)
         return loss
+
+
+def _identity(item):
+    return item
+
+
+class _SampleChecker(Dataset):
+    """Item i: None when the task's ``check_sample`` reads sample i, else the one-line problem
+    (returned, not raised, so that it crosses from a data-loading worker as it is)."""
+
+    def __init__(self, task: Task, dataset: Dataset):
+        self.task, self.dataset = task, dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Optional[str]:
+        try:
+            self.task.check_sample(self.dataset, index)
+        except (ValueError, OSError) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            return f"validation sample {index}: {message}" if not isinstance(error, DataError) else message
+        return None
+
+
+def _tensorboard_writer(out: str, step: int):
+    """A TensorBoard SummaryWriter writing into ``out`` (beside log.csv), or None when the
+    ``tensorboard`` package is not installed. A resumed run (``step`` > 0) drops the events after
+    ``step`` that the interrupted run had written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=out, purge_step=step if step > 0 else None)
 
 
 # --- entry point --------------------------------------------------------------------------------

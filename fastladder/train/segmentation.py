@@ -12,51 +12,39 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from fastladder.data.labels import IGNORE_INDEX
 from fastladder.eval.segmentation import confusion_matrix, mean_iou
 from fastladder.train.config import TrainConfig
-from fastladder.train.loop import Runtime, Task, dataset_root, move_to_device
+from fastladder.train.loop import Runtime, Task, move_to_device
 from fastladder.train.losses import ladder_loss
 
-__all__ = ["SegmentationTask", "build_segmentation_dataset", "DATASETS"]
-
-DATASETS = ("cityscapes", "voc", "camvid", "synthetic")
-
-# ImageNet statistics on the 0-255 scale, for datasets without their own (the backbones were
-# pretrained with them).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+__all__ = ["SegmentationTask", "build_segmentation_dataset"]
 
 
 def build_segmentation_dataset(config: TrainConfig, split: str) -> Dataset:
-    """The dataset ``config.dataset`` names, with training or evaluation transforms.
+    """The dataset ``config.dataset`` names (:func:`fastladder.data.list_datasets` ``("seg")``), with
+    training or evaluation transforms normalized with the dataset's registered mean and std.
 
     Args:
-        config: reads ``dataset``, ``root``, ``dataset_kwargs`` (extra constructor arguments,
-            e.g. ``{"num_images": 64}`` for ``synthetic``), ``crop_size``, ``scale_range``.
+        config: reads ``dataset``, ``root`` (default for ``synthetic``: ``<out>/synthetic-data``),
+            ``dataset_kwargs`` (extra constructor arguments, e.g. ``{"num_images": 64}`` for
+            ``synthetic``), ``crop_size``, ``scale_range``.
         split: ``"train"`` (random-scale crops, flips) or ``"val"`` (whole images).
     """
-    root = dataset_root(config, split, DATASETS, "segmentation")
-    name = config.dataset
-    from fastladder import data
-    from fastladder.data import transforms
+    from fastladder.data import registry, transforms
 
-    if name in ("cityscapes", "synthetic"):
-        mean, std = transforms.CITYSCAPES_MEAN, transforms.CITYSCAPES_STD
-    else:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    info = registry.dataset_info("seg", config.dataset)
+    root = registry.dataset_root("seg", config.dataset, config.root, config.out)
     if split == "train":
         tf = transforms.segmentation_train_transforms(
-            tuple(config.crop_size), scale_range=tuple(config.scale_range), mean=mean, std=std)
+            tuple(config.crop_size), scale_range=tuple(config.scale_range), mean=info.mean, std=info.std)
+    elif split == "val":
+        tf = transforms.segmentation_eval_transforms(mean=info.mean, std=info.std)
     else:
-        tf = transforms.segmentation_eval_transforms(mean=mean, std=std)
-    kwargs = dict(config.dataset_kwargs)
-    if name == "cityscapes":
-        return data.Cityscapes(root, split, transforms=tf, **kwargs)
-    if name == "voc":
-        return data.VOCSegmentation(root, image_set=split, transforms=tf, **kwargs)
-    if name == "camvid":
-        return data.CamVid(root, split, transforms=tf, **kwargs)
-    return data.SyntheticScenes(root, split, transforms=tf, **kwargs)
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    official = info.train_split if split == "train" else info.val_split
+    return registry.build_dataset("seg", config.dataset, root, official, transforms=tf,
+                                  **config.dataset_kwargs)
 
 
 class SegmentationTask(Task):
@@ -79,7 +67,7 @@ class SegmentationTask(Task):
 
     def __init__(self, dataset_factory: Optional[Callable[[TrainConfig, str], Dataset]] = None):
         self.dataset_factory = dataset_factory or build_segmentation_dataset
-        self.ignore_index = 255
+        self.ignore_index = IGNORE_INDEX
         self.num_classes = None
         self.class_names = None
 
@@ -94,7 +82,7 @@ class SegmentationTask(Task):
         if val_set is not None and val_set.num_classes != self.num_classes:
             raise ValueError(f"the train and val datasets disagree on num_classes: {self.num_classes} and "
                              f"{val_set.num_classes}")
-        self.ignore_index = getattr(train_set, "ignore_index", 255)
+        self.ignore_index = getattr(train_set, "ignore_index", IGNORE_INDEX)
         self.class_names = list(getattr(train_set, "class_names", None) or
                                 [str(c) for c in range(self.num_classes)])
         return train_set, val_set

@@ -188,10 +188,10 @@ def test_detection_boxes_labels_difficult(tmp_path, generator):
     assert target["boxes"].tolist() == [[2, 1, 10, 9], [0, 0, 17, 11], [4, 5, 5, 6]]
     assert target["labels"].dtype == torch.int64
     assert target["labels"].tolist() == [VOC_CLASSES.index("chair"), 15, 20]
-    assert target["difficult"].dtype == torch.bool and target["difficult"].tolist() == [False, True, False]
+    assert target["ignore"].dtype == torch.bool and target["ignore"].tolist() == [False, True, False]
     _, empty = ds[1]
     assert empty["boxes"].shape == (0, 4) and empty["boxes"].dtype == torch.float32
-    assert empty["labels"].shape == (0,) and empty["difficult"].shape == (0,)
+    assert empty["labels"].shape == (0,) and empty["ignore"].shape == (0,)
 
 
 def test_detection_union_of_years(tmp_path, generator):

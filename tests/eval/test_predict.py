@@ -15,7 +15,6 @@ from fastladder.data.voc import voc_colormap
 from fastladder.errors import ArgumentError
 from fastladder.eval import _common
 from fastladder.eval._images import collect_inputs, overlay, read_image, save_grid, save_png
-from fastladder.eval._weights import load_model
 from fastladder.eval.inference import normalize_image, predict
 from fastladder.models import create_model
 
@@ -51,72 +50,6 @@ def write_image(path, generator, height, width):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
     return torch.from_numpy(array).permute(2, 0, 1)
-
-
-# --- loading weights ------------------------------------------------------------------------------
-
-def test_checkpoint_and_state_dict_load_the_same_model(tmp_path, seed):
-    model = tiny_model()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        expected = model(x)
-    from_checkpoint = load_model(save_checkpoint(model, tmp_path / "ckpt.pt"))
-    torch.save(model.state_dict(), tmp_path / "plain.pt")
-    from_state_dict = load_model(tmp_path / "plain.pt", "ladder_densenet121", 19, **TINY_LDN)
-    # a DataParallel / DDP state_dict: every key prefixed with "module."
-    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp.pt")
-    from_ddp = load_model(str(tmp_path / "ddp.pt"), "ladder_densenet121", 19, **TINY_LDN)
-    for loaded in (from_checkpoint, from_state_dict, from_ddp):
-        assert not loaded.training
-        with torch.no_grad():
-            torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
-
-
-def test_plain_state_dict_needs_model_name_and_num_classes(tmp_path, seed):
-    torch.save(tiny_model().state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(ValueError, match="plain state_dict without a model name"):
-        load_model(tmp_path / "plain.pt", num_classes=19, **TINY_LDN)
-    with pytest.raises(ValueError, match="plain state_dict without the number of classes"):
-        load_model(tmp_path / "plain.pt", "ladder_densenet121", **TINY_LDN)
-
-
-def test_mismatched_weights_are_listed(tmp_path, seed):
-    state = tiny_model().state_dict()
-    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
-    with pytest.raises(ValueError, match="num_classes=21 but checkpoint .* 19 classes"):
-        load_model(path, num_classes=21)
-    with pytest.raises(ValueError, match="model_name='dilated8_densenet121' but checkpoint"):
-        load_model(path, "dilated8_densenet121")
-    # a state_dict of a 19-class model for a 21-class model: the classifier shapes differ
-    torch.save(state, tmp_path / "plain.pt")
-    mismatch = (r"shape mismatches \(4\): aux_classifier.*, classifier\.conv\.bias: weights \(19,\) vs model "
-                r"\(21,\)")
-    with pytest.raises(ValueError, match=mismatch):
-        load_model(tmp_path / "plain.pt", "ladder_densenet121", 21, **TINY_LDN)
-    missing = dict(state)
-    del missing["classifier.conv.weight"]
-    missing["extra.weight"] = torch.zeros(1)
-    torch.save(missing, tmp_path / "missing.pt")
-    with pytest.raises(ValueError,
-                       match=r"missing keys \(1\): classifier\.conv\.weight; unexpected keys \(1\): "
-                             r"extra\.weight"):
-        load_model(tmp_path / "missing.pt", "ladder_densenet121", 19, **TINY_LDN)
-    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
-        load_model(tmp_path / "nowhere.pt", "ladder_densenet121", 19)
-    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "junk.pt")
-    with pytest.raises(ValueError, match="neither a checkpoint"):
-        load_model(tmp_path / "junk.pt", "ladder_densenet121", 19)
-
-
-def test_checkpoint_with_arbitrary_objects_needs_trust(tmp_path, seed):
-    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt", args=_Opaque())
-    with pytest.raises(RuntimeError, match="weights_only=False"):
-        load_model(path)
-    assert isinstance(load_model(path, weights_only=False), nn.Module)
-
-
-class _Opaque:
-    """An object that torch.load(weights_only=True) refuses to unpickle."""
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -278,16 +211,20 @@ def test_predict_outputs_selects_the_pngs(tmp_path, generator, seed):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_labelIds.png"]
 
 
-def test_a_checkpoint_without_its_dataset_gets_the_cityscapes_statistics_and_a_warning(capsys):
-    from fastladder.data import transforms
+def test_normalization_flags_then_checkpoint_then_dataset():
+    from fastladder.data.registry import dataset_info
 
-    args = cli.build_parser().parse_args(["predict", "--weights", "w.pt", "x.png", "--out", "o"])
-    expected = [float(v) for v in transforms.CITYSCAPES_MEAN], [float(v) for v in transforms.CITYSCAPES_STD]
-    assert _common.normalization(args, {}, "seg") == expected
-    assert "w.pt does not record its dataset" in capsys.readouterr().err
-    args = cli.build_parser().parse_args(["predict", "--weights", "w.pt", "x.png", "--out", "o", "--mean",
-                                          "1", "2", "3", "--std", "4", "5", "6"])
-    assert _common.normalization(args, {"mean": [9, 9, 9], "std": [8, 8, 8]}, "seg") == ([1, 2, 3], [4, 5, 6])
+    parse = cli.build_parser().parse_args
+    args = parse(["predict", "--weights", "w.pt", "x.png", "--out", "o"])
+    with pytest.raises(ArgumentError, match="w.pt does not record the input normalization"):
+        _common.normalization(args, {}, "seg")   # a plain state_dict
+    recorded = {"mean": [9.0, 9.0, 9.0], "std": [8.0, 8.0, 8.0], "dataset": "camvid"}
+    assert _common.normalization(args, recorded, "seg") == ([9.0] * 3, [8.0] * 3)
+    camvid = dataset_info("seg", "camvid")
+    assert _common.normalization(args, {"dataset": "camvid"}, "seg") == (list(camvid.mean), list(camvid.std))
+    args = parse(["predict", "--weights", "w.pt", "x.png", "--out", "o", "--mean", "1", "2", "3", "--std", "4",
+                  "5", "6"])
+    assert _common.normalization(args, recorded, "seg") == ([1, 2, 3], [4, 5, 6])
 
 
 # --- the eval seg command -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _tiny import tiny_factory  # noqa: E402
 
+from fastladder.models import register_model  # noqa: E402
 from fastladder.train.config import TrainConfig  # noqa: E402
 from fastladder.train.distributed import unwrap_model  # noqa: E402
 from fastladder.train.loop import Trainer  # noqa: E402
@@ -33,19 +34,16 @@ class TinyConvNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-class ConvNetTask(SegmentationTask):
-    def model_spec(self, config, train_dataset):
-        return {"model_name": "tiny_convnet", "model_kwargs": {}, "num_classes": train_dataset.num_classes}
-
-    def build_model(self, config, spec):
-        return TinyConvNet(spec["num_classes"])
+@register_model
+def tiny_convnet(num_classes: int = 3, backbone_weights=None) -> TinyConvNet:
+    return TinyConvNet(num_classes)
 
 
 def main(out: str, batch_size: int, steps: int):
     config = TrainConfig(model="tiny_convnet", batch_size=batch_size, steps=steps, optimizer="sgd", lr=0.5,
                          momentum=0.9, eval_every=steps, log_every=1, workers=0, out=out, progress=False,
                          seed=3, device="cpu")
-    trainer = Trainer(ConvNetTask(tiny_factory(num_train=8, num_val=3, size=(16, 16))), config)
+    trainer = Trainer(SegmentationTask(tiny_factory(num_train=8, num_val=3, size=(16, 16))), config)
     summary = trainer.fit()
     rank = os.environ.get("RANK", "0")
     torch.save(unwrap_model(trainer.model).state_dict(), os.path.join(out, f"rank{rank}.pt"))

@@ -1,4 +1,4 @@
-"""fastladder.train.checkpoint: atomic writes, clear errors on bad files, random generator states."""
+"""fastladder.train.checkpoint: atomic writes, random generator states; the reader's errors on bad files."""
 import os
 import random
 
@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from fastladder.errors import CheckpointError
+from fastladder.models import read_checkpoint
 from fastladder.train import checkpoint as ckpt
 
 
@@ -21,7 +23,7 @@ def test_round_trip_loads_with_plain_weights_only_torch_load(tmp_path, generator
     loaded = torch.load(path, weights_only=True)  # what an evaluation tool does with it
     assert torch.equal(loaded["model"]["weight"], state["model"]["weight"])
     assert loaded["step"] == 7 and loaded["config"] == {"lr": 0.1}
-    assert ckpt.load_checkpoint(path)["metrics"]["iou"][0] == 0.25
+    assert read_checkpoint(path)["metrics"]["iou"][0] == 0.25
     assert os.stat(path).st_mode & 0o044, "the checkpoint should be readable like any file open() creates"
 
 
@@ -35,7 +37,7 @@ def test_failure_while_pickling_leaves_the_old_file_intact(tmp_path, generator):
     with pytest.raises(Exception):
         ckpt.save_checkpoint(path, weight=torch.randn(256, 256, generator=generator), bad=lambda: 0)
     assert path.read_bytes() == before
-    assert torch.equal(ckpt.load_checkpoint(path)["model"]["weight"], old["model"]["weight"])
+    assert torch.equal(read_checkpoint(path)["model"]["weight"], old["model"]["weight"])
     assert sorted(os.listdir(tmp_path)) == ["last.pt"], "the temporary file must be removed"
 
 
@@ -55,26 +57,27 @@ def test_crash_before_the_rename_leaves_the_old_file_intact(tmp_path, generator,
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.pt.*does not exist"):
-        ckpt.load_checkpoint(tmp_path / "nothing.pt")
+    with pytest.raises(CheckpointError, match="nothing.pt: checkpoint file does not exist"):
+        read_checkpoint(tmp_path / "nothing.pt")
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
-def test_corrupt_file_is_a_clear_error(tmp_path, generator, damage):
+@pytest.mark.parametrize("damage, message", [("truncate", "is truncated"), ("empty", "is empty"),
+                                             ("garbage", "is not a PyTorch checkpoint")])
+def test_corrupt_file_is_a_clear_error(tmp_path, generator, damage, message):
     path = tmp_path / "last.pt"
     ckpt.save_checkpoint(path, **_state(generator))
     data = path.read_bytes()
     damaged = {"truncate": data[:len(data) // 2], "garbage": bytes(range(256)) * 4, "empty": b""}
     path.write_bytes(damaged[damage])
-    with pytest.raises(RuntimeError, match=r"last\.pt.*truncated, corrupt or not a torch checkpoint"):
-        ckpt.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=rf"last\.pt: {message}"):
+        read_checkpoint(path)
 
 
 def test_a_file_that_is_not_a_dict_is_rejected(tmp_path):
     path = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), path)
-    with pytest.raises(RuntimeError, match="holds a Tensor, expected a dict"):
-        ckpt.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"tensor\.pt: is not a checkpoint \(holds a Tensor"):
+        read_checkpoint(path)
 
 
 def test_rng_state_survives_a_weights_only_round_trip(tmp_path, seed):
@@ -83,12 +86,7 @@ def test_rng_state_survives_a_weights_only_round_trip(tmp_path, seed):
     expected = (torch.rand(5), random.random(), np.random.rand(3))
     ckpt.save_checkpoint(tmp_path / "rng.pt", rng=state)
     torch.rand(7), random.random(), np.random.rand(2)  # move every generator on
-    ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path / "rng.pt")["rng"])
+    ckpt.set_rng_state(read_checkpoint(tmp_path / "rng.pt")["rng"])
     again = (torch.rand(5), random.random(), np.random.rand(3))
     assert torch.equal(expected[0], again[0]) and expected[1] == again[1]
     np.testing.assert_array_equal(expected[2], again[2])
-
-
-def test_strip_prefix():
-    state = {"module.a": 1, "module.b.c": 2, "d": 3}
-    assert ckpt.strip_prefix(state) == {"a": 1, "b.c": 2, "d": 3}

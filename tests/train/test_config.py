@@ -4,6 +4,7 @@ import json
 import pytest
 
 from fastladder import cli
+from fastladder.errors import ArgumentError
 from fastladder.train.commands import config_from_args
 from fastladder.train.config import TrainConfig
 
@@ -81,3 +82,73 @@ def test_cli_rejects_bad_flags(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert cli.main(["train", "seg", "--set", "learning_rate=0.1", "--out", str(tmp_path)]) == 2
     assert "unknown option(s) 'learning_rate'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"scale_range": 5}, "scale_range"),
+    ({"scale_range": [2.0, 1.0]}, "scale_range"),
+    ({"milestones": ["a", "b"]}, "milestones"),
+    ({"milestones": [20, 10]}, "milestones"),
+    ({"device": "gpu7"}, "device"),
+    ({"model_kwargs": {"growth_rat": 8}}, "model_kwargs"),
+    ({"lr": float("inf")}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"weight_decay": float("inf")}, "weight_decay"),
+    ({"model": "ladder_densenet122"}, "model"),
+    ({"dataset": "mot15"}, "dataset"),
+    ({"dataset_kwargs": {"num_imgs": 3}}, "dataset_kwargs"),
+    ({"backbone_weights": "nowhere.pth"}, "backbone_weights"),
+    ({"task": "cls"}, "task"),
+    ({"overwrite": "yes"}, "overwrite"),
+    ({"workers": -1}, "workers"),
+    ({"out": ""}, "out"),
+])
+def test_every_field_is_checked_and_named(values, field):
+    with pytest.raises(ArgumentError, match=f"^config: {field} ") as error:
+        TrainConfig.from_dict(values)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_field_in_yaml_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: .inf\n")
+    with pytest.raises(ArgumentError, match=r"run\.yaml: lr must be a positive number \(finite\), got inf"):
+        TrainConfig.from_file(str(path))
+
+
+def test_repeated_config_files_merge_in_order(tmp_path):
+    base, small = tmp_path / "base.yaml", tmp_path / "small.yaml"
+    base.write_text("lr: 0.001\nbatch_size: 8\nmodel_kwargs: {mode: add}\n")
+    small.write_text("batch_size: 2\nmodel_kwargs: {growth_rate: 8}\n")
+    config = config_from_args(_parse(["--config", str(base), "--config", str(small)]))
+    assert config.lr == 0.001 and config.batch_size == 2 and config.model_kwargs == {"growth_rate": 8}
+    assert TrainConfig.from_files([str(small), str(base)]).batch_size == 8
+
+
+def test_a_bad_set_is_blamed_on_set_not_on_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 0.001\n")
+    with pytest.raises(ArgumentError, match=r"^--set: lr must be"):
+        config_from_args(_parse(["--config", str(path), "--set", "lr=-1"]))
+    path.write_text("lr: -1\n")
+    with pytest.raises(ArgumentError, match=r"run\.yaml: lr must be"):
+        config_from_args(_parse(["--config", str(path), "--set", "batch_size=3"]))
+    with pytest.raises(ArgumentError, match=r"^command line: batch_size must be"):
+        config_from_args(_parse(["--config", str(path), "--set", "lr=0.1", "--batch-size", "0"]))
+    with pytest.raises(ArgumentError, match=r"^--config: file .*missing\.yaml does not exist"):
+        config_from_args(_parse(["--config", str(tmp_path / "missing.yaml")]))
+
+
+def test_detection_gets_detection_defaults_however_it_is_made(tmp_path):
+    path = tmp_path / "det.yaml"
+    path.write_text("task: det\nsteps: 600\n")
+    for config in (TrainConfig(task="det"), TrainConfig.from_dict({"task": "det"}),
+                   TrainConfig.from_file(str(path)), config_from_args(_parse(["--steps", "600"]), "det")):
+        assert (config.model, config.optimizer, config.schedule) == ("ssd300_vgg16", "sgd", "step")
+        assert config.lr == 1e-3
+        assert (config.dataset, config.backbone_lr_divisor, config.warmup_steps) == ("voc", 1.0, 500)
+    assert TrainConfig.from_file(str(path)).milestones == [400, 500]
+    seg = TrainConfig()
+    assert (seg.model, seg.optimizer, seg.schedule, seg.lr) == ("ladder_densenet121", "adam", "poly", 5e-4)
+    # an explicit value wins over the task's default
+    assert TrainConfig(task="det", optimizer="adam", lr=1e-4).optimizer == "adam"

@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from fastladder.models import create_model
+from fastladder.models import create_model, read_checkpoint
 from fastladder.ops.boxes import box_iou
 from fastladder.testing import assert_same_state
-from fastladder.train.checkpoint import load_checkpoint
 from fastladder.train.commands import config_from_args
 from fastladder.train.config import TrainConfig
 from fastladder.train.detection import DetectionTask, collate_padded, detection_config, input_size
@@ -48,17 +47,20 @@ def test_training_end_to_end_and_exact_resume(tmp_path):
     assert [row["split"] for row in rows] == ["train"] * 4 + ["val"]   # 8 training frames: one epoch
     assert json.loads((tmp_path / "straight" / "config.json").read_text())["task"] == "det"
 
-    checkpoint = load_checkpoint(straight["checkpoint"])
-    assert checkpoint["model_name"] == "ssd300_vgg16" and checkpoint["num_classes"] == 2
-    assert checkpoint["model_kwargs"]["image_size"] == [64, 64]
-    rebuilt = create_model("ssd300_vgg16", 2, **checkpoint["model_kwargs"])
+    checkpoint = read_checkpoint(straight["checkpoint"])
+    meta = checkpoint["meta"]
+    assert meta["model_name"] == "ssd300_vgg16" and meta["num_classes"] == 2
+    assert meta["model_kwargs"]["image_size"] == [64, 64] and meta["input_size"] == [64, 64]
+    assert meta["class_names"] == ["background", "pedestrian"] and meta["dataset"] == "synthetic"
+    assert meta["mean"] == [123.675, 116.28, 103.53]
+    rebuilt = create_model("ssd300_vgg16", 2, **meta["model_kwargs"])
     rebuilt.load_state_dict(checkpoint["model"])   # the recorded spec rebuilds the trained model
 
     first = train(tiny_config(tmp_path / "resumed", root, stop_at=3))
     assert first["step"] == 3
     resumed = train(tiny_config(tmp_path / "resumed", root, resume="last"))
     assert resumed["step"] == 4
-    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    a, b = read_checkpoint(straight["checkpoint"]), read_checkpoint(resumed["checkpoint"])
     assert_same_state(a["model"], b["model"], "model")
     assert_same_state(a["optimizer"], b["optimizer"], "optimizer")
     assert a["metrics"]["ap"] == b["metrics"]["ap"]
@@ -202,4 +204,5 @@ def test_training_on_voc_detection_layout(tmp_path, generator):
     result = train(tiny_config(tmp_path / "run", devkit, dataset="voc", dataset_kwargs={}, steps=2))
     assert result["step"] == 2 and math.isfinite(result["loss"])
     assert 0.0 <= result["metrics"]["ap"] <= 1.0 and result["metrics"]["images"] == 1
-    assert load_checkpoint(result["checkpoint"])["num_classes"] == 21  # background + the 20 VOC classes
+    # background + the 20 VOC classes
+    assert read_checkpoint(result["checkpoint"])["meta"]["num_classes"] == 21

@@ -5,8 +5,10 @@ import csv
 import pytest
 import torch
 
+from fastladder.errors import CheckpointError
+
+from fastladder.models import read_checkpoint
 from fastladder.testing import assert_same_state
-from fastladder.train.checkpoint import load_checkpoint
 from fastladder.train.loop import train
 
 TOTAL_STEPS = 4  # 2 steps per epoch: the stop at 3 falls inside the second epoch
@@ -29,7 +31,7 @@ def test_resume_is_bit_identical_with_and_without_workers(tiny, tmp_path):
     factory = tiny.tiny_factory(num_train=4, num_val=2)
     whole = train(_config(tiny, tmp_path / "whole", workers=0), dataset_factory=factory)
     assert whole["step"] == TOTAL_STEPS
-    expected = load_checkpoint(whole["checkpoint"])
+    expected = read_checkpoint(whole["checkpoint"])
     expected_losses = _train_losses(tmp_path / "whole" / "log.csv")
     assert len(expected_losses) == TOTAL_STEPS
 
@@ -39,11 +41,11 @@ def test_resume_is_bit_identical_with_and_without_workers(tiny, tmp_path):
         out = tmp_path / f"split{workers}"
         first = train(_config(tiny, out, workers, stop_at=3), dataset_factory=factory)
         assert first["step"] == 3
-        stopped = load_checkpoint(first["checkpoint"])
+        stopped = read_checkpoint(first["checkpoint"])
         assert stopped["step"] == 3 and stopped["epoch"] == 1
         second = train(_config(tiny, out, workers, resume="last"), dataset_factory=factory)
         assert second["step"] == TOTAL_STEPS
-        resumed = load_checkpoint(second["checkpoint"])
+        resumed = read_checkpoint(second["checkpoint"])
         for key in ("model", "optimizer", "scheduler", "step", "epoch", "metrics", "best"):
             assert_same_state(expected[key], resumed[key], f"workers={workers}: {key}")
         # training did happen after the resume
@@ -65,5 +67,5 @@ def test_resume_drops_log_rows_written_after_the_checkpoint(tiny, tmp_path):
 
 
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(tiny, tmp_path):
-    with pytest.raises(FileNotFoundError, match="last.pt.*does not exist"):
+    with pytest.raises(CheckpointError, match="last.pt: checkpoint file does not exist"):
         train(_config(tiny, tmp_path, 0, resume="last"), dataset_factory=tiny.tiny_factory())
