@@ -221,9 +221,10 @@ def test_normalization_flags_then_checkpoint_then_dataset():
     recorded = {"mean": [9.0, 9.0, 9.0], "std": [8.0, 8.0, 8.0], "dataset": "camvid"}
     assert _common.normalization(args, recorded, "seg") == ([9.0] * 3, [8.0] * 3)
     camvid = dataset_info("seg", "camvid")
-    assert _common.normalization(args, {"dataset": "camvid"}, "seg") == (list(camvid.mean), list(camvid.std))
-    args = parse(["predict", "--weights", "w.pt", "x.png", "--out", "o", "--mean", "1", "2", "3", "--std", "4",
-                  "5", "6"])
+    expected = list(camvid.mean), list(camvid.std)
+    assert _common.normalization(args, {"dataset": "camvid"}, "seg") == expected
+    args = parse(["predict", "--weights", "w.pt", "x.png", "--out", "o", "--mean", "1", "2", "3", "--std",
+                  "4", "5", "6"])
     assert _common.normalization(args, recorded, "seg") == ([1, 2, 3], [4, 5, 6])
 
 
