@@ -40,21 +40,14 @@ def assert_same_state(a, b, where=""):
         assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
 
 
-def _cut_off_scores(scores: torch.Tensor, labels: torch.Tensor, label: int) -> torch.Tensor:
-    """The scores at which a detection list is cut: its lowest score, and the lowest of ``label``
-    (the per-class candidate cut before NMS)."""
-    own = scores[labels == label]
-    return torch.stack([scores.min(), own.min() if own.numel() else scores.min()])
-
-
 def assert_same_detections(actual, expected, *, score_tol, box_tol, seed, what=""):
     """Per image, the same detections as a multiset of (label, score, box) up to the tolerances.
 
     ``actual`` and ``expected``: per image ``(boxes [n, 4], scores [n], labels [n])``. Detections
-    with equal scores may come in any order, so which of them make a cut (the list's length, a
-    class's candidate count) may differ: an entry without a counterpart is allowed only when its
-    score ties (within ``score_tol``) with an unmatched entry of the other list and sits at a cut-off
-    score (the lowest of the list or of its class). Anything else is a wrong box, label or score.
+    with equal scores may come in any order, so which of them make the cut at the end of a list may
+    differ: an entry without a counterpart is allowed only when its score ties (within
+    ``score_tol``) with an unmatched entry of the other list and is the list's cut-off score (its
+    lowest). Anything else is a wrong box, label or score.
     """
     assert len(actual) == len(expected), f"{what}: {len(actual)} images, expected {len(expected)}"
     for image, (found, wanted) in enumerate(zip(actual, expected)):
@@ -85,7 +78,7 @@ def assert_same_detections(actual, expected, *, score_tol, box_tol, seed, what="
             for i in rest:
                 score, label = scores[i], int(labels[i])
                 tied = (others - score).abs().min() <= score_tol
-                at_cut = (_cut_off_scores(scores, labels, label) - score).abs().min() <= score_tol
+                at_cut = (score - scores.min()).abs() <= score_tol
                 assert tied and at_cut, (
                     f"{where}: {side} {i} (label {label}, score {float(score)}) has no counterpart"
                     + ("" if tied else " and no tie on the other side")
