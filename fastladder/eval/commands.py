@@ -46,6 +46,9 @@ def register(subparsers):
                      help="default: the one the checkpoint was trained on")
     seg.add_argument("--root", default=None, help="the dataset's root folder (its official layout)")
     seg.add_argument("--split", default="val")
+    seg.add_argument("--dataset-kwargs", type=_common._json_object, default=None, metavar="JSON",
+                     help="extra dataset arguments as JSON, as in training (e.g. '{\"year\": \"2007\"}' for "
+                          "voc)")
     seg.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     seg.add_argument("--workers", type=int, default=2, help="data loading processes (0: in this process)")
     seg.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -100,7 +103,8 @@ def cmd_eval_seg(args) -> int:
     mean, std = _common.normalization(args, meta, "seg")
     # training's evaluation transforms: normalization at full resolution
     dataset = _common.open_eval_dataset("seg", dataset_name, args.root, args.split,
-                                        transforms=segmentation_eval_transforms(mean, std))
+                                        transforms=segmentation_eval_transforms(mean, std),
+                                        **(args.dataset_kwargs or {}))
     num_classes = int(meta["num_classes"])
     if int(dataset.num_classes) != num_classes:
         raise ArgumentError(f"--weights {args.weights} predicts {num_classes} classes, --dataset "
