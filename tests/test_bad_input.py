@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 
 import pytest
 import torch
@@ -243,3 +244,16 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FASTLADDER_DEBUG", "1")
     status, lines = run(argv, capsys)
     assert status == 2 and any("Traceback" in line for line in lines)
+
+
+def test_a_truncated_image_read_in_a_worker_is_one_line(trained, tmp_path, capsys):
+    """eval's default --workers 2: the error comes back from a DataLoader worker."""
+    shutil.copytree(trained / "camvid", tmp_path / "camvid")
+    image = tmp_path / "camvid" / "val" / "Seq05VD_f00000.png"
+    image.write_bytes(image.read_bytes()[:200])
+    (tmp_path / "report.json").write_text("earlier")
+    status, lines = run(["eval", "seg", "--weights", str(trained / "run" / "last.pt"), "--root",
+                         str(tmp_path / "camvid"), "--no-progress", "--device", "cpu", "--json",
+                         str(tmp_path / "report.json")], capsys)
+    assert_one_line(status, lines, image)
+    assert (tmp_path / "report.json").read_text() == "earlier"
