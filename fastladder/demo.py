@@ -115,7 +115,8 @@ def run_demo(out: str = "fastladder-demo", *, quick: bool = False, device: Optio
         crop_size=list(settings.crop_size), scale_range=[0.75, 1.5], batch_size=settings.batch_size,
         workers=1, steps=settings.steps, lr=settings.lr,
         # trained from scratch: no pretrained backbone whose learning rate should be smaller
-        backbone_lr_divisor=1.0, eval_every=settings.eval_every, out=run_dir, seed=seed, device=device)
+        backbone_lr_divisor=1.0, eval_every=settings.eval_every, out=run_dir, seed=seed, device=device,
+        overwrite=True)  # the demo's own run folder: running the demo again starts it over
     counts = {"train": settings.num_train, "val": settings.num_val}
 
     def demo_split(config, split):  # the training loop's datasets, with the demo's image counts

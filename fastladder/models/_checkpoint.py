@@ -253,7 +253,8 @@ def _legacy_meta(checkpoint: Mapping[str, Any], model_name: str, num_classes: in
     dataset = config.get("dataset") if config.get("task", task) == task else None
     assumed = []
     if dataset is None and task is not None:
-        dataset = "cityscapes" if task == "seg" else "voc"
+        # what the commands assumed before checkpoints recorded it
+        dataset = "cityscapes" if task == "seg" else "mot15" if num_classes == 2 else "voc"
         assumed.append(f"dataset {dataset!r}")
     info = None
     if task is not None:
@@ -270,7 +271,7 @@ def _legacy_meta(checkpoint: Mapping[str, Any], model_name: str, num_classes: in
     input_size = tuple(model.image_size) if task == "det" and hasattr(model, "image_size") else None
     warnings.warn(f"{source}: the checkpoint does not record its preprocessing (written by an older "
                   f"fastladder); assuming {', '.join(assumed) or 'nothing'}: pass the mean/std the model "
-                  f"was trained with if they differ", stacklevel=3)
+                  f"was trained with if they differ", stacklevel=4)  # the line that called load_model*
     return ModelMeta(model_name, int(num_classes), dict(checkpoint.get("model_kwargs") or {}), task=task,
                      dataset=dataset if info is not None else None, class_names=class_names, mean=mean,
                      std=std, input_size=input_size)
@@ -301,6 +302,13 @@ def load_model_and_meta(weights: Union[PathLike, Mapping[str, Any]], model_name:
             a plain state_dict lacks model_name or num_classes, they disagree with the checkpoint, or
             the weights do not fit the model (missing, unexpected and mis-shaped keys listed).
     """
+    return _load_model_and_meta(weights, model_name, num_classes, weights_only, model_kwargs)
+
+
+def _load_model_and_meta(weights, model_name: Optional[str], num_classes: Optional[int], weights_only: bool,
+                         model_kwargs: Dict[str, Any]) -> Tuple[nn.Module, ModelMeta]:
+    """:func:`load_model_and_meta`'s work, one call deep under both public functions (so that
+    warnings point at their caller)."""
     from fastladder.models._registry import create_model
 
     if isinstance(weights, (str, os.PathLike)):
@@ -365,4 +373,4 @@ def load_model_and_meta(weights: Union[PathLike, Mapping[str, Any]], model_name:
 def load_model(weights: Union[PathLike, Mapping[str, Any]], model_name: Optional[str] = None,
                num_classes: Optional[int] = None, *, weights_only: bool = True, **model_kwargs) -> nn.Module:
     """The model of a checkpoint or state_dict, in eval mode (see :func:`load_model_and_meta`)."""
-    return load_model_and_meta(weights, model_name, num_classes, weights_only=weights_only, **model_kwargs)[0]
+    return _load_model_and_meta(weights, model_name, num_classes, weights_only, model_kwargs)[0]

@@ -23,6 +23,8 @@ import os
 import sys
 
 from fastladder.data.registry import list_datasets
+from fastladder.eval.detection import AP_METHODS
+from fastladder.train.optim import OPTIMIZERS, SCHEDULES
 
 __all__ = ["register", "config_from_args", "cmd_train_seg", "cmd_train_det"]
 
@@ -90,12 +92,12 @@ _FLAGS = {
     "--val-batch-size": ("val_batch_size", dict(type=int)),
     "--epochs": ("epochs", dict(type=int)),
     "--steps": ("steps", dict(type=int, help="length of the run in steps (instead of epochs)")),
-    "--optimizer": ("optimizer", dict(choices=("adam", "adamw", "sgd"))),
+    "--optimizer": ("optimizer", dict(choices=OPTIMIZERS)),
     "--lr": ("lr", dict(type=float)),
     "--backbone-lr-divisor": ("backbone_lr_divisor", dict(type=float,
                                                           help="backbone lr = lr / this (paper: 5)")),
     "--weight-decay": ("weight_decay", dict(type=float)),
-    "--schedule": ("schedule", dict(choices=("poly", "step", "cosine", "constant"))),
+    "--schedule": ("schedule", dict(choices=SCHEDULES)),
     "--poly-power": ("poly_power", dict(type=float)),
     "--warmup-steps": ("warmup_steps", dict(type=int)),
     "--clip-grad-norm": ("clip_grad_norm", dict(type=float)),
@@ -137,7 +139,7 @@ _DET_FLAGS.update({
                                     help="max zoom-out (expand) of the augmentation, 1 = off (default 4)")),
     "--neg-pos-ratio": ("neg_pos_ratio", dict(type=float, help="hard negatives per positive (3)")),
     "--match-iou": ("match_iou", dict(type=float, help="prior-to-box matching IoU (0.5)")),
-    "--ap-method": ("ap_method", dict(choices=("voc", "voc07", "coco101", "mot"),
+    "--ap-method": ("ap_method", dict(choices=AP_METHODS,
                                       help="AP definition of the main metric (default voc)")),
     "--ap-iou": ("ap_iou", dict(type=float, help="IoU of a true positive (0.5)")),
     "--momentum": ("momentum", dict(type=float)),
@@ -207,6 +209,10 @@ def _run(args, task: str) -> int:
     except TrainingInterrupted as interrupted:
         print(f"fastladder train {task}: {interrupted}", file=sys.stderr)
         return interrupted.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the first step: nothing trained, nothing to save
+        print(f"fastladder train {task}: interrupted before training began; nothing was saved",
+              file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") != "0":
         return 0
     best = summary["best"]

@@ -21,8 +21,6 @@ from fastladder.errors import ArgumentError
 __all__ = ["TrainConfig", "load_config_file", "TASK_DEFAULTS"]
 
 _AMP_DTYPES = ("float16", "bfloat16")
-# fastladder.eval.detection.AP_METHODS (not imported: configs load without the extension)
-_AP_METHODS = ("voc07", "voc", "coco101", "mot")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 # The defaults of the fields that depend on the task. Detection: SSD's optimization (Liu et al.
@@ -231,7 +229,8 @@ class TrainConfig:
             _number(name, getattr(self, name), "a number in (0, 1]", lambda v: 0 < v <= 1)
         if self.clip_grad_norm is not None:
             _positive_number("clip_grad_norm", self.clip_grad_norm)
-        _choice("ap_method", self.ap_method, _AP_METHODS)
+        from fastladder.eval.detection import AP_METHODS
+        _choice("ap_method", self.ap_method, AP_METHODS)
         for name in ("model_kwargs", "dataset_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise _error(name, f"must be a dict, got {getattr(self, name)!r}")

@@ -164,6 +164,8 @@ class DetectionTask(Task):
 
     def __init__(self, dataset_factory: Optional[Callable[[TrainConfig, str], Dataset]] = None):
         self.dataset_factory = dataset_factory or build_detection_dataset
+        # the registry's datasets and normalization, or the caller's own data
+        self.custom_data = dataset_factory is not None
         self.num_classes: Optional[int] = None
         self.class_names: Optional[List[str]] = None
         self.criterion = None

@@ -16,6 +16,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Sampler
 
+from fastladder.errors import ArgumentError
+
 __all__ = ["DistributedContext", "init_distributed", "wrap_model", "unwrap_model", "all_reduce_sum",
            "broadcast_buffers", "EpochBatchSampler", "ShardSampler"]
 
@@ -78,7 +80,7 @@ def init_distributed(device: Optional[str] = None) -> DistributedContext:
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device} was asked for, but CUDA is not available")
+            raise ArgumentError(f"device: {device} was asked for, but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.cuda.set_device(device)

@@ -126,21 +126,29 @@ class Task(abc.ABC):
         return create_model(spec["model_name"], spec["num_classes"], backbone_weights=weights,
                             **spec["model_kwargs"])
 
-    def model_meta(self, config: TrainConfig, spec: Dict[str, Any], model: nn.Module):
+    def model_meta(self, config: TrainConfig, spec: Dict[str, Any], model: nn.Module,
+                   train_dataset: Dataset):
         """The :class:`fastladder.models.ModelMeta` stored in every checkpoint: the model as ``spec``
-        builds it, the dataset's class names and the normalization its registry entry gives (the one
-        the dataset builders of the tasks apply)."""
+        builds it, the dataset's class names, and the normalization the data was given: the
+        registry's for ``config.dataset`` (what the tasks' dataset builders apply) or, for a task
+        built with its own ``dataset_factory``, the training set's ``mean`` and ``std`` attributes
+        (RGB, 0–255 scale) when it has them, else none (unknown)."""
         from fastladder.data.registry import dataset_info
         from fastladder.models import ModelMeta
 
-        info = dataset_info(self.name, config.dataset)
+        if getattr(self, "custom_data", False):
+            dataset = None
+            mean, std = getattr(train_dataset, "mean", None), getattr(train_dataset, "std", None)
+        else:
+            info = dataset_info(self.name, config.dataset)
+            dataset, mean, std = config.dataset, info.mean, info.std
         class_names = getattr(self, "class_names", None)
         if class_names is not None and len(class_names) != spec["num_classes"]:
             class_names = None
         input_size = getattr(model, "image_size", None) if self.name == "det" else None
         return ModelMeta(spec["model_name"], int(spec["num_classes"]), dict(spec["model_kwargs"]),
-                         task=self.name, dataset=config.dataset, class_names=class_names, mean=info.mean,
-                         std=info.std, input_size=input_size)
+                         task=self.name, dataset=dataset, class_names=class_names, mean=mean, std=std,
+                         input_size=input_size)
 
     def check_sample(self, dataset: Dataset, index: int) -> None:
         """Reads sample ``index`` of the validation set once, before training, so that a bad file
@@ -275,7 +283,7 @@ class Trainer:
 
     def __init__(self, task: Task, config: TrainConfig, context: Optional[DistributedContext] = None):
         if not isinstance(config, TrainConfig):
-            raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+            raise ArgumentError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.task, self.config, self.context = task, config, context
         self.model = self.optimizer = self.scheduler = None
         self.step = 0
@@ -290,7 +298,7 @@ class Trainer:
         name = config.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
         dtype = getattr(torch, name)
         if device.type == "cpu" and dtype == torch.float16:
-            raise ValueError("amp_dtype float16 needs CUDA; on CPU use bfloat16")
+            raise ArgumentError("amp_dtype: float16 needs CUDA; on CPU use bfloat16")
         return dtype, dtype == torch.float16
 
     def _resume_path(self) -> Optional[str]:
@@ -309,7 +317,8 @@ class Trainer:
 
     def _prepare_run_folder(self, resume: Optional[str]):
         """Refuses a run folder holding earlier results unless the run resumes or overwrites them;
-        --overwrite deletes those results (never the synthetic data kept there)."""
+        --overwrite (and --resume auto in a folder without checkpoints) deletes those results,
+        never the synthetic data kept there."""
         from fastladder.data.registry import SYNTHETIC_DATA_FOLDER
 
         out = self.config.out
@@ -321,7 +330,9 @@ class Trainer:
         entries = sorted(set(os.listdir(out)) - {SYNTHETIC_DATA_FOLDER, "config.json"})
         if not entries or resume is not None:
             return
-        if not self.config.overwrite:
+        # "auto" in a folder without checkpoints: a run stopped before its first one, nothing to continue
+        no_checkpoints = not any(name.endswith(".pt") for name in entries)
+        if not (self.config.overwrite or (self.config.resume == "auto" and no_checkpoints)):
             shown = ", ".join(entries[:5]) + (", …" if len(entries) > 5 else "")
             raise ArgumentError(f"out: the run folder {out} is not empty ({shown}): continue that run with "
                                 f"--resume (or --resume auto), replace it with --overwrite, or choose "
@@ -356,7 +367,7 @@ class Trainer:
         self.train_dataset, self.val_dataset = task.build_datasets(config)
         self.spec = task.model_spec(config, self.train_dataset)
         model = task.build_model(config, self.spec)
-        self.meta = task.model_meta(config, self.spec, model)
+        self.meta = task.model_meta(config, self.spec, model, self.train_dataset)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = wrap_model(model, context, sync_bn=config.sync_bn)
@@ -520,8 +531,9 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         """Trains from the current (or resumed) step up to ``total_steps`` (or ``stop_at``).
 
-        SIGINT (Ctrl-C) and SIGTERM end the run after the current step: last.pt is saved and
-        :class:`TrainingInterrupted` is raised (resume with ``resume="last"``).
+        Once training has begun, SIGINT (Ctrl-C) and SIGTERM end the run after the current step:
+        last.pt is saved and :class:`TrainingInterrupted` is raised (resume with ``resume="last"``).
+        Before (while data is generated or checked) they act as usual: there is nothing to save.
 
         Returns:
             ``{"step", "total_steps", "loss" (the last logged training loss), "metrics" (the last
@@ -529,13 +541,13 @@ class Trainer:
             "log", "curves", "seconds"}`` (paths None where nothing was written).
         """
         self._stop_signal: Optional[int] = None
-        with self._signals_handled():
-            try:
-                self._setup()
+        try:
+            self._setup()
+            with self._signals_handled():
                 return self._fit()
-            finally:
-                if getattr(self, "writer", None) is not None:
-                    self.writer.close()
+        finally:
+            if getattr(self, "writer", None) is not None:
+                self.writer.close()
 
     @contextlib.contextmanager
     def _signals_handled(self):
@@ -620,7 +632,7 @@ class Trainer:
                     if self._stop_signal is None:
                         raise
                 bar.close()
-            if self._stop_signal is not None:
+            if self._stop_signal is not None and self.step < self.end_step:
                 raise self._interrupted()
             # The main process may still be writing its last checkpoint; no process leaves before it.
             context.barrier()
@@ -739,7 +751,7 @@ def _tensorboard_writer(out: str, step: int):
 
 def _task_from_name(name: str, **kwargs) -> Task:
     if name not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+        raise ArgumentError(f"task must be one of {sorted(TASKS)}, got {name!r}")
     import importlib
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)(**kwargs)
@@ -763,5 +775,5 @@ def train(config: Union[TrainConfig, Dict[str, Any], str], *, task: Optional[Tas
         task_kwargs = {"dataset_factory": dataset_factory} if dataset_factory is not None else {}
         task = _task_from_name(config.task, **task_kwargs)
     elif dataset_factory is not None:
-        raise ValueError("pass dataset_factory to the task's constructor when giving a task")
+        raise ArgumentError("pass dataset_factory to the task's constructor when giving a task")
     return Trainer(task, config).fit()

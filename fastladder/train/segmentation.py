@@ -67,6 +67,8 @@ class SegmentationTask(Task):
 
     def __init__(self, dataset_factory: Optional[Callable[[TrainConfig, str], Dataset]] = None):
         self.dataset_factory = dataset_factory or build_segmentation_dataset
+        # the registry's datasets and normalization, or the caller's own data
+        self.custom_data = dataset_factory is not None
         self.ignore_index = IGNORE_INDEX
         self.num_classes = None
         self.class_names = None

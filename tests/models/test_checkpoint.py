@@ -198,3 +198,11 @@ def test_create_model_uses_each_builders_default_classes():
                         num_init_features=8).classifier.out_features == 1000
     assert create_model("ssd300_vgg16", **TINY_SSD).num_classes == 21
     assert create_model("ladder_densenet121", **TINY_LDN).classifier.conv.out_channels == 19
+
+
+def test_the_old_checkpoint_warning_points_at_the_callers_line(tmp_path, seed):
+    path = old_checkpoint(tiny_model(), tmp_path / "old.pt")
+    for load in (load_model, load_model_and_meta):
+        with pytest.warns(UserWarning) as record:
+            load(path)
+        assert record[0].filename == __file__

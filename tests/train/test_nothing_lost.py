@@ -50,9 +50,16 @@ def test_a_run_folder_with_results_is_refused_unless_resume_or_overwrite(tiny, t
     assert "\n2," not in (out / "log.csv").read_text()  # the old run's rows are gone
     resumed = train(_config(tiny, out, steps=1, resume="auto"), dataset_factory=factory)
     assert resumed["step"] == 1
-    # --resume auto in an empty folder starts a new run
+    # --resume auto in an empty folder, or in one without checkpoints (a run stopped before its first
+    # one), starts a new run
     fresh = train(_config(tiny, tmp_path / "fresh", steps=1, resume="auto"), dataset_factory=factory)
     assert fresh["step"] == 1
+    (tmp_path / "fresh" / "last.pt").unlink()
+    with pytest.raises(ArgumentError, match="is not empty"):  # best.pt is still there
+        train(_config(tiny, tmp_path / "fresh", steps=1, resume="auto"), dataset_factory=factory)
+    (tmp_path / "fresh" / "best.pt").unlink()
+    again = train(_config(tiny, tmp_path / "fresh", steps=1, resume="auto"), dataset_factory=factory)
+    assert again["step"] == 1 and (tmp_path / "fresh" / "log.csv").read_text().count("train") == 1
 
 
 def test_bad_val_data_stops_the_run_before_the_first_step(tmp_path):
@@ -79,7 +86,8 @@ def test_bad_val_data_stops_the_run_before_the_first_step(tmp_path):
         train(config)
     # with the files repaired, the same command runs (a folder holding only config.json has no results)
     broken_label.write_bytes(good_label)
-    assert train(config)["step"] == 2
+    meta = read_checkpoint(train(config)["checkpoint"])["meta"]
+    assert meta["dataset"] == "synthetic" and meta["mean"] == [75.2, 85.0, 75.1]  # Cityscapes' statistics
 
 
 class _FailingEvaluation(SegmentationTask):

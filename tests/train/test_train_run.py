@@ -58,8 +58,8 @@ def test_train_writes_log_curves_metrics_and_checkpoints(tiny, tmp_path, seed):
     meta = checkpoint["meta"]
     assert meta["model_name"] == "ladder_densenet121" and meta["num_classes"] == 3 and meta["task"] == "seg"
     assert meta["class_names"] == ["red", "green", "blue"]
-    # the normalization of the configured dataset (cityscapes), on the 0-255 scale
-    assert meta["mean"] == [75.2, 85.0, 75.1] and meta["std"] == [46.9, 47.6, 46.5]
+    # the run's own data (a dataset_factory) says nothing about its normalization: none is claimed
+    assert meta["mean"] is None and meta["std"] is None and meta["dataset"] is None
     assert checkpoint["step"] == 4 and checkpoint["epoch"] == 2 and checkpoint["scaler"] is None
     assert checkpoint["config"]["steps"] == 4
     assert checkpoint["metrics"]["miou"] == pytest.approx(metrics["miou"])
@@ -210,3 +210,33 @@ def test_backbone_weights_imagenet_in_a_training_run(tiny, tmp_path, monkeypatch
     # one step at a negligible lr: the backbone's convolutions are still the ImageNet ones
     torch.testing.assert_close(trained["features.conv0.weight"], weights["features.conv0.weight"])
     assert (tmp_path / "home" / "hub" / "checkpoints" / served.name).is_file()
+
+
+def test_camvid_in_its_official_layout_records_its_normalization(tiny, tmp_path, generator):
+    """CamVid is normalized with ImageNet's statistics in training, and the checkpoint says so."""
+    from fastladder.data.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    root = tmp_path / "CamVid"
+    for split, count in (("train", 2), ("val", 1)):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for index in range(count):
+            pixels = torch.randint(0, 256, (64, 80, 3), dtype=torch.uint8, generator=generator).numpy()
+            Image.fromarray(pixels).save(root / split / f"0001TP_{index:06d}.png")
+            labels = torch.randint(0, 12, (64, 80), dtype=torch.uint8, generator=generator).numpy()
+            Image.fromarray(labels).save(root / f"{split}annot" / f"0001TP_{index:06d}.png")
+    config = _config(tiny, tmp_path / "run", dataset="camvid", root=str(root), steps=1)
+    meta = read_checkpoint(train(config)["checkpoint"])["meta"]
+    assert meta["dataset"] == "camvid" and meta["num_classes"] == 11 and meta["class_names"][0] == "Sky"
+    assert tuple(meta["mean"]) == IMAGENET_MEAN and tuple(meta["std"]) == IMAGENET_STD
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_devices_that_cannot_run_are_named_before_any_work(tiny, tmp_path):
+    from fastladder.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="^device: cuda was asked for, but CUDA is not available"):
+        train(_config(tiny, tmp_path / "a", device="cuda"), dataset_factory=tiny.tiny_factory())
+    with pytest.raises(ArgumentError, match="^amp_dtype: float16 needs CUDA"):
+        train(_config(tiny, tmp_path / "b", amp=True, amp_dtype="float16"),
+              dataset_factory=tiny.tiny_factory())
