@@ -14,8 +14,8 @@ def test_info(capsys):
 
 def test_bench_ladder_blend_small(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    assert cli.main(["bench", "ladder-blend", "--height", "128", "--width", "256", "--no-compile", "--repeats", "1",
-                     "--device", "cpu", "--json", str(path)]) == 0
+    assert cli.main(["bench", "ladder-blend", "--height", "128", "--width", "256", "--no-compile",
+                     "--repeats", "1", "--device", "cpu", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "time vs reference" in out and "memory vs reference" in out
     rows = json.loads(path.read_text())["rows"]

@@ -204,7 +204,8 @@ def test_torch_compile_fullgraph(generator, seed):
 
 @pytest.mark.parametrize("change,match", [
     (dict(loc=(2, 100, 3)), r"loc must be a \[B, P, 4\] tensor of box offsets, got shape \[2, 100, 3\]"),
-    (dict(conf=(2, 99, 5)), r"loc and conf_logits must have the same batch size and number of priors, got loc \[2, 100, 4\] and conf_logits \[2, 99, 5\]"),
+    (dict(conf=(2, 99, 5)), r"loc and conf_logits must have the same batch size and number of priors, got "
+                            r"loc \[2, 100, 4\] and conf_logits \[2, 99, 5\]"),
     (dict(priors=(101, 4)), r"loc has 100 priors per image but priors has 101"),
     (dict(priors_dtype=torch.float64), r"loc, conf_logits and priors must have the same dtype"),
     (dict(kw=dict(nms_thresh=1.5)), r"nms_thresh must be in \[0, 1\], got 1.5"),
