@@ -14,8 +14,8 @@ def test_info(capsys):
 
 def test_bench_ladder_blend_small(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    assert cli.main(["bench", "ladder-blend", "--height", "128", "--width", "256", "--no-compile", "--repeats", "1",
-                     "--device", "cpu", "--json", str(path)]) == 0
+    assert cli.main(["bench", "ladder-blend", "--height", "128", "--width", "256", "--no-compile",
+                     "--repeats", "1", "--device", "cpu", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "time vs reference" in out and "memory vs reference" in out
     rows = json.loads(path.read_text())["rows"]
@@ -43,3 +43,27 @@ def test_time_side_by_side_interleaves_and_reports_medians():
 def test_unknown_command_is_an_error():
     with pytest.raises(SystemExit):
         cli.main(["frobnicate"])
+
+
+def _with_command(monkeypatch, func):
+    """The parser with `info` running ``func``: the runner's handling of what a command raises."""
+    parser = cli.build_parser()
+    parser._subparsers._group_actions[0].choices["info"].set_defaults(func=func)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    def broken(args):
+        raise RuntimeError("a bug")
+    _with_command(monkeypatch, broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["info"])
+
+
+def test_a_file_that_cannot_be_opened_is_one_line(monkeypatch, capsys, tmp_path):
+    def opens(args):
+        open(tmp_path / "nowhere" / "x.json")
+    _with_command(monkeypatch, opens)
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastladder info: error: ") and "nowhere" in err[0]

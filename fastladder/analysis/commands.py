@@ -4,14 +4,20 @@
         --objective channel:features.conv0:3 --objective class:0 --out viz/
     fastladder attack --model ladder_densenet121 --weights ckpt.pt --attack dag img1.png img2.png --out adv/
 
-Weights: a checkpoint dict ``{"model": state_dict, "model_name", "model_kwargs", "num_classes"}``
-(``--model`` may then be left out) or a plain state_dict (``--model`` and ``--num-classes`` needed,
-``--model-kwargs`` as JSON when the model is not the registry's default size).
+Weights: a training checkpoint records the model, its classes and the normalization it was trained
+with; the model is then fed images in [0, 1] through ``fastladder.nn.Normalize`` with that mean and
+std, exactly as training normalized them. A plain state_dict needs ``--model`` and ``--num-classes``
+(``--model-kwargs`` as JSON when the model is not the registry's default size) and ``--dataset`` or
+``--mean/--std`` (RGB, 0–255 scale, as everywhere in fastladder). Checkpoints of DDP or
+torch.compile models load as they are.
 """
+import difflib
 import json
 import re
 import sys
 from pathlib import Path
+
+from fastladder.errors import ArgumentError, DataError
 
 __all__ = ["register", "parse_objective"]
 
@@ -31,7 +37,8 @@ def register(subparsers):
     viz.add_argument("--filters", action="store_true", help="also save the first convolution's filters")
     viz.add_argument("--out", required=True, help="output folder for the PNG grids")
     viz.add_argument("--steps", type=int, default=256)
-    viz.add_argument("--size", type=int, default=128, help="image side in pixels")
+    viz.add_argument("--size", type=int, default=None,
+                     help="image side in pixels (default 128; an SSD: its input size)")
     viz.add_argument("--num-images", type=int, default=4, help="images per objective")
     viz.add_argument("--lr", type=float, default=0.05)
     viz.add_argument("--transforms", default="jitter,scale,rotate,blur",
@@ -82,42 +89,59 @@ changed pixels)."""
 
 
 def _model_arguments(parser):
-    parser.add_argument("--model", help="registered model name (fastladder.models.list_models())")
-    parser.add_argument("--weights", help="checkpoint or state_dict file (default: random weights)")
-    parser.add_argument("--num-classes", type=int, help="classes (needed for a plain state_dict)")
-    parser.add_argument("--model-kwargs", default=None, help="JSON dict of extra model constructor arguments")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
-                        help="input normalisation mean on the 0–1 scale (the model is wrapped in Normalize)")
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
-                        help="input normalisation std (0–1)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    from fastladder.data.registry import list_datasets
+    from fastladder.eval import _common
+
+    _common.add_model_arguments(parser, weights_required=False)
+    parser.add_argument("--dataset", choices=sorted(set(list_datasets("seg")) | set(list_datasets("det"))),
+                        default=None,
+                        help="whose normalization applies when the weights do not record theirs")
 
 
 def _load_model(args):
-    """(model in eval mode on args.device, wrapped in Normalize when --mean/--std are given)."""
+    """(model in eval mode on args.device, layer-name prefix, meta): a trained model is wrapped as
+    ``Sequential(Normalize(mean, std), model)`` so that it takes images in [0, 1] and normalizes them
+    as training did; its layers are then named ``1.<name>``."""
     import torch
-    from fastladder.models import create_model, load_model
+
+    from fastladder.eval import _common
+    from fastladder.models import create_model
     from fastladder.nn import Normalize
 
-    name, num_classes = args.model, args.num_classes
-    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
     if args.weights:
-        model = load_model(args.weights, name, num_classes, **kwargs)
+        model, meta = _common.load_model_and_meta(args, task=None)
+        mean, std = _common.normalization(args, meta, meta.get("task") or "seg")
     else:
-        if not name or not num_classes:
-            raise ValueError("the model is not known: give --model and --num-classes (or --weights)")
-        model = create_model(name, num_classes=num_classes, **kwargs)
-        print(f"warning: no --weights, {name} has random weights", file=sys.stderr)
-    if (args.mean is None) != (args.std is None):
-        raise ValueError("--mean and --std go together")
-    if args.mean is not None:
-        model = torch.nn.Sequential(Normalize(args.mean, args.std), model)
-        prefix = "1."
-    else:
-        prefix = ""
-    return model.to(args.device).eval(), prefix
+        if not args.model or not args.num_classes:
+            raise ArgumentError("without --weights the model is not known: give --model and --num-classes")
+        try:
+            model = create_model(args.model, num_classes=args.num_classes, **(args.model_kwargs or {}))
+        except TypeError as error:
+            raise ArgumentError(f"--model-kwargs {args.model_kwargs}: {error}") from error
+        print(f"warning: no --weights, {args.model} has random weights", file=sys.stderr)
+        meta = {"model_name": args.model, "num_classes": args.num_classes, "dataset": args.dataset,
+                "task": "det" if hasattr(model, "priors_for") else "seg"}
+        if args.mean is None and args.std is None and args.dataset is None:
+            return model.to(args.device).eval(), "", meta
+        mean, std = _common.normalization(args, meta, meta["task"])
+    # Normalize takes its statistics on the 0–1 scale of its [0, 1] input
+    wrapped = torch.nn.Sequential(Normalize([v / 255 for v in mean], [v / 255 for v in std]), model)
+    return wrapped.to(args.device).eval(), "1.", meta
+
+
+def check_layers(model, objectives, prefix: str):
+    """Every layer an objective names is a module of the model; an unknown name is an
+    ArgumentError listing the closest names."""
+    names = [name[len(prefix):] for name, _ in model.named_modules() if name.startswith(prefix) and name]
+    known = set(names)
+    for objective in objectives:
+        for layer in objective.layers:
+            name = layer[len(prefix):]
+            if name not in known:
+                close = difflib.get_close_matches(name, names, n=6, cutoff=0.5)
+                hint = f"close names: {', '.join(close)}" if close else \
+                    f"its modules include: {', '.join(n for n in names if '.' not in n)}"
+                raise ArgumentError(f"--objective: {name!r} is not a module of the model; {hint}")
 
 
 def parse_objective(spec: str, prefix: str = ""):
@@ -144,7 +168,7 @@ def parse_objective(spec: str, prefix: str = ""):
             return feature_viz.segmentation_class(int(rest[0]), region)
     except ValueError:
         pass
-    raise ValueError(f"--objective {spec!r}: expected channel:LAYER:I, unit:LAYER:I[:Y:X], layer:LAYER, "
+    raise ArgumentError(f"--objective {spec!r}: expected channel:LAYER:I, unit:LAYER:I[:Y:X], layer:LAYER, "
                      "class:I or "
                      f"segclass:I[:TOP,LEFT,BOTTOM,RIGHT]")
 
@@ -159,9 +183,13 @@ def cmd_visualize(args) -> int:
     from fastladder.analysis._report import save_image_grid, save_png
 
     if not args.objective and not args.filters:
-        raise ValueError("nothing to do: give at least one --objective or --filters")
-    model, prefix = _load_model(args)
+        raise ArgumentError("nothing to do: give at least one --objective or --filters")
+    model, prefix, _ = _load_model(args)
     objectives = [parse_objective(spec, prefix) for spec in args.objective]
+    check_layers(model, objectives, prefix)
+    detector = getattr(model[-1] if isinstance(model, torch.nn.Sequential) else model, "image_size", None)
+    if args.size is None:
+        args.size = max(detector) if detector is not None else 128
     transforms = () if args.transforms in ("none",
                                            "") else tuple(t.strip() for t in args.transforms.split(","))
     out = Path(args.out)
@@ -196,16 +224,19 @@ def _read_images(paths, resize):
     import torch
     from PIL import Image
 
+    from fastladder.eval._images import read_image
+
     images = []
     for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if resize:
-                image = image.resize((resize[1], resize[0]), Image.BILINEAR)
-            images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255)
+        image = read_image(path)  # a missing, truncated or foreign file is a DataError naming it
+        if resize:
+            image = torch.from_numpy(np.asarray(
+                Image.fromarray(image.permute(1, 2, 0).numpy()).resize((resize[1], resize[0]), Image.BILINEAR)
+            ).copy()).permute(2, 0, 1)
+        images.append(image.float() / 255)
     sizes = {tuple(image.shape) for image in images}
     if len(sizes) > 1:
-        raise ValueError(f"the images differ in size {sorted(sizes)}: give --resize H W")
+        raise DataError(f"the images differ in size {sorted(sizes)}: give --resize H W")
     return torch.stack(images)
 
 
@@ -214,7 +245,10 @@ def cmd_attack(args) -> int:
     from fastladder.analysis import adversarial
     from fastladder.analysis._report import attack_summary, flipped_fraction, save_attack_figure
 
-    model, _ = _load_model(args)
+    model, _, meta = _load_model(args)
+    detector = getattr(model[-1] if isinstance(model, torch.nn.Sequential) else model, "priors_for", None)
+    if detector is not None:
+        return _attack_detector(args, model, meta)
     images = _read_images(args.images, args.resize).to(args.device)
     with torch.no_grad():
         clean = model(images)
@@ -222,14 +256,13 @@ def cmd_attack(args) -> int:
     clean_prediction = clean.argmax(1)
     dense = clean.dim() == 4
     if dense != (args.attack == "dag"):
-        raise ValueError(f"--attack {args.attack} is for "
-                         f"{'segmentation' if args.attack == 'dag' else 'classification'} "
-                         f"models; this model's output has shape {tuple(clean.shape)}")
+        raise ArgumentError(f"--attack {args.attack} is for "
+                            f"{'segmentation' if args.attack == 'dag' else 'classification'} "
+                            f"models; this model's output has shape {tuple(clean.shape)}")
     if args.labels is not None:
         if dense or len(args.labels) != len(args.images):
-            raise ValueError(f"--labels takes one class per image for a classifier ({len(args.images)} "
-                             "images), got "
-                             f"{len(args.labels)} values")
+            raise ArgumentError(f"--labels takes one class per image for a classifier ({len(args.images)} "
+                                f"images), got {len(args.labels)} values")
         labels = torch.tensor(args.labels, device=images.device)
     else:
         labels = clean_prediction
@@ -258,22 +291,74 @@ def cmd_attack(args) -> int:
     adversarial_prediction = adversarial_output.argmax(1)
     changed = flipped_fraction(adversarial_prediction, clean_prediction) if dense else None
     summary = attack_summary(result, changed_fraction=changed)
-    summary.update(attack=args.attack, images=[str(p) for p in args.images], model=args.model or "",
-                   weights=args.weights or "")
+    summary.update(attack=args.attack, images=[str(p) for p in args.images],
+                   model=meta.get("model_name") or "", weights=args.weights or "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    class_names = args.class_names.split(",") if args.class_names else None
+    class_names = args.class_names.split(",") if args.class_names else meta.get("class_names")
+    palette = None
+    if dense:
+        from fastladder.eval._common import palette as dataset_palette
+        palette = dataset_palette("seg", meta.get("dataset"), int(clean.shape[1]))
     for i, path in enumerate(args.images):
         figure = save_attack_figure(out / f"{_file_stem(Path(path).stem)}_{args.attack}.png", images[i:i + 1],
                                     result.adversarial[i:i + 1], clean_prediction[i:i + 1],
-                                    adversarial_prediction[i:i + 1], class_names=class_names,
+                                    adversarial_prediction[i:i + 1], class_names=class_names, palette=palette,
                                     metadata={"fastladder": "attack", "attack": args.attack,
                                               "image": str(path),
                                               "success": bool(result.success[i]), "l2": result.l2[i].item(),
                                               "linf": result.linf[i].item()})
         print(f"wrote {figure}")
+    _write_summary(out, summary, args.attack, dense)
+    return 0
+
+
+def _write_summary(out: Path, summary, attack: str, dense: bool):
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{args.attack}: success rate {summary['success_rate']:.3f}, median L2 {summary['median_l2']:.4g}, "
+    print(f"{attack}: success rate {summary['success_rate']:.3f}, median L2 {summary['median_l2']:.4g}, "
           f"median Linf {summary['median_linf']:.4g}"
           + (f", changed pixels {summary['mean_changed_fraction']:.3f}" if dense else ""))
+
+
+def _attack_detector(args, model, meta) -> int:
+    """``--attack dag`` on an SSD: DAG on its per-prior class scores (ssd_attack), which removes every
+    detection, or with ``--target-class`` gives every detection that class. The images are resized
+    to the SSD's input size."""
+    import torch
+
+    from fastladder.analysis import adversarial
+    from fastladder.analysis._report import amplified_perturbation, attack_summary, save_png, to_uint8
+    from fastladder.eval.detection_commands import draw_detections
+
+    if args.attack != "dag":
+        raise ArgumentError(f"--attack {args.attack} is for classifiers; an SSD detector is attacked with "
+                            f"--attack dag (suppress its detections, or --target-class to mislabel them)")
+    ssd = model[-1] if isinstance(model, torch.nn.Sequential) else model
+    height, width = ssd.image_size
+    images = _read_images(args.images, args.resize or (height, width)).to(args.device)
+    mode = "suppress" if args.target_class is None else "mislabel"
+    result = adversarial.ssd_attack(model, images, mode=mode, target_label=args.target_class,
+                                    gamma=args.gamma or 0.5, max_iter=args.max_iter)
+    summary = attack_summary(result)
+    summary.update(attack=f"dag ({mode})", images=[str(p) for p in args.images],
+                   model=meta.get("model_name") or "", weights=args.weights or "")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    with torch.no_grad():
+        clean, attacked = model(images).to_list(), model(result.adversarial).to_list()
+    for i, path in enumerate(args.images):
+        tiles = []
+        for batch, found in ((images, clean), (result.adversarial, attacked)):
+            boxes, scores, labels = found[i]
+            picture = draw_detections(to_uint8(batch[i].cpu()), boxes.float().cpu() * scale, scores.cpu(),
+                                      labels.cpu())
+            tiles.append(picture.permute(2, 0, 1))
+        tiles.append(to_uint8(amplified_perturbation(result.adversarial[i:i + 1], images[i:i + 1])[0].cpu()))
+        figure = save_png(out / f"{_file_stem(Path(path).stem)}_dag.png", torch.cat(tiles, dim=2),
+                          {"fastladder": "attack", "attack": f"dag ({mode})", "image": str(path),
+                           "success": bool(result.success[i]), "l2": result.l2[i].item(),
+                           "linf": result.linf[i].item()})
+        print(f"wrote {figure}")
+    _write_summary(out, summary, f"dag ({mode})", False)
     return 0

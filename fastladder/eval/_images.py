@@ -10,6 +10,8 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
+from fastladder.errors import ArgumentError, DataError
+
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "InputSource", "collect_inputs", "iterate_frames",
            "count_frames", "read_image", "save_png", "overlay", "save_grid"]
 
@@ -32,7 +34,7 @@ def _require_av(path: Path):
     try:
         import av
     except ImportError:
-        raise RuntimeError(f"reading video {str(path)!r} needs the `av` package (PyAV), which is not "
+        raise ArgumentError(f"reading video {path} needs the `av` package (PyAV), which is not "
                            f"installed: pip install av") from None
     return av
 
@@ -41,10 +43,10 @@ def collect_inputs(inputs: Sequence) -> List[InputSource]:
     """Expands image files, folders (their png/jpg files, recursively, sorted) and video files.
 
     Raises:
-        FileNotFoundError: an input does not exist.
-        ValueError: a file that is neither an image nor a video, a folder without images, or two
-            inputs that would write the same output name.
-        RuntimeError: a video among the inputs but PyAV (``av``) is not installed.
+        ArgumentError: an input that does not exist, a file that is neither an image nor a video,
+            two inputs that would write the same output name, or a video among the inputs while
+            PyAV (``av``) is not installed.
+        DataError: a folder without images.
     """
     sources = []
     for item in inputs:
@@ -52,7 +54,7 @@ def collect_inputs(inputs: Sequence) -> List[InputSource]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                raise ValueError(f"input folder {str(path)!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+                raise DataError(f"input folder {path} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
             for file in found:
                 name = file.relative_to(path).with_suffix("").as_posix()
                 sources.append(InputSource(file, "image", name))
@@ -64,25 +66,33 @@ def collect_inputs(inputs: Sequence) -> List[InputSource]:
                 _require_av(path)
                 sources.append(InputSource(path, "video", path.stem))
             else:
-                raise ValueError(f"input {str(path)!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) "
-                                 f"nor a video ({', '.join(VIDEO_EXTENSIONS)})")
+                raise ArgumentError(f"input {path} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) "
+                                    f"nor a video ({', '.join(VIDEO_EXTENSIONS)})")
         else:
-            raise FileNotFoundError(f"input {str(path)!r} does not exist")
+            raise ArgumentError(f"input {path}: no such file or folder")
     seen = {}
     for source in sources:
         if source.name in seen:
-            raise ValueError(f"inputs {str(seen[source.name])!r} and {str(source.path)!r} would both write "
-                             f"outputs named {source.name!r}")
+            raise ArgumentError(f"inputs {seen[source.name]} and {source.path} would both write "
+                                f"outputs named {source.name!r}")
         seen[source.name] = source.path
     return sources
 
 
 def read_image(path) -> torch.Tensor:
-    """An image file as uint8 RGB [3, H, W]."""
-    from PIL import Image
+    """An image file as uint8 RGB [3, H, W].
 
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"))
+    Raises:
+        DataError: the file is missing, truncated or not an image (the message names it).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise DataError(f"{path}: cannot read the image ({reason})") from error
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -92,8 +102,11 @@ def count_frames(source: InputSource) -> Optional[int]:
     if source.kind == "image":
         return 1
     av = _require_av(source.path)
-    with av.open(str(source.path)) as container:
-        frames = container.streams.video[0].frames
+    try:
+        with av.open(str(source.path)) as container:
+            frames = container.streams.video[0].frames if container.streams.video else 0
+    except (av.FFmpegError, OSError, ValueError):
+        return None  # iterate_frames reports it
     return frames or None
 
 
@@ -104,12 +117,17 @@ def iterate_frames(source: InputSource) -> Iterator[tuple]:
         yield source.name, read_image(source.path)
         return
     av = _require_av(source.path)
-    with av.open(str(source.path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{str(source.path)!r} holds no video stream")
-        for index, frame in enumerate(container.decode(video=0)):
-            array = frame.to_ndarray(format="rgb24")
-            yield f"{source.name}_{index:06d}", torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    try:
+        with av.open(str(source.path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{source.path}: holds no video stream")
+            for index, frame in enumerate(container.decode(video=0)):
+                array = frame.to_ndarray(format="rgb24")
+                yield f"{source.name}_{index:06d}", torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    except (av.FFmpegError, OSError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{source.path}: cannot read the video ({error})") from error
 
 
 def _as_hwc(image: torch.Tensor, name: str) -> np.ndarray:

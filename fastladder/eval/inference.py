@@ -93,6 +93,12 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, scales: Sequence[f
         Tensor[N, C, H, W] float32: probabilities (they sum to 1 over C); an inference-mode tensor
         (read it, or ``clone()`` it before changing it in place outside inference mode).
     """
+    return _average(model, images, scales, flip, num_classes, softmax=True)
+
+
+def _average(model, images, scales, flip, num_classes, softmax: bool) -> torch.Tensor:
+    """The mean over the runs of :func:`predict_logits`: softmax probabilities, or the logits
+    themselves when ``softmax`` is False."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a float batch [N, 3, H, W], got {shape}")
@@ -124,7 +130,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, scales: Sequence[f
                     logits = logits.float()
                     if tuple(logits.shape[-2:]) != size:
                         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-                    probabilities = logits.softmax(1)
+                    probabilities = logits.softmax(1) if softmax else logits
                     if flipped:
                         probabilities = probabilities.flip(-1)
                     total = probabilities if total is None else total.add_(probabilities)
@@ -133,9 +139,17 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, scales: Sequence[f
         model.train(was_training)
 
 
-def predict(model: nn.Module, images: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Class ids: the argmax of :func:`predict_logits` (same arguments). Returns Tensor[N, H, W] int64."""
-    return predict_logits(model, images, **kwargs).argmax(1)
+def predict(model: nn.Module, images: torch.Tensor, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+            num_classes: Optional[int] = None) -> torch.Tensor:
+    """Class ids: the argmax of :func:`predict_logits` (same arguments). Returns Tensor[N, H, W] int64.
+
+    With one run (one scale, no flip) it is the argmax of the logits themselves, as training's
+    validation takes it: float32 softmax can round two different logits to one probability, and
+    the tie would then go to the lower class.
+    """
+    scales = _check_scales(scales)
+    one_run = len(scales) == 1 and not flip
+    return _average(model, images, scales, flip, num_classes, softmax=not one_run).argmax(1)
 
 
 def _as_batches(data: Union[Iterable, Any]) -> Tuple[Iterable, Optional[int]]:

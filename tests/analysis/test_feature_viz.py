@@ -179,7 +179,7 @@ def test_png_metadata(tmp_path, generator):
         assert png.size == (3 * 10 + 2, 2 * 10 + 2)
 
 
-def test_cli_visualize_and_attack(tmp_path, generator):
+def test_cli_visualize_and_attack(tmp_path, generator, capsys):
     model = create_model("ladder_densenet121", num_classes=4, **TINY_LDN)
     checkpoint = tmp_path / "ldn.pt"
     torch.save({"model": model.state_dict(), "model_name": "ladder_densenet121", "model_kwargs": TINY_LDN,
@@ -195,11 +195,17 @@ def test_cli_visualize_and_attack(tmp_path, generator):
     assert len(json.loads(metadata["objective_values"])) == 2
     assert (out / "segclass_1_0_0_32_32.png").exists() and (out / "first_layer_filters.png").exists()
 
-    # in eval mode the LDN folds norm0 into conv0 and calls F.conv2d: no module output to read
-    with pytest.raises(ValueError,
-                       match=r"\['features.conv0'\] did not run.*modules that run: features.pool0"):
-        cli.main(["visualize", "--weights", str(checkpoint), "--objective", "channel:features.conv0:3",
-                  "--steps", "1", "--size", "64", "--out", str(out), "--device", "cpu"])
+    # the targets the README names run as modules of the eval-mode model too
+    for target in ("features.conv0", "upsample.0", "classifier"):
+        assert cli.main(["visualize", "--weights", str(checkpoint), "--objective", f"channel:{target}:0",
+                         "--steps", "1", "--size", "64", "--num-images", "1", "--out", str(out),
+                         "--device", "cpu"]) == 0, target
+    # a name that is not a module: one line with the close names
+    capsys.readouterr()
+    assert cli.main(["visualize", "--weights", str(checkpoint), "--objective", "channel:features.conv9:0",
+                     "--steps", "1", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "'features.conv9' is not a module of the model; close names: features.conv0" in err
 
     from PIL import Image
     image_path = tmp_path / "scene.png"
@@ -210,10 +216,10 @@ def test_cli_visualize_and_attack(tmp_path, generator):
     summary = json.loads((adv / "summary.json").read_text())
     assert summary["attack"] == "dag" and summary["num_images"] == 1 and len(summary["changed_fraction"]) == 1
     assert read_png_metadata(adv / "scene_dag.png")["attack"] == "dag"
-    with pytest.raises(ValueError, match="is for classification models"):
-        cli.main(["attack", "--weights", str(checkpoint), "--attack", "pgd", str(image_path), "--out",
-                  str(adv),
-                  "--device", "cpu"])
+    capsys.readouterr()
+    assert cli.main(["attack", "--weights", str(checkpoint), "--attack", "pgd", str(image_path), "--out",
+                     str(adv), "--device", "cpu"]) == 2
+    assert "is for classification models" in capsys.readouterr().err
 
 
 def test_bad_input(classifier):

@@ -211,3 +211,18 @@ def test_iou_table_lists_every_class_and_marks_absent_ones():
     assert lines[-1].split() == ["pixel", "accuracy", "87.50"]
     with pytest.raises(ValueError, match="2 names for 3 classes"):
         format_iou_table(result, ["road", "sidewalk"])
+
+
+class _NearTie(nn.Module):
+    """Logits whose two classes differ by one float32 ulp at 1e-3: their softmax probabilities round
+    to the same value, but class 1 is the larger logit."""
+
+    def forward(self, x):
+        low = torch.full_like(x[:, :1], 1e-3)
+        return torch.cat([low, torch.nextafter(low, torch.ones_like(low))], dim=1)
+
+
+def test_one_run_predicts_the_argmax_of_the_logits(generator):
+    images = torch.randn(2, 3, 5, 7, generator=generator)
+    assert torch.equal(predict_logits(_NearTie(), images)[:, 0], predict_logits(_NearTie(), images)[:, 1])
+    assert (predict(_NearTie(), images) == 1).all()   # as training's validation (logits.argmax) says

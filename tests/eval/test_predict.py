@@ -1,7 +1,6 @@
 """Model loading from checkpoints, image I/O, and the `predict` / `eval seg` commands on tiny files."""
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,11 @@ import torch.nn as nn
 from PIL import Image
 
 from fastladder import cli
+from fastladder.data.cityscapes import Cityscapes
 from fastladder.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_LABELS, CITYSCAPES_PALETTE, colorize
-from fastladder.eval import commands
 from fastladder.data.voc import voc_colormap
+from fastladder.errors import ArgumentError
+from fastladder.eval import _common
 from fastladder.eval._images import collect_inputs, overlay, read_image, save_grid, save_png
 from fastladder.eval.inference import normalize_image, predict
 from fastladder.models import create_model
@@ -63,7 +64,7 @@ def test_collect_inputs_expands_folders_sorted_and_keeps_subfolders(tmp_path, ge
     sources = collect_inputs([tmp_path / "in", tmp_path / "single.png"])
     assert [s.name for s in sources] == ["a", "b", "sub/c", "single"]
     assert torch.equal(read_image(tmp_path / "single.png"), single)
-    with pytest.raises(FileNotFoundError, match="missing.png"):
+    with pytest.raises(ArgumentError, match="missing.png"):
         collect_inputs([tmp_path / "missing.png"])
     with pytest.raises(ValueError, match="neither an image"):
         collect_inputs([tmp_path / "in" / "notes.txt"])
@@ -71,14 +72,14 @@ def test_collect_inputs_expands_folders_sorted_and_keeps_subfolders(tmp_path, ge
         collect_inputs([tmp_path / "single.png", tmp_path / "single.png"])
 
 
-def test_video_without_av_is_a_clear_error(tmp_path, monkeypatch):
+def test_video_without_av_is_a_clear_error(tmp_path, monkeypatch, capsys):
     (tmp_path / "clip.mp4").write_bytes(b"\x00" * 16)
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` fail even where av is installed
-    with pytest.raises(RuntimeError, match="needs the `av` package.*pip install av"):
+    with pytest.raises(ArgumentError, match="needs the `av` package.*pip install av"):
         collect_inputs([tmp_path / "clip.mp4"])
-    with pytest.raises(RuntimeError, match="pip install av"):
-        cli.main(["predict", "--weights", "unused.pt", str(tmp_path / "clip.mp4"),
-                  "--out", str(tmp_path / "o")])
+    assert cli.main(["predict", "--weights", "unused.pt", str(tmp_path / "clip.mp4"),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "pip install av" in capsys.readouterr().err
 
 
 def test_predict_on_a_video_names_frames(tmp_path, generator, seed):
@@ -179,7 +180,7 @@ def test_predict_writes_color_overlay_and_submission_pngs(tmp_path, generator, s
             png.close()
 
 
-def test_predict_with_another_palette_and_class_count(tmp_path, generator, seed):
+def test_predict_with_another_palette_and_class_count(tmp_path, generator, seed, capsys):
     model = tiny_model(num_classes=21)
     torch.save(model.state_dict(), tmp_path / "plain.pt")
     image = write_image(tmp_path / "a.png", generator, 64, 64)
@@ -193,27 +194,38 @@ def test_predict_with_another_palette_and_class_count(tmp_path, generator, seed)
     expected = predict(model, normalize_image(image[None], MEAN, STD))[0]
     with Image.open(out / "a_color.png") as png:
         assert torch.equal(torch.from_numpy(np.asarray(png).copy()), colorize(expected, voc_colormap(21)))
-    with pytest.raises(ValueError, match="--outputs labelIds needs a 19-class Cityscapes model"):
-        cli.main(["predict", "--model", "ladder_densenet121", "--num-classes", "21", "--model-kwargs",
-                  json.dumps(TINY_LDN), "--weights", str(tmp_path / "plain.pt"), str(tmp_path / "a.png"),
-                  "--out", str(out), "--outputs", "labelIds", "--device", "cpu", "--no-progress",
-                  *NORMALIZATION])
+    assert cli.main(["predict", "--model", "ladder_densenet121", "--num-classes", "21", "--model-kwargs",
+                     json.dumps(TINY_LDN), "--weights", str(tmp_path / "plain.pt"), str(tmp_path / "a.png"),
+                     "--out", str(out), "--outputs", "labelIds", "--device", "cpu", "--no-progress",
+                     *NORMALIZATION]) == 2
+    assert "--outputs labelIds needs a 19-class Cityscapes model" in capsys.readouterr().err
 
 
 def test_predict_outputs_selects_the_pngs(tmp_path, generator, seed):
     path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
     write_image(tmp_path / "a.png", generator, 64, 64)
     assert cli.main(["predict", "--weights", str(path), str(tmp_path / "a.png"),
-                     "--out", str(tmp_path / "out"), "--outputs", "labelIds", "--device", "cpu", "--no-progress",
+                     "--out", str(tmp_path / "out"), "--outputs", "labelIds", "--device", "cpu",
+                     "--no-progress",
                      *NORMALIZATION]) == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_labelIds.png"]
 
 
-def test_default_normalization_is_the_cityscapes_statistics():
-    transforms = pytest.importorskip("fastladder.data.transforms")
-    args = cli.build_parser().parse_args(["predict", "--weights", "w.pt", "x.png", "--out", "o"])
-    expected = [float(v) for v in transforms.CITYSCAPES_MEAN], [float(v) for v in transforms.CITYSCAPES_STD]
-    assert commands._normalization(args) == expected
+def test_normalization_flags_then_checkpoint_then_dataset():
+    from fastladder.data.registry import dataset_info
+
+    parse = cli.build_parser().parse_args
+    args = parse(["predict", "--weights", "w.pt", "x.png", "--out", "o"])
+    with pytest.raises(ArgumentError, match="w.pt does not record the input normalization"):
+        _common.normalization(args, {}, "seg")   # a plain state_dict
+    recorded = {"mean": [9.0, 9.0, 9.0], "std": [8.0, 8.0, 8.0], "dataset": "camvid"}
+    assert _common.normalization(args, recorded, "seg") == ([9.0] * 3, [8.0] * 3)
+    camvid = dataset_info("seg", "camvid")
+    expected = list(camvid.mean), list(camvid.std)
+    assert _common.normalization(args, {"dataset": "camvid"}, "seg") == expected
+    args = parse(["predict", "--weights", "w.pt", "x.png", "--out", "o", "--mean", "1", "2", "3", "--std",
+                  "4", "5", "6"])
+    assert _common.normalization(args, recorded, "seg") == ([1, 2, 3], [4, 5, 6])
 
 
 # --- the eval seg command -------------------------------------------------------------------------
@@ -229,41 +241,18 @@ def write_cityscapes(root, generator, split="val", sizes=((64, 80), (72, 64))):
         save_png(label_ids, root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
 
 
-class MiniCityscapes:
-    """The dataset contract of fastladder.data.Cityscapes, read from the layout above (for this test only)."""
-    num_classes, class_names, palette = 19, list(CITYSCAPES_CLASSES), CITYSCAPES_PALETTE
-
-    def __init__(self, root, split):
-        from fastladder.data.labels import cityscapes_label_to_train_id
-        self.to_train_id = cityscapes_label_to_train_id
-        root = Path(root)
-        self.files = sorted(root.glob(f"leftImg8bit/{split}/*/*.png"))
-        self.labels = [root / "gtFine" / split / f.parent.name / f.name.replace("leftImg8bit",
-                                                                                 "gtFine_labelIds")
-                       for f in self.files]
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, index):
-        with Image.open(self.labels[index]) as png:
-            label = self.to_train_id(torch.from_numpy(np.asarray(png).copy()))
-        return read_image(self.files[index]), label
-
-
-def test_eval_seg_prints_the_table_and_writes_json(tmp_path, generator, seed, monkeypatch, capsys):
+def test_eval_seg_prints_the_table_and_writes_json(tmp_path, generator, seed, capsys):
     root = tmp_path / "cityscapes"
     write_cityscapes(root, generator)
     model = tiny_model()
     path = save_checkpoint(model, tmp_path / "ckpt.pt")
-    monkeypatch.setattr(commands, "_open_dataset", lambda name, root, split: MiniCityscapes(root, split))
     out = tmp_path / "result.json"
     assert cli.main(["eval", "seg", "--weights", str(path), "--dataset", "cityscapes", "--root", str(root),
                      "--scales", "1", "1.25", "--flip", "--workers", "0", "--device", "cpu", "--no-progress",
                      "--json", str(out), *NORMALIZATION]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
-    dataset = MiniCityscapes(root, "val")
+    dataset = Cityscapes(root, "val")
     confusion = sum(torch.bincount(
         (label[label != 255] * 19 + predict(model, normalize_image(image[None], MEAN, STD), scales=(1, 1.25),
                                             flip=True)[0][label != 255]), minlength=19 * 19).reshape(19, 19)
@@ -276,34 +265,19 @@ def test_eval_seg_prints_the_table_and_writes_json(tmp_path, generator, seed, mo
     for name in ("road", "bicycle", "mIoU", "pixel accuracy"):
         assert name in printed
     assert f"{100 * result['miou']:6.2f}" in printed
-    assert cli.main(["eval", "seg", "--weights", str(path), "--root", str(root), "--limit", "1", "--workers", "0",
-                     "--device", "cpu", "--no-progress", "--json", str(out), *NORMALIZATION]) == 0
+    assert cli.main(["eval", "seg", "--weights", str(path), "--root", str(root), "--limit", "1", "--workers",
+                     "0", "--device", "cpu", "--no-progress", "--json", str(out), *NORMALIZATION]) == 0
     assert json.loads(out.read_text())["num_images"] == 1
 
 
-def test_eval_seg_reports_what_is_wrong(tmp_path, seed, monkeypatch):
+def test_eval_seg_reports_what_is_wrong(tmp_path, generator, seed, capsys):
+    from fastladder.testing import write_camvid
+
     path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
-    with pytest.raises(ValueError, match="--dataset cityscapes needs --root"):
-        cli.main(["eval", "seg", "--weights", str(path), "--device", "cpu", *NORMALIZATION])
+    assert cli.main(["eval", "seg", "--weights", str(path), "--device", "cpu", *NORMALIZATION]) == 2
+    assert "--dataset cityscapes needs --root" in capsys.readouterr().err
     # a dataset of another class count than the checkpoint's
-    monkeypatch.setattr(commands, "_open_dataset", lambda name, root, split: type(
-        "Voc", (), {"num_classes": 21, "class_names": None, "__len__": lambda self: 1})())
-    with pytest.raises(ValueError, match="num_classes=21 but checkpoint"):
-        cli.main(["eval", "seg", "--weights", str(path), "--dataset", "voc", "--root", str(tmp_path),
-                  "--device", "cpu", *NORMALIZATION])
-
-
-def test_eval_seg_on_the_real_cityscapes_reader(tmp_path, generator, seed, monkeypatch):
-    data = pytest.importorskip("fastladder.data")
-    if not hasattr(data, "Cityscapes"):
-        pytest.skip("fastladder.data.Cityscapes is not in this tree")
-    root = tmp_path / "cityscapes"
-    write_cityscapes(root, generator)
-    path = save_checkpoint(tiny_model(), tmp_path / "ckpt.pt")
-    argv = ["eval", "seg", "--weights", str(path), "--root", str(root), "--workers", "0", "--device", "cpu",
-            "--no-progress", *NORMALIZATION]
-    assert cli.main(argv + ["--json", str(tmp_path / "reader.json")]) == 0
-    monkeypatch.setattr(commands, "_open_dataset", lambda name, root, split: MiniCityscapes(root, split))
-    assert cli.main(argv + ["--json", str(tmp_path / "mini.json")]) == 0
-    via_reader, via_mini = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("reader", "mini"))
-    assert via_reader["num_images"] == 2 and via_reader["confusion"] == via_mini["confusion"]
+    write_camvid(tmp_path / "camvid", "val", generator)
+    assert cli.main(["eval", "seg", "--weights", str(path), "--dataset", "camvid", "--root",
+                     str(tmp_path / "camvid"), "--device", "cpu", *NORMALIZATION]) == 2
+    assert "predicts 19 classes, --dataset camvid has 11" in capsys.readouterr().err

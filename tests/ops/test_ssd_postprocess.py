@@ -13,7 +13,7 @@ from fastladder import nn as fl_nn
 from fastladder import ops
 from fastladder._box_samples import priors_to_xyxy, ssd300_priors, ssd_head_outputs
 from fastladder.reference import boxes as reference
-from fastladder.testing import DEVICES
+from fastladder.testing import DEVICES, assert_same_detections
 
 
 def torchvision_detections(loc, conf_logits, priors, *, score_thresh=0.01, nms_thresh=0.45, topk=400,
@@ -26,33 +26,6 @@ def torchvision_detections(loc, conf_logits, priors, *, score_thresh=0.01, nms_t
     out = SSD.postprocess_detections(ssd, {"bbox_regression": loc, "cls_logits": conf_logits}, anchors,
                                      [(1, 1)] * len(loc))
     return [(d["boxes"], d["scores"], d["labels"]) for d in out]
-
-
-def assert_same_detections(actual, expected, *, score_tol, box_tol, seed, what=""):
-    """Per image, the same detections as a multiset of (label, score, box) up to the tolerances;
-    entries that do not match must be exact score ties among themselves (the order of equal scores
-    is unspecified, so which of them make the cut may differ), at most a few per image."""
-    assert len(actual) == len(expected)
-    for image, ((a_boxes, a_scores, a_labels), (b_boxes, b_scores, b_labels)) in enumerate(zip(actual, expected)):
-        a_boxes, a_scores = a_boxes.double(), a_scores.double()
-        b_boxes, b_scores = b_boxes.double(), b_scores.double()
-        where = f"{what} image {image} (seed {seed})"
-        assert len(a_scores) == len(b_scores), f"{where}: {len(a_scores)} detections, expected {len(b_scores)}"
-        assert torch.all(a_scores[1:] <= a_scores[:-1]), f"{where}: not sorted by score"
-        taken = torch.zeros(len(b_scores), dtype=torch.bool)
-        unmatched = []
-        for i in range(len(a_scores)):
-            fits = (~taken & (b_labels == a_labels[i]) & ((b_scores - a_scores[i]).abs() <= score_tol)
-                    & ((b_boxes - a_boxes[i]).abs().amax(dim=1) <= box_tol))
-            if fits.any():
-                taken[torch.nonzero(fits)[0, 0]] = True
-            else:
-                unmatched.append(i)
-        rest = b_scores[~taken]
-        assert len(unmatched) <= 2 + len(a_scores) // 50, f"{where}: {len(unmatched)} detections differ"
-        for i in unmatched:
-            assert (rest - a_scores[i]).abs().min() <= score_tol, (
-                f"{where}: detection {i} (label {int(a_labels[i])}, score {float(a_scores[i])}) has no counterpart")
 
 
 def as_list(detections):
@@ -278,7 +251,8 @@ def test_torch_compile_fullgraph(generator, seed):
 
 @pytest.mark.parametrize("change,match", [
     (dict(loc=(2, 100, 3)), r"loc must be a \[B, P, 4\] tensor of box offsets, got shape \[2, 100, 3\]"),
-    (dict(conf=(2, 99, 5)), r"loc and conf_logits must have the same batch size and number of priors, got loc \[2, 100, 4\] and conf_logits \[2, 99, 5\]"),
+    (dict(conf=(2, 99, 5)), r"loc and conf_logits must have the same batch size and number of priors, got "
+                            r"loc \[2, 100, 4\] and conf_logits \[2, 99, 5\]"),
     (dict(priors=(101, 4)), r"loc has 100 priors per image but priors has 101"),
     (dict(priors_dtype=torch.float64), r"loc, conf_logits and priors must have the same dtype"),
     (dict(kw=dict(nms_thresh=1.5)), r"nms_thresh must be in \[0, 1\], got 1.5"),
@@ -302,5 +276,5 @@ def test_large_batch_matches_torchvision(classes, generator, seed):
     priors = ssd300_priors()
     loc, conf = ssd_head_outputs(8, priors, classes, generator)
     got = ops.ssd_postprocess(loc, conf, priors)
-    assert_same_detections(got.to_list(), torchvision_detections(loc, conf, priors), score_tol=1e-6, box_tol=1e-5,
-                           seed=seed)
+    assert_same_detections(got.to_list(), torchvision_detections(loc, conf, priors), score_tol=1e-6,
+                           box_tol=1e-5, seed=seed)
