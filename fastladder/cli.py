@@ -7,6 +7,7 @@
     fastladder predict              segment (or detect in) images, folders or a video
     fastladder visualize            filters and activation maximization of a trained model
     fastladder attack               adversarial examples (DeepFool, DDN, FGSM, PGD, DAG)
+    fastladder export               a trained model to ONNX, its preprocessing in the metadata
     fastladder bench ladder-blend   ladder_blend vs its baselines (time and memory ratios)
     fastladder info                 what this build contains
 
@@ -27,6 +28,7 @@ _COMMAND_MODULES = (
     "fastladder.train.commands",
     "fastladder.eval.commands",
     "fastladder.analysis.commands",
+    "fastladder.models.commands",
 )
 
 

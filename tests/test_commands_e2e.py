@@ -151,7 +151,7 @@ def test_errors_as_a_subprocess(tmp_path):
     weights.write_bytes(os.urandom(300))
     command = [sys.executable, "-m", "fastladder.cli", "eval", "seg", "--weights", str(weights), "--root",
                str(tmp_path), "--device", "cpu"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ)  # the fastladder this test imports (installed, or PYTHONPATH's build)
     plain = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert plain.returncode == 2
     lines = plain.stderr.strip().splitlines()
@@ -163,3 +163,43 @@ def test_errors_as_a_subprocess(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "fastladder.cli", "eval", "seg", "--limit", "x"],
                            capture_output=True, text=True, env=env, timeout=120)
     assert usage.returncode == 2 and "Traceback" not in usage.stderr and "--limit" in usage.stderr
+
+
+@pytest.mark.parametrize("task,dataset", [("seg", "camvid"), ("det", "mot15")])
+def test_export_runs_in_onnx_runtime_as_the_checkpoint(tmp_path, generator, task, dataset):
+    """`fastladder export` with default flags: the graph computes the checkpoint's model (ONNX Runtime
+    against load_model), its metadata carries the training normalization, and an existing file is
+    kept unless --overwrite."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from fastladder.models import load_model_and_meta, onnx_metadata
+
+    root = tmp_path / "data"
+    extra, _ = write_dataset(task, dataset, root, generator)
+    model_flags = (["--model-kwargs", json.dumps(TINY_LADDER), "--crop-size", "64"] if task == "seg" else
+                   ["--model-kwargs", json.dumps(TINY_SSD), "--image-size", "64", "--zoom-out", "1"])
+    assert run(["train", task, "--dataset", dataset, "--root", str(root), "--out", str(tmp_path / "run"),
+                "--steps", "1", "--batch-size", "2", "--workers", "0", "--no-progress", "--device", "cpu",
+                *model_flags, *extra]) == 0
+    weights = str(tmp_path / "run" / "last.pt")
+    onnx_path = tmp_path / "model.onnx"
+    size = ["--height", "64", "--width", "96"] if task == "seg" else []
+    assert run(["export", "--weights", weights, "--out", str(onnx_path), *size]) == 0
+
+    model, meta = load_model_and_meta(weights)
+    recorded = onnx_metadata(str(onnx_path))
+    assert recorded["model_name"] == meta.model_name and recorded["num_classes"] == meta.num_classes
+    assert recorded["mean"] == list(meta.mean) and recorded["std"] == list(meta.std)
+    height, width = (80, 112) if task == "seg" else (64, 64)  # another size where the graph allows it
+    image = torch.randn(2, 3, height, width, generator=generator)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"image": image.numpy()})
+    with torch.no_grad():
+        expected = model(image) if task == "seg" else model.head(model.forward_features(image))[0]
+    got = torch.from_numpy(outputs[0])
+    assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
+
+    before = onnx_path.read_bytes()
+    assert run(["export", "--weights", weights, "--out", str(onnx_path), "--opset", "17", *size]) == 2
+    assert onnx_path.read_bytes() == before
+    assert run(["export", "--weights", weights, "--out", str(onnx_path), "--opset", "17", "--overwrite",
+                *size]) == 0
