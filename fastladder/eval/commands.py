@@ -119,6 +119,13 @@ def _load(args, num_classes=None):
     return load_model(args.weights, args.model, num_classes, **kwargs)
 
 
+def _load_for_inference(args, num_classes=None):
+    """The model of --weights in its fused inference form (BatchNorms folded, channels_last)."""
+    from fastladder.models import optimize_for_inference
+
+    return optimize_for_inference(_load(args, num_classes))
+
+
 def _data_attribute(name: str, dataset: str):
     import fastladder.data
 
@@ -188,7 +195,7 @@ def cmd_eval_seg(args) -> int:
     dataset = _open_dataset(args.dataset, args.root, args.split)
     num_classes = args.num_classes if args.num_classes is not None else int(dataset.num_classes)
     class_names = list(getattr(dataset, "class_names", None) or [f"class {i}" for i in range(num_classes)])
-    model = _load(args, num_classes)
+    model = _load_for_inference(args, num_classes)
     data = _Normalized(dataset, mean, std)
     if args.limit is not None:
         if args.limit <= 0:
@@ -236,7 +243,7 @@ def cmd_predict(args) -> int:
 
     sources = collect_inputs(args.inputs)  # before the model: a bad input fails fast
     mean, std = _normalization(args)
-    model = _load(args, args.num_classes)
+    model = _load_for_inference(args, args.num_classes)
     device = torch.device(args.device)
     model.to(device)
     counts = [count_frames(source) for source in sources]

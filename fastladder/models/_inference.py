@@ -26,7 +26,7 @@ class InferenceModel(nn.Module):
         return out.contiguous() if isinstance(out, torch.Tensor) else out
 
 
-def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *, channels_last: Optional[bool] = None,
+def optimize_for_inference(model: nn.Module, example_input: Optional[torch.Tensor] = None, *, channels_last: Optional[bool] = None,
                            compile: bool = False, dtype: Optional[torch.dtype] = None) -> nn.Module:
     """A fast inference copy of a fastladder model: a callable ``f(x) -> logits``.
 
@@ -36,7 +36,8 @@ def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *, cha
 
     Args:
         model: a fastladder model (or any module; the blocks fastladder knows are converted).
-        example_input (Tensor[N, C, H, W]): checked once (and used to warm up / compile).
+        example_input (Tensor[N, C, H, W], optional): checked once and used to warm up oneDNN's
+            primitives; needed with ``compile`` (the compile runs on it).
         channels_last: run the activations (and weights) in channels_last (NHWC). Default True: oneDNN
             (CPU) and tensor cores (CUDA) convolve NHWC without reorders around every call.
         compile: wrap the model in torch.compile (the compile runs on example_input).
@@ -47,7 +48,9 @@ def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *, cha
         An :class:`InferenceModel`; its output equals ``model.eval()(x)`` within float tolerance
         (NCHW-contiguous, in ``dtype``).
     """
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+    if compile and example_input is None:
+        raise ValueError("optimize_for_inference(compile=True) needs an example_input to compile on")
+    if example_input is not None and (not isinstance(example_input, torch.Tensor) or example_input.dim() != 4):
         raise ValueError(f"example_input must be an image batch [N, C, H, W], got "
                          f"{tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else example_input}")
     if channels_last is None:
@@ -60,7 +63,8 @@ def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *, cha
     if compile:
         module = torch.compile(module)
     wrapped = InferenceModel(module, channels_last)
-    wrapped(example_input)  # checks the input, warms up oneDNN primitives, compiles
+    if example_input is not None:
+        wrapped(example_input)  # checks the input, warms up oneDNN primitives, compiles
     return wrapped
 
 
