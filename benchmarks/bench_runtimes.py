@@ -111,21 +111,21 @@ def bench_size(model, twin, size, threads, runs, workdir, results):
     outputs = {name: torch.as_tensor(fn()).float() for name, fn in candidates.items()}
     scale = expected.abs().max().item()
     errors = {name: (out - expected).abs().max().item() / scale for name, out in outputs.items()}
-    agreement = {name: (out.argmax(1) == expected.argmax(1)).float().mean().item() for name, out in outputs.items()}
+    agreement = {name: (out.argmax(1) == expected.argmax(1)).float().mean().item()
+                 for name, out in outputs.items()}
     medians, all_times = alternated(candidates, runs)
     best_f32 = min(medians["onnxruntime"], medians["openvino f32"])
-    ratios = {
-        "float32: faster of onnxruntime/openvino f32 / optimize_for_inference": best_f32 / medians["optimize_for_inference"],
-        "float32: onnxruntime / optimize_for_inference": medians["onnxruntime"] / medians["optimize_for_inference"],
-        "float32: openvino f32 / optimize_for_inference": medians["openvino f32"] / medians["optimize_for_inference"],
-        "bfloat16: openvino bf16 / optimize_for_inference bf16":
-            medians["openvino bf16"] / medians["optimize_for_inference bf16"],
-        "optimize_for_inference / fastladder eval model":
-            medians["fastladder eval model"] / medians["optimize_for_inference"],
+    fast_f32, fast_bf16 = medians["optimize_for_inference"], medians["optimize_for_inference bf16"]
+    ratios = {  # baseline / fastladder: above 1, fastladder is faster
+        "float32: faster of onnxruntime and openvino f32 / optimize_for_inference": best_f32 / fast_f32,
+        "float32: onnxruntime / optimize_for_inference": medians["onnxruntime"] / fast_f32,
+        "float32: openvino f32 / optimize_for_inference": medians["openvino f32"] / fast_f32,
+        "bfloat16: openvino bf16 / optimize_for_inference bf16": medians["openvino bf16"] / fast_bf16,
+        "float32: eval model / optimize_for_inference": medians["fastladder eval model"] / fast_f32,
     }
     key = f"{size[0]}x{size[1]}"
-    results[key] = dict(median_s=medians, times_s=all_times, ratios=ratios, max_error_vs_twin_relative=errors,
-                        argmax_agreement_with_twin_float32=agreement)
+    results[key] = dict(median_s=medians, times_s=all_times, ratios=ratios,
+                        max_error_vs_twin_relative=errors, argmax_agreement_with_twin_float32=agreement)
     print(f"\n[LDN-121 {key}, batch 1, {threads} threads, median of {runs} alternated runs]")
     for name, value in medians.items():
         print(f"  {name:<30} {value:8.3f} s   (max |error| {errors[name]:.1e} of max |logit|, argmax "
@@ -164,11 +164,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", default=None, help="write the results as JSON to this path")
-    parser.add_argument("--weights", default=None, help="a trained segmentation checkpoint for the bf16 argmax "
-                                                        "agreement (e.g. fastladder demo's train/best.pt)")
+    parser.add_argument("--weights", default=None, help="a trained segmentation checkpoint for the bf16 "
+                                                        "argmax agreement (e.g. the demo's train/best.pt)")
     parser.add_argument("--agreement-images", type=int, default=60)
     parser.add_argument("--agreement-size", type=parse_size, default=(128, 256))
-    parser.add_argument("--machine", default="", help="a note on the machine's state (e.g. 'shared, 5 users')")
+    parser.add_argument("--machine", default="", help="a note on the machine's state (idle or shared)")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.runs < 1:
         parser.error("--threads and --runs must be at least 1")

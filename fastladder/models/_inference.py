@@ -26,8 +26,9 @@ class InferenceModel(nn.Module):
         return out.contiguous() if isinstance(out, torch.Tensor) else out
 
 
-def optimize_for_inference(model: nn.Module, example_input: Optional[torch.Tensor] = None, *, channels_last: Optional[bool] = None,
-                           compile: bool = False, dtype: Optional[torch.dtype] = None) -> nn.Module:
+def optimize_for_inference(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
+                           channels_last: Optional[bool] = None, compile: bool = False,
+                           dtype: Optional[torch.dtype] = None) -> nn.Module:
     """A fast inference copy of a fastladder model: a callable ``f(x) -> logits``.
 
     The copy is :func:`fastladder.nn.fuse_for_inference`'s: every BatchNorm folded once into fused

@@ -10,4 +10,5 @@ from fastladder.nn.ssd import L2Norm, SSDHead
 
 __all__ = ["LadderUpsample", "DenseLayer", "DenseBlock", "Transition", "BNReluConv", "SpatialPyramidPooling",
            "DetectionPostprocess", "L2Norm", "SSDHead", "Normalize", "fuse_for_inference", "FoldedConv2d",
-           "FoldedBNReluConv", "FoldedDenseLayer", "FoldedDenseBlock", "FoldedTransition", "FoldedLadderUpsample"]
+           "FoldedBNReluConv", "FoldedDenseLayer", "FoldedDenseBlock", "FoldedTransition",
+           "FoldedLadderUpsample"]

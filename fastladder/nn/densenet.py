@@ -17,7 +17,7 @@ BatchNorms; backward recomputes BN-ReLU-1×1-BN-ReLU from the buffer with those 
 running statistics are updated once per forward (``torch.utils.checkpoint`` re-runs the BatchNorm
 in train mode and updates them twice) and the recomputation reproduces the forward bit for bit.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn

@@ -43,8 +43,9 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype
             and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), list(stride), list(dilation),
-                                                       groups, "relu" if relu else "none", [], "")
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), list(stride),
+                                                       list(dilation), groups, "relu" if relu else "none", [],
+                                                       "")
     out = torch.nn.functional.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
                                      groups=groups)
     return out.relu_() if relu else out
@@ -53,7 +54,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 def _is_channels_last(x: torch.Tensor) -> bool:
     """NHWC order in memory (dense, or a channel slice of a dense channels_last buffer)."""
     strides = x.stride()
-    return x.dim() == 4 and x.shape[1] > 1 and strides[1] == 1 and strides[3] >= x.shape[1] and not x.is_contiguous()
+    return (x.dim() == 4 and x.shape[1] > 1 and strides[1] == 1 and strides[3] >= x.shape[1]
+            and not x.is_contiguous())
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
@@ -97,8 +99,8 @@ class FoldedConv2d(nn.Module):
     """A Conv2d with a following BatchNorm folded into its weight and bias, and optionally the ReLU
     after it as the convolution's post-op. Shapes as the Conv2d's."""
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation, groups: int,
-                 relu: bool):
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding, dilation,
+                 groups: int, relu: bool):
         super().__init__()
         self.register_buffer("weight", _plain(weight))
         self.register_buffer("bias", _plain(bias))
@@ -113,10 +115,12 @@ class FoldedConv2d(nn.Module):
         return cls(weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, self.relu)
+        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                      self.relu)
 
     def extra_repr(self) -> str:
-        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, "
+                f"kernel_size={tuple(self.weight.shape[2:])}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, relu={self.relu}")
 
 
@@ -175,7 +179,8 @@ class FoldedDenseBlock(nn.ModuleDict):
 
     def __init__(self, layers, in_channels: int, growth_rate: int, split: Optional[int]):
         super().__init__()
-        self.in_channels, self.growth_rate, self.num_layers, self.split = in_channels, growth_rate, len(layers), split
+        self.in_channels, self.growth_rate, self.split = in_channels, growth_rate, split
+        self.num_layers = len(layers)
         for i, layer in enumerate(layers):
             self.add_module(f"denselayer{i + 1}", layer)
 
@@ -271,8 +276,8 @@ class FoldedLadderUpsample(nn.Module):
     def forward(self, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if self.projects_skip:
             skip = bn_relu_conv1x1(skip, self.skip_scale, self.skip_shift, self.skip_weight, self.skip_bias)
-        return ladder_blend(low, skip, self.blend_weight, self.blend_bias, mode=self.mode, scale=self.blend_scale,
-                            shift=self.blend_shift, relu=True)
+        return ladder_blend(low, skip, self.blend_weight, self.blend_bias, mode=self.mode,
+                            scale=self.blend_scale, shift=self.blend_shift, relu=True)
 
 
 # --- conversion ---------------------------------------------------------------------------------

@@ -195,10 +195,14 @@ def test_cli_visualize_and_attack(tmp_path, generator):
     assert len(json.loads(metadata["objective_values"])) == 2
     assert (out / "segclass_1_0_0_32_32.png").exists() and (out / "first_layer_filters.png").exists()
 
-    # in eval mode the LDN folds norm0 into conv0 and calls F.conv2d: no module output to read
+    # every module of the eval model runs as a module (the stem's conv0 too); the auxiliary classifier,
+    # part of the training loss only, does not run in eval: no output to read
+    assert cli.main(["visualize", "--weights", str(checkpoint), "--objective", "channel:features.conv0:3",
+                     "--steps", "1", "--size", "64", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "channel_features.conv0_3.png").exists()
     with pytest.raises(ValueError,
-                       match=r"\['features.conv0'\] did not run.*modules that run: features.pool0"):
-        cli.main(["visualize", "--weights", str(checkpoint), "--objective", "channel:features.conv0:3",
+                       match=r"\['aux_classifier'\] did not run.*modules that run: features.conv0, features.norm0"):
+        cli.main(["visualize", "--weights", str(checkpoint), "--objective", "channel:aux_classifier:0",
                   "--steps", "1", "--size", "64", "--out", str(out), "--device", "cpu"])
 
     from PIL import Image
