@@ -10,8 +10,12 @@ __all__ = ["optimize_for_inference", "InferenceModel"]
 
 
 class InferenceModel(nn.Module):
-    """Wraps an eval-mode model: converts the input to the model's memory format, runs it without
-    autograd, returns NCHW-contiguous output. ``module`` is the (possibly compiled) model."""
+    """Wraps an inference model: runs it without autograd, returns NCHW-contiguous output. ``module``
+    is the (possibly compiled) model.
+
+    The input is not converted: with channels_last weights the first convolution (oneDNN, cuDNN)
+    already writes channels_last activations, and a converted copy of the image would stay alive for
+    the whole forward."""
 
     def __init__(self, module: nn.Module, channels_last: bool):
         super().__init__()
@@ -19,8 +23,6 @@ class InferenceModel(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = self.module(x)
         return out.contiguous() if isinstance(out, torch.Tensor) else out
