@@ -13,10 +13,12 @@ The converted model is for inference only: its buffers are not trained, and it d
 changes to the original's weights. Its state_dict is not the training model's.
 """
 import copy
+import sys
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from fastladder.nn.densenet import BNReluConv, DenseBlock, DenseLayer, Transition
 from fastladder.nn.ladder_upsample import LadderUpsample
@@ -29,6 +31,18 @@ __all__ = ["fuse_for_inference", "FoldedConv2d", "FoldedBNReluConv", "FoldedDens
 # BN-ReLU-1×1 runs in bands of rows so that its BN-ReLU temporary (as wide as the whole dense-block
 # prefix) never exceeds this many bytes; the 1×1 convolution is pointwise, so banding is exact.
 BAND_BYTES = 4 << 20
+
+
+
+class _ReferenceProbe(nn.Module):
+    def forward(self, low, skip):
+        return sys.getrefcount(skip)
+
+
+# References to a temporary passed as ``module(x, expression)``, seen from inside forward (the caller's
+# stack, Module.__call__'s argument tuples, forward's parameter, getrefcount's argument): measured once,
+# since it depends on the Python and torch versions. One more means that somebody else holds the tensor.
+_HANDED_OVER_REFERENCES = _ReferenceProbe()(None, torch.empty(0))
 
 
 # --- kernels ------------------------------------------------------------------------------------
@@ -265,6 +279,10 @@ class FoldedLadderUpsample(nn.Module):
         for name, value in zip(("blend_scale", "blend_shift", "blend_weight", "blend_bias"), blend):
             self.register_buffer(name, _plain(value))
 
+    def _has_hooks(self) -> bool:
+        return bool(self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks
+                    or _global_forward_pre_hooks)
+
     @classmethod
     def from_module(cls, up: LadderUpsample):
         skip = None
@@ -275,7 +293,16 @@ class FoldedLadderUpsample(nn.Module):
 
     def forward(self, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if self.projects_skip:
-            skip = bn_relu_conv1x1(skip, self.skip_scale, self.skip_shift, self.skip_weight, self.skip_bias)
+            projected = bn_relu_conv1x1(skip, self.skip_scale, self.skip_shift, self.skip_weight,
+                                        self.skip_bias)
+            # The skip (the whole DB1 buffer for the last transition-up) is dead after its projection, but
+            # Module.__call__'s argument tuples keep it alive until the blend is done. When nobody else can
+            # see it (a temporary handed over as ``up(x, skips.pop())``, no hooks on this module to read
+            # its inputs), its storage is released now; otherwise it is left alone.
+            if (sys.getrefcount(skip) <= _HANDED_OVER_REFERENCES and not skip.requires_grad
+                    and not self._has_hooks()):
+                skip.set_()
+            skip = projected
         return ladder_blend(low, skip, self.blend_weight, self.blend_bias, mode=self.mode,
                             scale=self.blend_scale, shift=self.blend_shift, relu=True)
 

@@ -67,6 +67,27 @@ def test_train_parity(seed, mode, device):
         torch.testing.assert_close(a, b, msg=lambda m: f"buffer {name}: {m}")
 
 
+def test_folded_module_leaves_a_skip_it_does_not_own_intact(seed):
+    """The inference module frees a skip handed over as a temporary after projecting it, never one that
+    somebody still holds (a variable, a hook reading the module's inputs)."""
+    module, twin, skip_channels = pair("concat")
+    folded = fuse_for_inference(module.eval())
+    low = torch.randn(1, 6, 5, 9)
+    skip = torch.randn(1, skip_channels, 9, 17)
+    kept = skip.clone()
+    with torch.no_grad():
+        expected = twin.eval()(low, skip)
+        torch.testing.assert_close(folded(low, skip), expected, rtol=1e-4, atol=1e-4)
+        assert torch.equal(skip, kept)
+        seen = []
+        handle = folded.register_forward_hook(lambda m, inputs, out: seen.append(inputs[1].clone()))
+        torch.testing.assert_close(folded(low, skip.clone()), expected, rtol=1e-4, atol=1e-4)
+        handle.remove()
+        assert torch.equal(seen[0], kept)
+        skips = [skip.clone()]
+        torch.testing.assert_close(folded(low, skips.pop()), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_state_dict_keys_are_plain_modules():
     keys = set(LadderUpsample(4, 8, 16).state_dict())
     assert {"skip_norm.weight", "skip_norm.running_mean", "skip_conv.weight", "blend_norm.weight",
