@@ -329,7 +329,7 @@ def _fuse_sequential(seq: nn.Sequential):
     for i, name in enumerate(names[:-1]):
         conv, norm = seq._modules[name], seq._modules[names[i + 1]]
         if not (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-                and type(norm) is nn.BatchNorm2d and norm.running_mean is not None):
+                and isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and norm.running_mean is not None):
             continue
         after = seq._modules[names[i + 2]] if i + 2 < len(names) else None
         relu = type(after) is nn.ReLU
