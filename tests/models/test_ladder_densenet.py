@@ -197,6 +197,8 @@ def test_full_size_ladder_densenet121_matches_reference(generator):
 
 def test_channels_last_and_banded_eval_match_reference(generator, monkeypatch):
     monkeypatch.setattr(fastladder.nn.inference, "BAND_BYTES", 1000)
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_BYTES", 1000)
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_ROWS", 3)
     model = randomize(create_model("ladder_densenet121", num_classes=4, **TINY), generator).double().eval()
     twin = reference_twin(model)
     x = torch.randn(1, 3, 70, 90, dtype=torch.float64, generator=generator)

@@ -259,10 +259,14 @@ def test_block_writes_layers_into_one_buffer(generator):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("height", [9, 10])
-def test_banded_inference_matches_reference(generator, monkeypatch, channels_last, height):
-    """The fused modules run BN-ReLU-1×1 and transitions in row bands on large images; force tiny bands here."""
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_banded_inference_matches_reference(generator, monkeypatch, channels_last, height, dilation):
+    """The fused modules run BN-ReLU-1×1, whole dense layers (with the 3×3's halo rows) and transitions in
+    row bands on large images; force tiny bands here."""
     monkeypatch.setattr(fastladder.nn.inference, "BAND_BYTES", 200)
-    block, reference = twins(generator)
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_BYTES", 0)
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_ROWS", 2)
+    block, reference = twins(generator, dilation=dilation)
     transition = randomize(Transition(17, 6), generator).double().eval()
     transition_reference = TransitionReference(17, 6).double().eval()
     transition_reference.load_state_dict(transition.state_dict())
