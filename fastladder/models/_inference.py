@@ -53,7 +53,8 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[torch.Tenso
     """
     if compile and example_input is None:
         raise ValueError("optimize_for_inference(compile=True) needs an example_input to compile on")
-    if example_input is not None and (not isinstance(example_input, torch.Tensor) or example_input.dim() != 4):
+    bad_example = not isinstance(example_input, torch.Tensor) or example_input.dim() != 4
+    if example_input is not None and bad_example:
         raise ValueError(f"example_input must be an image batch [N, C, H, W], got "
                          f"{tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else example_input}")
     if channels_last is None:

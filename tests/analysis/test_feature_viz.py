@@ -201,7 +201,8 @@ def test_cli_visualize_and_attack(tmp_path, generator):
                      "--steps", "1", "--size", "64", "--out", str(out), "--device", "cpu"]) == 0
     assert (out / "channel_features.conv0_3.png").exists()
     with pytest.raises(ValueError,
-                       match=r"\['aux_classifier'\] did not run.*modules that run: features.conv0, features.norm0"):
+                       match=r"\['aux_classifier'\] did not run.*modules that run: features.conv0, "
+                             r"features.norm0"):
         cli.main(["visualize", "--weights", str(checkpoint), "--objective", "channel:aux_classifier:0",
                   "--steps", "1", "--size", "64", "--out", str(out), "--device", "cpu"])
 

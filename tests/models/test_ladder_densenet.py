@@ -61,7 +61,8 @@ def test_paper_channel_counts():
 @pytest.mark.parametrize("name, kwargs", VARIANTS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_matches_reference_twin(generator, name, kwargs, device):
-    model = randomize(create_model(name, num_classes=5, **TINY, **kwargs), generator).to(device, torch.float64)
+    model = randomize(create_model(name, num_classes=5, **TINY, **kwargs), generator)
+    model = model.to(device, torch.float64)
     twin = reference_twin(model)
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in twin.named_parameters()]
     x = torch.randn(2, 3, 67, 93, dtype=torch.float64, generator=generator).to(device)
@@ -261,7 +262,8 @@ def _hooked_modules(model):
 
 @pytest.mark.parametrize("name, kwargs", VARIANTS)
 def test_every_module_fires_its_forward_hook(generator, name, kwargs):
-    """visualize hooks modules by name: every module of the eval model and of its fused form runs as a module."""
+    """visualize hooks modules by name: every module of the eval model and of its fused form runs as a
+    module."""
     model = randomize(create_model(name, num_classes=3, **TINY, **kwargs), generator).eval()
     x = torch.randn(1, 3, 64, 64, generator=generator)
     for candidate in (model, fuse_for_inference(model)):

@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 
 import fastladder.nn.inference
-from fastladder.nn import (BNReluConv, DenseBlock, DenseLayer, FoldedBNReluConv, FoldedDenseBlock, FoldedDenseLayer,
-                           FoldedTransition, Transition, fuse_for_inference)
+from fastladder.nn import (BNReluConv, DenseBlock, DenseLayer, FoldedBNReluConv, FoldedDenseBlock,
+                           FoldedDenseLayer, FoldedTransition, Transition, fuse_for_inference)
 from fastladder.reference.models import (BNReluConvReference, DenseBlockReference, DenseLayerReference,
                                          TransitionReference)
 from fastladder.testing import DEVICES
