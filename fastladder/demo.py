@@ -61,12 +61,14 @@ QUICK = DemoSettings(
 def _speed(model: torch.nn.Module, size, repeats: int, device: str) -> Dict[str, float]:
     """Seconds per frame of the fused model and of its unfused reference twin, same weights, side by side."""
     from fastladder.benchmark import time_side_by_side
+    from fastladder.models import optimize_for_inference
     from fastladder.reference import reference_twin
 
     twin = reference_twin(model).eval()
     image = torch.randn(1, 3, *size, device=device)
+    fast = optimize_for_inference(model, image)
     with torch.inference_mode():
-        return time_side_by_side({"fastladder": lambda: model(image), "reference": lambda: twin(image)},
+        return time_side_by_side({"fastladder": lambda: fast(image), "reference": lambda: twin(image)},
                                  repeats=repeats, warmup=1, device=device)
 
 
@@ -91,6 +93,7 @@ def run_demo(out: str = "fastladder-demo", *, quick: bool = False, device: Optio
     from fastladder.eval._images import save_grid
     from fastladder.models import load_model
     from fastladder.eval.inference import evaluate_segmentation, format_iou_table
+    from fastladder.models import optimize_for_inference
     from fastladder.train import TrainConfig, train
     from fastladder.train.segmentation import build_segmentation_dataset
 
@@ -127,7 +130,7 @@ def run_demo(out: str = "fastladder-demo", *, quick: bool = False, device: Optio
 
     print("[3/5] evaluating the best checkpoint on the validation split")
     model = load_model(result["best_checkpoint"] or result["checkpoint"]).to(device)
-    evaluation = evaluate_segmentation(model, val, val.num_classes, device=device)
+    evaluation = evaluate_segmentation(optimize_for_inference(model), val, val.num_classes, device=device)
     print(format_iou_table(evaluation, val.class_names))
 
     print(f"[4/5] speed at {settings.speed_size[0]}x{settings.speed_size[1]}: fused model vs its unfused "

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastladder.errors import ArgumentError
+
 __all__ = ["Objective", "channel", "unit", "layer", "class_logit", "segmentation_class", "diversity",
            "objective_values", "visualize", "random_transform", "objective_robustness", "first_layer_filters",
            "TRANSFORMS", "LUCID_SCALES", "LUCID_ANGLES"]
@@ -207,8 +209,9 @@ def _capture(model: nn.Module, names: Sequence[str]):
 
 
 def _check_ran(model, activations, names, images):
-    """A hooked module that did not run (a model may compute a layer in fused form, e.g. with its
-    BatchNorm folded into the convolution in eval mode) is an error naming the modules that do."""
+    """A hooked module that did not run (one the eval forward does not use, e.g. a training-only
+    auxiliary head, or one a converted inference model folded away) is an error naming the modules
+    that do."""
     missing = [name for name in names if name not in activations]
     if not missing:
         return
@@ -223,9 +226,9 @@ def _check_ran(model, activations, names, images):
             handle.remove()
     ran = list(dict.fromkeys(ran))
     shown = ", ".join(ran[:40]) + (", ..." if len(ran) > 40 else "")
-    raise ValueError(f"layer(s) {missing} did not run in {type(model).__name__}'s forward pass (eval mode; "
-                     "the model computes them inside a fused operation), so their outputs cannot be read; "
-                     f"modules that run: {shown}")
+    raise ArgumentError(f"layer(s) {missing} did not run in {type(model).__name__}'s forward pass (eval "
+                        "mode; the forward does not use them), so their outputs cannot be read; "
+                        f"modules that run: {shown}")
 
 
 def _evaluate(model, objective, images):

@@ -94,9 +94,11 @@ def cmd_eval_seg(args) -> int:
 
     from fastladder.data.transforms import segmentation_eval_transforms
     from fastladder.eval.inference import evaluate_segmentation, format_iou_table
+    from fastladder.models import optimize_for_inference
 
     _common.check_limit(args.limit)
     model, meta = _common.load_model_and_meta(args, task="seg")
+    model = optimize_for_inference(model)  # the fused inference form, as training's validation runs it
     dataset_name = _common.dataset_name(args, meta)
     if dataset_name is None:
         raise ArgumentError(f"--weights {args.weights} does not record its dataset: give --dataset")
@@ -158,6 +160,7 @@ def _predict_seg(args, sources, model, meta) -> int:
     from fastladder.data.labels import cityscapes_train_to_label_id, colorize
     from fastladder.eval._images import count_frames, iterate_frames, overlay, save_png
     from fastladder.eval.inference import normalize_image, predict
+    from fastladder.models import optimize_for_inference
 
     dataset = _common.dataset_name(args, meta)
     if dataset is not None and dataset not in DATASETS:
@@ -165,7 +168,7 @@ def _predict_seg(args, sources, model, meta) -> int:
     mean, std = _common.normalization(args, meta, "seg")
     num_classes = int(meta["num_classes"])
     device = torch.device(args.device)
-    model.to(device)
+    model = optimize_for_inference(model).to(device)
     palette = _common.palette("seg", dataset, num_classes)
     wanted = set(args.outputs or OUTPUTS)
     if not (dataset in _CITYSCAPES_IDS and num_classes == 19) and "labelIds" in wanted:

@@ -4,12 +4,18 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from fastladder.nn import fuse_for_inference
+
 __all__ = ["optimize_for_inference", "InferenceModel"]
 
 
 class InferenceModel(nn.Module):
-    """Wraps an eval-mode model: converts the input to the model's memory format, runs it without
-    autograd, returns NCHW-contiguous output. ``module`` is the (possibly compiled) model."""
+    """Wraps an inference model: runs it without autograd, returns NCHW-contiguous output. ``module``
+    is the (possibly compiled) model.
+
+    The input is not converted: with channels_last weights the first convolution (oneDNN, cuDNN)
+    already writes channels_last activations, and a converted copy of the image would stay alive for
+    the whole forward."""
 
     def __init__(self, module: nn.Module, channels_last: bool):
         super().__init__()
@@ -17,49 +23,52 @@ class InferenceModel(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = self.module(x)
         return out.contiguous() if isinstance(out, torch.Tensor) else out
 
 
-def optimize_for_inference(model: nn.Module, example_input: torch.Tensor, *, channels_last: Optional[bool] = None,
-                           compile: bool = False, dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """Prepares a fastladder model for inference and returns a callable ``f(x) -> logits``.
+def optimize_for_inference(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
+                           channels_last: Optional[bool] = None, compile: bool = False,
+                           dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """A fast inference copy of a fastladder model: a callable ``f(x) -> logits``.
 
-    The eval forward of fastladder models already folds every BatchNorm into the fused operators
-    and convolutions (and bands its wide BN-ReLU-1×1 steps to bound memory). On top of that:
+    The copy is :func:`fastladder.nn.fuse_for_inference`'s: every BatchNorm folded once into fused
+    BN-ReLU operators or into the neighbouring convolution, the wide BN-ReLU-1×1 steps banded to bound
+    memory, the ladder blends fused. ``model`` itself is not changed.
 
     Args:
-        model: a fastladder model, changed in place (eval mode, memory format, dtype): keep a copy if
-            you still need the original.
-        example_input (Tensor[N, C, H, W]): checked once (and used to warm up / compile).
-        channels_last: convert weights and inputs to channels_last (NHWC). Default: True on CUDA
-            (tensor-core layouts); False on CPU, where the eval forward of LadderDenseNet already runs
-            its activations in NHWC and channels_last weights measured no faster.
+        model: a fastladder model (or any module; the blocks fastladder knows are converted).
+        example_input (Tensor[N, C, H, W], optional): checked once and used to warm up oneDNN's
+            primitives; needed with ``compile`` (the compile runs on it).
+        channels_last: run the activations (and weights) in channels_last (NHWC). Default True: oneDNN
+            (CPU) and tensor cores (CUDA) convolve NHWC without reorders around every call.
         compile: wrap the model in torch.compile (the compile runs on example_input).
-        dtype: run in this dtype (e.g. torch.bfloat16 on CPUs with AVX512_BF16); inputs are cast.
+        dtype: run in this dtype (e.g. torch.bfloat16 on CPUs with AVX512_BF16): the BatchNorms are
+            folded in float32 first, then the weights cast; inputs are cast.
 
     Returns:
-        An :class:`InferenceModel`; its output equals ``model.eval()(x)`` within float tolerance.
+        An :class:`InferenceModel`; its output equals ``model.eval()(x)`` within float tolerance
+        (NCHW-contiguous, in ``dtype``).
     """
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+    if compile and example_input is None:
+        raise ValueError("optimize_for_inference(compile=True) needs an example_input to compile on")
+    bad_example = not isinstance(example_input, torch.Tensor) or example_input.dim() != 4
+    if example_input is not None and bad_example:
         raise ValueError(f"example_input must be an image batch [N, C, H, W], got "
                          f"{tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else example_input}")
-    model.eval()
     if channels_last is None:
-        channels_last = example_input.device.type == "cuda"
+        channels_last = True
+    module = fuse_for_inference(model)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    module = model
+        module = module.to(memory_format=torch.channels_last)
     if dtype is not None:
-        model = model.to(dtype)
-        module = _CastInput(model, dtype)
+        module = _CastInput(module.to(dtype), dtype)
     if compile:
         module = torch.compile(module)
     wrapped = InferenceModel(module, channels_last)
-    wrapped(example_input)  # checks the input, warms up oneDNN primitives, compiles
+    if example_input is not None:
+        wrapped(example_input)  # checks the input, warms up oneDNN primitives, compiles
     return wrapped
 
 

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from fastladder.models._checkpoint import read_state_dict
 from fastladder.models._registry import register_model
 from fastladder.models._state_dict import copy_into, key_problems
-from fastladder.nn.densenet import DenseBlock, Transition, _conv_relu, _uses_batch_stats
-from fastladder.ops.bn_relu import fold_batch_norm
+from fastladder.nn import DenseBlock, Transition
 
 __all__ = ["DenseNet", "densenet121", "densenet161", "densenet169", "densenet201", "load_densenet_weights",
            "remap_legacy_keys"]
@@ -81,19 +80,6 @@ def init_weights(module: nn.Module):
             nn.init.zeros_(m.bias)
 
 
-def stem_forward(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """conv0-norm0-relu0-pool0; in eval norm0 is folded into conv0 (one convolution with bias)."""
-    if _uses_batch_stats(features.norm0):
-        return features.pool0(features.relu0(features.norm0(features.conv0(x))))
-    scale, shift = fold_batch_norm(features.norm0)
-    conv = features.conv0
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    bias = shift if conv.bias is None else shift + conv.bias * scale
-    if torch.is_grad_enabled():
-        return features.pool0(F.relu(F.conv2d(x, weight, bias, conv.stride, conv.padding), inplace=True))
-    return features.pool0(_conv_relu(x, weight, bias, conv.padding[0], stride=conv.stride[0]))
-
-
 _LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
@@ -128,7 +114,7 @@ def load_densenet_weights(model: nn.Module, weights: WeightsLike, *, ignore: Seq
 # --- model --------------------------------------------------------------------------------------
 
 class DenseNet(nn.Module):
-    """torchvision.models.DenseNet on linear-memory dense blocks (fused BN-ReLU in eval).
+    """torchvision.models.DenseNet on linear-memory dense blocks.
 
     Args:
         growth_rate, block_config, num_init_features, bn_size, num_classes: as in torchvision.
@@ -157,16 +143,16 @@ class DenseNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be [N, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
-        x = stem_forward(self.features, x)
-        for name, module in list(self.features.named_children())[4:]:
+        for name, module in self.features.named_children():
             if name == "norm5":
                 break
             x = module(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features.norm5(self.forward_features(x))
-        x = F.adaptive_avg_pool2d(F.relu(x, inplace=True), 1)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be [N, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
+        x = F.adaptive_avg_pool2d(F.relu(self.features(x), inplace=True), 1)
         return self.classifier(torch.flatten(x, 1))
 
 

@@ -10,6 +10,7 @@ Baselines of the paper's Table 1: ``densenet121_32x`` and ``dilated8_densenet121
 Any input size works: every upsampling goes to the exact size of its skip (or of the input), so
 the logits always have the input's H×W.
 """
+from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -18,15 +19,11 @@ import torch.nn.functional as F
 
 from fastladder.models._registry import register_model
 from fastladder.models.densenet import (DENSENET_CONFIGS, WeightsLike, init_weights, load_densenet_weights,
-                                        make_features, stem_forward)
-from fastladder.nn.densenet import (BNReluConv, _conv_module_inference, _conv_relu,
-                                   _uses_batch_stats, bn_relu_conv1x1_inference)
-from fastladder.nn.ladder_upsample import LadderUpsample
-from fastladder.nn.spp import SpatialPyramidPooling
-from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
-from fastladder.ops.upsample import ladder_blend
+                                        make_features)
+from fastladder.nn import BNReluConv, LadderUpsample, SpatialPyramidPooling
 
-__all__ = ["ContextBlock", "LadderDenseNet", "ladder_densenet121", "ladder_densenet169", "densenet121_32x",
+__all__ = ["ContextBlock", "LadderFeatures", "LadderDenseNet",
+           "ladder_densenet121", "ladder_densenet169", "densenet121_32x",
            "dilated8_densenet121"]
 
 ARCHITECTURES = ("ladder", "dilated8", "32x")
@@ -38,7 +35,6 @@ CONTEXTS = ("dense", "spp")
 class ContextBlock(nn.Module):
     """The LDN context block: BN-ReLU-1×1 → bottleneck_channels, BN-ReLU-3×3 (dilation 2) → out_channels.
 
-    In eval, ``blend.norm`` is folded into ``reduce.conv`` (BN after a convolution is affine).
     Shapes: [N, in_channels, h, w] → [N, out_channels, h, w].
     """
 
@@ -49,16 +45,29 @@ class ContextBlock(nn.Module):
         self.blend = BNReluConv(bottleneck_channels, out_channels, kernel_size=3, dilation=dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _uses_batch_stats(self.reduce.norm) or _uses_batch_stats(self.blend.norm):
-            return self.blend(self.reduce(x))
-        scale, shift = fold_batch_norm(self.blend.norm)
-        weight = self.reduce.conv.weight * scale.view(-1, 1, 1, 1)
-        if torch.is_grad_enabled():
-            hidden = F.conv2d(bn_relu(x, *fold_batch_norm(self.reduce.norm)), weight, shift).relu_()
-        else:
-            hidden = _conv_relu(bn_relu(x, *fold_batch_norm(self.reduce.norm)), weight, shift)
-            return _conv_module_inference(self.blend.conv, hidden)
-        return self.blend.conv(hidden)
+        return self.blend(self.reduce(x))
+
+
+class LadderFeatures(nn.Sequential):
+    """The DenseNet encoder (torchvision's ``features`` children and names) that also hands out the
+    decoder's skips: ``forward(x)`` → (coarsest features, the first ``num_skips`` of [DB1, DB2, DB3,
+    DB4a], finest first; each block's output before its transition)."""
+
+    def __init__(self, features: nn.Sequential, num_skips: int):
+        super().__init__(OrderedDict(features.named_children()))
+        self.num_skips = num_skips
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        skips = []
+        for name, module in self.named_children():
+            if name.startswith("transition") and len(skips) < self.num_skips:
+                skips.append(x)
+            x = module(x)
+            if isinstance(x, tuple):  # the split last block: (DB4a, pooled DB4b)
+                before, x = x
+                if len(skips) < self.num_skips:
+                    skips.append(before)
+        return x, skips
 
 
 def _ladder_layout(growth_rate: int, block_config: Sequence[int], num_init_features: int, architecture: str):
@@ -88,21 +97,6 @@ def _feature_size(size: int, architecture: str) -> int:
     for _ in range(pools):
         size //= 2
     return size
-
-
-def _ladder_upsample_inference(up: LadderUpsample, low: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
-    """``up(low, skips.pop())`` in eval without autograd, holding no reference to the skip after its projection.
-
-    The same computation as LadderUpsample's eval path (fused BN-ReLU-1×1 projection, then the fused
-    ladder_blend), with the projection banded; calling the module would keep the skip alive in
-    its argument list until the blend is done."""
-    skip = skips.pop()
-    if up.skip_conv is not None:
-        scale, shift = fold_batch_norm(up.skip_norm)
-        skip = bn_relu_conv1x1_inference(skip, scale, shift, up.skip_conv.weight, up.skip_conv.bias)
-    scale, shift = fold_batch_norm(up.blend_norm)
-    return ladder_blend(low, skip, up.blend_conv.weight, up.blend_conv.bias, mode=up.mode, scale=scale,
-                        shift=shift, relu=True)
 
 
 # --- model --------------------------------------------------------------------------------------
@@ -144,12 +138,11 @@ class LadderDenseNet(nn.Module):
                            upsample_channels=upsample_channels, aux_classifier=aux_classifier,
                            memory_efficient=memory_efficient, in_channels=in_channels)
         self.architecture, self.in_channels = architecture, in_channels
-        # Inference without autograd on CPU runs in channels_last (output returned NCHW).
-        self.cpu_channels_last = True
         self.output_stride = layout["output_stride"]
-        self.features, num_features = make_features(
+        features, num_features = make_features(
             growth_rate, block_config, num_init_features, bn_size, in_channels, dilated=architecture == "dilated8",
             split_last=architecture == "ladder", final_norm=False, memory_efficient=memory_efficient)
+        self.features = LadderFeatures(features, len(layout["skip_channels"]))
         if context == "spp":
             self.context = SpatialPyramidPooling(num_features, upsample_channels, context_channels, upsample_channels)
         else:
@@ -178,51 +171,30 @@ class LadderDenseNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """(coarsest features, skips the decoder uses, finest first)."""
-        f = self.features
-        x = stem_forward(f, x)
-        wanted = len(self.upsample)
-        skips = []
-        for i in range(4):
-            before, x = getattr(f, f"denseblock{i + 1}").forward_split(x)
-            if before is not None and len(skips) < wanted:
-                skips.append(before)
-            if i < 3:
-                if len(skips) < wanted:
-                    skips.append(x)
-                x = getattr(f, f"transition{i + 1}")(x)
-        return x, skips
+        return self.features(x)
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)
         size = x.shape[-2:]
-        fast = not self.training and not torch.is_grad_enabled()
-        convert = fast and self.cpu_channels_last and x.device.type == "cpu" and not x.is_contiguous(
-            memory_format=torch.channels_last)
-        if convert:
-            # oneDNN's NHWC convolutions skip the NCHW ↔ blocked reorders around every call.
-            x = x.contiguous(memory_format=torch.channels_last)
-        features, skips = self.forward_features(x)
+        features, skips = self.features(x)
         context = self.context(features)
         del features
         x = context
         for up in self.upsample:
-            if fast:
-                # Pops the skip so that its buffer (the whole DB1 at 1/4 for the last one) is freed
-                # right after its projection, before the blend allocates its joined tensor.
-                x = _ladder_upsample_inference(up, x, skips)
-            else:
-                x = up(x, skips.pop())
-        if fast:
-            logits = _conv_module_inference(self.classifier.conv, bn_relu(
-                x, *fold_batch_norm(self.classifier.norm)))
-        else:
-            logits = self.classifier(x)
+            x = up(x, skips.pop())
+        logits = self.classifier(x)
         del x
-        if convert:
-            # the 1/4 logits are small: made NCHW before the ×4 upsampling, the full-size result is
-            # written NCHW once (upsampling NHWC, then transposing it, took 26 + 32 ms at 448×1024)
-            logits = logits.contiguous()
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        # The 1/4 logits are small: made NCHW (a no-op unless the model runs channels_last) before the ×4
+        # upsampling, so that the full-size result is written NCHW once (upsampling NHWC and then
+        # transposing it took 26 + 32 ms instead of 13 ms at 448×1024 on CPU).
+        logits = logits.contiguous()
+        if logits.device.type == "cpu" and logits.dtype in (torch.bfloat16, torch.float16):
+            # ATen's reduced-precision bilinear upsampling on CPU took 130 ms where float32's takes
+            # 26-53 (448×1024, one thread); it interpolates in float32 anyway
+            upsampled = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+            logits = upsampled.to(logits.dtype)
+        else:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if self.training:
             aux = self.aux_classifier(context) if self.aux_classifier is not None else None
             return logits, aux

@@ -17,7 +17,7 @@ BatchNorms; backward recomputes BN-ReLU-1×1-BN-ReLU from the buffer with those 
 running statistics are updated once per forward (``torch.utils.checkpoint`` re-runs the BatchNorm
 in train mode and updates them twice) and the recomputation reproduces the forward bit for bit.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastladder.ops._layout import autocast_dtype
-from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
+from fastladder.ops.bn_relu import bn_relu
 
 __all__ = ["DenseLayer", "DenseBlock", "Transition", "BNReluConv"]
 
@@ -154,7 +154,7 @@ def _check_input(name: str, x: torch.Tensor, channels: int):
 # --- modules ------------------------------------------------------------------------------------
 
 class BNReluConv(nn.Module):
-    """Pre-activation unit BN-ReLU-conv (DenseNet style), fused BN-ReLU in eval.
+    """Pre-activation unit BN-ReLU-conv (DenseNet style).
 
     Parameters ``norm`` (BatchNorm2d) and ``conv`` (Conv2d, padding = dilation·(k-1)/2).
     Shapes: [N, in_channels, H, W] → [N, out_channels, H, W].
@@ -168,12 +168,7 @@ class BNReluConv(nn.Module):
                               dilation=dilation, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _uses_batch_stats(self.norm):
-            return self.conv(F.relu(self.norm(x), inplace=True))
-        if not torch.is_grad_enabled():
-            return _conv_module_inference(self.conv, bn_relu(x, *fold_batch_norm(self.norm)))
-        # bn_relu is differentiable, and so is fold_batch_norm: gradients still reach norm's affine.
-        return self.conv(bn_relu(x, *fold_batch_norm(self.norm)))
+        return self.conv(F.relu(self.norm(x), inplace=True))
 
 
 class DenseLayer(nn.Module):
@@ -203,10 +198,7 @@ class DenseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(type(self).__name__, x, self.in_channels)
-        if not self.training and not torch.is_grad_enabled():
-            return _layer_inference(self, x)
-        h = self.conv1(F.relu(self.norm1(x), inplace=True))
-        return self.conv2(F.relu(self.norm2(h), inplace=True))
+        return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
 
     def parameters_in_order(self):
         """(norm1.weight, norm1.bias, conv1.weight, norm2.weight, norm2.bias, conv2.weight)."""
@@ -218,65 +210,6 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     """NHWC order in memory (dense, or a channel slice of a dense channels_last buffer)."""
     strides = x.stride()
     return x.dim() == 4 and x.shape[1] > 1 and strides[1] == 1 and strides[3] >= x.shape[1] and not x.is_contiguous()
-
-
-def _conv_inference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, padding: int = 0,
-                    dilation: int = 1, stride: int = 1, relu: bool = False) -> torch.Tensor:
-    """conv2d (then ReLU) without autograd.
-
-    On CPU this calls oneDNN directly: the ReLU becomes a post-op of the convolution (no extra
-    pass), and small batch-1 inputs (the 1/32 and 1/64 blocks), for which ATen picks its slow
-    im2col path, also get oneDNN."""
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise") and not torch.is_grad_enabled()):
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride],
-                                                       [dilation, dilation], 1, "relu" if relu else "none", [], "")
-    out = F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
-    return out.relu_() if relu else out
-
-
-def _conv_relu(x, weight, bias, padding=0, dilation=1, stride=1):
-    return _conv_inference(x, weight, bias, padding, dilation, stride, relu=True)
-
-
-def _conv_module_inference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) for an nn.Conv2d with square kernel, stride, padding and dilation, without autograd."""
-    return _conv_inference(x, conv.weight, conv.bias, conv.padding[0], conv.dilation[0], conv.stride[0])
-
-
-# Eval BN-ReLU-1×1 runs in bands of rows so that its BN-ReLU temporary (as wide as the whole
-# dense-block prefix) never exceeds this many bytes; the 1×1 convolution is pointwise, so banding is exact.
-BAND_BYTES = 4 << 20
-
-
-def bn_relu_conv1x1_inference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor,
-                              bias: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
-    """``conv1x1(relu(x * scale + shift), weight, bias)`` (then ReLU), without autograd, in row bands.
-
-    x (Tensor[N, C, H, W], may be a channel slice of a dense-block buffer), weight [C_out, C, 1, 1]
-    → Tensor[N, C_out, H, W] in x's layout."""
-    row_bytes = x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
-    rows = max(1, BAND_BYTES // max(1, row_bytes))
-    height = x.shape[2]
-    if rows >= height:
-        return _conv_inference(bn_relu(x, scale, shift), weight, bias, relu=relu)
-    layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-    out = torch.empty((x.shape[0], weight.shape[0], height, x.shape[3]), dtype=x.dtype, device=x.device,
-                      memory_format=layout)
-    for top in range(0, height, rows):
-        band = x[:, :, top:top + rows]
-        out[:, :, top:top + rows].copy_(_conv_inference(bn_relu(band, scale, shift), weight, bias,
-                                                        relu=relu))
-    return out
-
-
-def _layer_inference(layer: DenseLayer, prefix: torch.Tensor) -> torch.Tensor:
-    """Eval-mode layer without autograd: fused BN-ReLU over the (strided) prefix, norm2 folded into conv1."""
-    scale2, shift2 = fold_batch_norm(layer.norm2)
-    # conv1 → norm2 is affine after linear: one convolution with scaled weights and a bias, ReLU fused.
-    weight1 = layer.conv1.weight * scale2.view(-1, 1, 1, 1)
-    hidden = bn_relu_conv1x1_inference(prefix, *fold_batch_norm(layer.norm1), weight1, shift2, relu=True)
-    return _conv_inference(hidden, layer.conv2.weight, padding=layer.dilation, dilation=layer.dilation)
 
 
 def _layer_forward(layer: DenseLayer, prefix: torch.Tensor, keep: bool):
@@ -453,8 +386,10 @@ class DenseBlock(nn.ModuleDict):
         split: if given, a 2×2 average pool of all features so far follows layer ``split`` (the
             ladder DenseNet's DB4a / DB4b halves); layers after it run at half the resolution.
 
-    Shapes: [N, C0, H, W] → [N, C0 + L·k, H', W'] (H' = H, or ⌊H/2⌋ with split).
-    :meth:`forward_split` also returns the features before the pool, [N, C0 + split·k, H, W].
+    Shapes: [N, C0, H, W] → [N, C0 + L·k, H, W]; with split, a pair (features before the pool
+    [N, C0 + split·k, H, W], output [N, C0 + L·k, ⌊H/2⌋, ⌊W/2⌋]).
+
+    :func:`fastladder.nn.fuse_for_inference` swaps in the inference form (BatchNorms folded once).
     """
 
     def __init__(self, num_layers: int, in_channels: int, growth_rate: int = 32, bn_size: int = 4,
@@ -474,15 +409,12 @@ class DenseBlock(nn.ModuleDict):
     def out_channels(self) -> int:
         return self.in_channels + self.num_layers * self.growth_rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_split(x)[1]
-
-    def forward_split(self, x: torch.Tensor) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-        """(features before the split pool or None without split, block output)."""
+    def forward(self, x: torch.Tensor):
+        """The block output; with ``split``, (features before the pool, block output)."""
         _check_input(type(self).__name__, x, self.in_channels)
         layers = list(self.values())
         if self.split is None:
-            return None, self._run(layers, x)
+            return self._run(layers, x)
         before = self._run(layers[:self.split], x)
         return before, self._run(layers[self.split:], F.avg_pool2d(before, 2))
 
@@ -502,15 +434,10 @@ class DenseBlock(nn.ModuleDict):
             for i, layer in enumerate(layers):
                 token = _DenseLayerFunction.apply(state, i, token, *layer.parameters_in_order())
             return _BlockExit.apply(state, token)
-        with torch.no_grad():
+        with torch.no_grad():  # nothing to record: the layers run as modules (their hooks fire)
             buffer[:, :channels].copy_(x)
             for i, layer in enumerate(layers):
-                prefix = buffer[:, :offsets[i]]
-                if layer.training:
-                    new = _layer_forward(layer, prefix, keep=False)[0]
-                else:
-                    new = _layer_inference(layer, prefix)
-                buffer[:, offsets[i]:offsets[i + 1]].copy_(new)
+                buffer[:, offsets[i]:offsets[i + 1]].copy_(layer(buffer[:, :offsets[i]]))
         return buffer
 
 
@@ -532,30 +459,4 @@ class Transition(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(type(self).__name__, x, self.in_channels)
-        if _uses_batch_stats(self.norm):
-            act = F.relu(self.norm(x), inplace=True)
-        elif torch.is_grad_enabled():
-            act = bn_relu(x, *fold_batch_norm(self.norm))
-        else:
-            return self._inference(x)
-        return self.conv(self.pool(act))
-
-    def _inference(self, x: torch.Tensor) -> torch.Tensor:
-        """BN-ReLU, pool, 1×1 in bands of an even number of rows (the pool windows never straddle two)."""
-        scale, shift = fold_batch_norm(self.norm)
-        pooled = isinstance(self.pool, nn.AvgPool2d)
-        row_bytes = x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
-        rows = max(2, BAND_BYTES // max(1, row_bytes)) // 2 * 2
-        if rows >= x.shape[2]:
-            return _conv_module_inference(self.conv, self.pool(bn_relu(x, scale, shift)))
-        step = rows // 2 if pooled else rows
-        height = x.shape[2] // 2 if pooled else x.shape[2]
-        width = x.shape[3] // 2 if pooled else x.shape[3]
-        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        out = torch.empty((x.shape[0], self.conv.out_channels, height, width), dtype=x.dtype, device=x.device,
-                          memory_format=layout)
-        for band, top in enumerate(range(0, height, step)):
-            source = x[:, :, band * rows:(band + 1) * rows]
-            result = _conv_module_inference(self.conv, self.pool(bn_relu(source, scale, shift)))
-            out[:, :, top:top + result.shape[2]].copy_(result)
-        return out
+        return self.conv(self.pool(self.relu(self.norm(x))))

@@ -3,8 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
-from fastladder.ops.upsample import MODES, ladder_blend, upsample_concat
+from fastladder.ops.upsample import MODES, upsample_concat
 
 __all__ = ["LadderUpsample"]
 
@@ -14,10 +13,9 @@ class LadderUpsample(nn.Module):
 
     Plain nn.BatchNorm2d / nn.Conv2d parameters, named as in
     :class:`fastladder.reference.LadderUpsampleReference`, so state_dicts move between the two.
-    In eval() the blend runs as one :func:`fastladder.ops.ladder_blend` call with the BatchNorm folded
-    into scale/shift, and the skip projection's BN-ReLU as one :func:`fastladder.ops.bn_relu`. In
-    train() the BatchNorms use batch statistics; the join is still fused (no separately upsampled
-    tensor is stored).
+    The join is fused (no separately upsampled tensor is stored); :func:`fastladder.nn.fuse_for_inference`
+    swaps in the inference form, whose blend is one :func:`fastladder.ops.ladder_blend` call with the
+    BatchNorm folded into scale/shift.
 
     Args:
         low_channels: channels of the coarse input (also the width of the skip projection).
@@ -54,13 +52,7 @@ class LadderUpsample(nn.Module):
     def forward(self, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if low.dim() != 4 or low.shape[1] != self.low_channels:
             raise ValueError(f"low must be [N, {self.low_channels}, h, w], got shape {tuple(low.shape)}")
-        if self.training:
-            if self.skip_conv is not None:
-                skip = self.skip_conv(F.relu(self.skip_norm(skip)))
-            joined = upsample_concat(low, skip, mode=self.mode)
-            return self.blend_conv(F.relu(self.blend_norm(joined), inplace=True))
         if self.skip_conv is not None:
-            skip = self.skip_conv(bn_relu(skip, *fold_batch_norm(self.skip_norm)))
-        scale, shift = fold_batch_norm(self.blend_norm)
-        return ladder_blend(low, skip, self.blend_conv.weight, self.blend_conv.bias, mode=self.mode, scale=scale,
-                            shift=shift, relu=True)
+            skip = self.skip_conv(F.relu(self.skip_norm(skip)))
+        joined = upsample_concat(low, skip, mode=self.mode)
+        return self.blend_conv(F.relu(self.blend_norm(joined), inplace=True))

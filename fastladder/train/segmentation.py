@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from fastladder.data.labels import IGNORE_INDEX
 from fastladder.eval.segmentation import confusion_matrix, mean_iou
 from fastladder.train.config import TrainConfig
+from fastladder.train.distributed import unwrap_model
 from fastladder.train.loop import Runtime, Task, move_to_device
 from fastladder.train.losses import ladder_loss
 
@@ -112,8 +113,13 @@ class SegmentationTask(Task):
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> Dict[str, Any]:
         """``{"miou", "pixel_accuracy", "loss" (mean CE per labelled pixel), "iou" (per class, NaN
         where undefined), "class_names", "pixels" (labelled pixels evaluated)}``."""
+        from fastladder.models import optimize_for_inference
+
         classes = self.num_classes
         device = runtime.device
+        # the fused inference form (BatchNorms folded), as `fastladder eval seg` and predict run it: the
+        # same logits, so evaluating a checkpoint later reproduces this score exactly
+        model = optimize_for_inference(unwrap_model(model))
         confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
         # [summed cross-entropy, labelled pixels]
         loss_sums = torch.zeros(2, dtype=torch.float64, device=device)

@@ -4,9 +4,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fastladder.nn.inference
 from fastladder.models import create_model, list_models, optimize_for_inference
 from fastladder.models.ladder_densenet import _ladder_layout
+from fastladder.nn import FoldedConv2d, fuse_for_inference
 from fastladder.reference.models import reference_twin
+from fastladder.testing import DEVICES
 from fastladder.train.losses import ladder_loss
 
 TINY = dict(growth_rate=4, num_init_features=8, bn_size=2, block_config=(2, 2, 4, 2), context_channels=16,
@@ -56,12 +59,14 @@ def test_paper_channel_counts():
 
 
 @pytest.mark.parametrize("name, kwargs", VARIANTS)
-def test_matches_reference_twin(generator, name, kwargs):
-    model = randomize(create_model(name, num_classes=5, **TINY, **kwargs), generator).double()
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_reference_twin(generator, name, kwargs, device):
+    model = randomize(create_model(name, num_classes=5, **TINY, **kwargs), generator)
+    model = model.to(device, torch.float64)
     twin = reference_twin(model)
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in twin.named_parameters()]
-    x = torch.randn(2, 3, 67, 93, dtype=torch.float64, generator=generator)
-    target = torch.randint(0, 5, (2, 67, 93), generator=generator)
+    x = torch.randn(2, 3, 67, 93, dtype=torch.float64, generator=generator).to(device)
+    target = torch.randint(0, 5, (2, 67, 93), generator=generator).to(device)
     target[:, :5] = 255
     # train: logits, aux logits, gradients, running statistics
     (logits, aux), (logits_ref, aux_ref) = model(x), twin(x)
@@ -77,11 +82,14 @@ def test_matches_reference_twin(generator, name, kwargs):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-9, msg=n)
     for (n, b), c in zip(model.named_buffers(), twin.buffers()):
         torch.testing.assert_close(b, c, rtol=1e-9, atol=1e-9, msg=n)
-    # eval: logits only
+    # eval: logits only, from the model and from its fused inference form
     model.eval()
     twin.eval()
+    fused = fuse_for_inference(model)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), twin(x), rtol=1e-9, atol=1e-9)
+        expected = twin(x)
+        torch.testing.assert_close(model(x), expected, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(fused(x), expected, rtol=1e-9, atol=1e-9)
 
 
 def test_float32_eval_matches_reference(generator):
@@ -189,17 +197,85 @@ def test_full_size_ladder_densenet121_matches_reference(generator):
 
 
 def test_channels_last_and_banded_eval_match_reference(generator, monkeypatch):
-    import fastladder.nn.densenet as densenet
-    monkeypatch.setattr(densenet, "BAND_BYTES", 1000)
+    monkeypatch.setattr(fastladder.nn.inference, "BAND_BYTES", 1000)
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_BYTES", 1000)
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_ROWS", 3)
     model = randomize(create_model("ladder_densenet121", num_classes=4, **TINY), generator).double().eval()
     twin = reference_twin(model)
     x = torch.randn(1, 3, 70, 90, dtype=torch.float64, generator=generator)
     with torch.no_grad():
         expected = twin(x)
-        torch.testing.assert_close(model(x), expected, rtol=1e-9, atol=1e-9)
-        model = model.to(memory_format=torch.channels_last)
-        torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-9,
-                                   atol=1e-9)
+        for candidate in (model, fuse_for_inference(model)):
+            torch.testing.assert_close(candidate(x), expected, rtol=1e-9, atol=1e-9)
+            candidate = candidate.to(memory_format=torch.channels_last)
+            torch.testing.assert_close(candidate(x.contiguous(memory_format=torch.channels_last)), expected,
+                                       rtol=1e-9, atol=1e-9)
+
+
+def _tiny_registry_model(name, generator):
+    """Every registry model at a size tests can run (DenseNets and LDNs tiny, SSD at width 1/8)."""
+    if name.startswith("ssd"):
+        return create_model(name, num_classes=4, width=0.125)
+    if name.startswith("densenet") and not name.endswith(("_32x",)) and "dilated8" not in name:
+        return randomize(create_model(name, num_classes=6, growth_rate=4, num_init_features=8, bn_size=2,
+                                      block_config=(2, 2, 4, 2)), generator)
+    return randomize(create_model(name, num_classes=4, **TINY), generator)
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_registry_model_fuses_to_its_eval_output(generator, name, device):
+    """fuse_for_inference and optimize_for_inference = the eval model = the reference twin (where there is
+    one); the training model is left as it was."""
+    model = _tiny_registry_model(name, generator).to(device).eval()
+    keys = list(model.state_dict())
+    size = (model.min_input_size(),) * 2 if name.startswith("ssd") else (67, 93)
+    x = torch.randn(1 if name.startswith("ssd") else 2, 3, *size, generator=generator).to(device)
+    fused = fuse_for_inference(model)
+    fast = optimize_for_inference(model, x)
+    assert list(model.state_dict()) == keys and all(m.training is False for m in model.modules())
+    tolerance = dict(rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
+        if name.startswith("ssd"):  # compare the head's outputs, before post-processing
+            expected = model.head(model.forward_features(x))
+            for got in (fused.head(fused.forward_features(x)),
+                        fast.module.head(fast.module.forward_features(x.contiguous(memory_format=torch.channels_last)))):
+                for a, b in zip(got, expected):
+                    torch.testing.assert_close(a, b, **tolerance)
+            return
+        expected = model(x)
+        torch.testing.assert_close(reference_twin(model)(x), expected, **tolerance)
+        torch.testing.assert_close(fused(x), expected, **tolerance)
+        torch.testing.assert_close(fast(x), expected, **tolerance)
+    assert type(fused.features.conv0) is FoldedConv2d  # the stem's norm0 and relu0 folded into conv0
+
+
+def _hooked_modules(model):
+    """Names of the modules of model.named_modules() whose forward hooks fire in one call (containers
+    without a forward of their own, nn.ModuleList, cannot be called and are left out)."""
+    ran = []
+    handles = [module.register_forward_hook(lambda *_, name=name: ran.append(name))
+               for name, module in model.named_modules() if not isinstance(module, nn.ModuleList)]
+    expected = [name for name, module in model.named_modules() if not isinstance(module, nn.ModuleList)]
+    return ran, expected, handles
+
+
+@pytest.mark.parametrize("name, kwargs", VARIANTS)
+def test_every_module_fires_its_forward_hook(generator, name, kwargs):
+    """visualize hooks modules by name: every module of the eval model and of its fused form runs as a
+    module."""
+    model = randomize(create_model(name, num_classes=3, **TINY, **kwargs), generator).eval()
+    x = torch.randn(1, 3, 64, 64, generator=generator)
+    for candidate in (model, fuse_for_inference(model)):
+        ran, expected, handles = _hooked_modules(candidate)
+        with torch.no_grad():
+            candidate(x)
+        for handle in handles:
+            handle.remove()
+        # the auxiliary classifier is part of the training loss only
+        assert {n for n in expected if not n.startswith("aux_classifier")} - set(ran) == set()
+    assert {"features.conv0", "features.norm0", "classifier", "context",
+            "features.denseblock1.denselayer1.conv2"} <= set(dict(model.named_modules()))
 
 
 def test_optimize_for_inference_bfloat16_and_nchw_options(generator):

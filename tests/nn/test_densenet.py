@@ -4,9 +4,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastladder.nn import BNReluConv, DenseBlock, DenseLayer, Transition
+import fastladder.nn.inference
+from fastladder.nn import (BNReluConv, DenseBlock, DenseLayer, FoldedBNReluConv, FoldedDenseBlock,
+                           FoldedDenseLayer, FoldedTransition, Transition, fuse_for_inference)
 from fastladder.reference.models import (BNReluConvReference, DenseBlockReference, DenseLayerReference,
                                          TransitionReference)
+from fastladder.testing import DEVICES
 
 
 def randomize(module, generator):
@@ -23,18 +26,23 @@ def randomize(module, generator):
     return module
 
 
-def twins(generator, dtype=torch.float64, **kwargs):
+def twins(generator, dtype=torch.float64, device="cpu", **kwargs):
     config = dict(num_layers=4, in_channels=5, growth_rate=3, bn_size=2)
     config.update(kwargs)
-    block = randomize(DenseBlock(**config), generator).to(dtype)
-    reference = DenseBlockReference(**config).to(dtype)
+    block = randomize(DenseBlock(**config), generator).to(device, dtype)
+    reference = DenseBlockReference(**config).to(device, dtype)
     reference.load_state_dict(block.state_dict())
     return block, reference
 
 
+def block_output(out):
+    """A split block returns (features before the pool, output); the reference's forward the output."""
+    return out[1] if isinstance(out, tuple) else out
+
+
 def run(module, x, grad_out):
     x = x.detach().clone().requires_grad_()
-    out = module(x)
+    out = block_output(module(x))
     out.backward(grad_out)
     return out.detach(), x.grad, [p.grad.clone() for p in module.parameters()]
 
@@ -56,13 +64,14 @@ def assert_same_buffers(a, b, rtol=1e-10, atol=1e-10):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["naive", "memeff"])
 @pytest.mark.parametrize("split", [None, 2], ids=["whole", "split"])
-def test_block_matches_reference(generator, training, memory_efficient, split):
-    block, reference = twins(generator, memory_efficient=memory_efficient, split=split)
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_matches_reference(generator, training, memory_efficient, split, device):
+    block, reference = twins(generator, memory_efficient=memory_efficient, split=split, device=device)
     block.train(training)
     reference.train(training)
-    x = torch.randn(2, 5, 7, 9, dtype=torch.float64, generator=generator)
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64, generator=generator).to(device)
     expected_shape = (2, 5 + 4 * 3) + ((7, 9) if split is None else (3, 4))
-    grad_out = torch.randn(expected_shape, dtype=torch.float64, generator=generator)
+    grad_out = torch.randn(expected_shape, dtype=torch.float64, generator=generator).to(device)
     ours = run(block, x, grad_out)
     assert ours[0].shape == expected_shape
     assert_same_run(ours, run(reference, x, grad_out))
@@ -70,14 +79,39 @@ def test_block_matches_reference(generator, training, memory_efficient, split):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_block_inference_matches_reference(generator, training):
-    block, reference = twins(generator, dilation=2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_without_autograd_matches_reference(generator, training, device):
+    block, reference = twins(generator, dilation=2, device=device)
     block.train(training)
     reference.train(training)
-    x = torch.randn(3, 5, 6, 11, dtype=torch.float64, generator=generator)
+    x = torch.randn(3, 5, 6, 11, dtype=torch.float64, generator=generator).to(device)
     with torch.no_grad():
         torch.testing.assert_close(block(x), reference(x), rtol=1e-10, atol=1e-10)
     assert_same_buffers(block, reference)
+
+
+@pytest.mark.parametrize("split", [None, 2], ids=["whole", "split"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_block_matches_block_and_reference(generator, split, dtype, device):
+    """fuse_for_inference's block (BatchNorms folded once) = the eval block = the torch.cat reference."""
+    block, reference = twins(generator, dtype=dtype, device=device, dilation=2, split=split)
+    block.eval()
+    reference.eval()
+    fused = fuse_for_inference(block)
+    assert type(fused) is FoldedDenseBlock and all(type(m) is FoldedDenseLayer for m in fused.values())
+    assert list(dict(fused.named_children())) == list(dict(block.named_children()))
+    assert block.training is False and type(block.denselayer1) is DenseLayer  # the original is unchanged
+    x = torch.randn(2, 5, 9, 11, dtype=dtype, generator=generator).to(device)
+    tolerance = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        expected = reference.forward_split(x)
+        for out in (block(x), fused(x)):
+            if split is None:
+                torch.testing.assert_close(out, expected[1], **tolerance)
+            else:
+                torch.testing.assert_close(out[0], expected[0], **tolerance)
+                torch.testing.assert_close(out[1], expected[1], **tolerance)
 
 
 def test_memory_efficient_equals_naive_and_counts_running_stat_updates_once(generator):
@@ -166,23 +200,30 @@ def test_channels_last_input(generator):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_layer_and_transition_and_unit_match_reference(generator, training):
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_and_transition_and_unit_match_reference(generator, training, device):
     pairs = [
         (DenseLayer(6, 4, bn_size=2, dilation=2), DenseLayerReference(6, 4, bn_size=2, dilation=2)),
         (Transition(6, 3), TransitionReference(6, 3)),
         (Transition(6, 3, pool=False), TransitionReference(6, 3, pool=False)),
         (BNReluConv(6, 5, kernel_size=3, dilation=2, bias=True), BNReluConvReference(6, 5, 3, 2, bias=True)),
     ]
-    x = torch.randn(2, 6, 7, 9, dtype=torch.float64, generator=generator)
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64, generator=generator).to(device)
+    folded_types = {DenseLayer: FoldedDenseLayer, Transition: FoldedTransition, BNReluConv: FoldedBNReluConv}
     for ours, theirs in pairs:
-        ours = randomize(ours, generator).double().train(training)
-        theirs = theirs.double().train(training)
+        ours = randomize(ours, generator).to(device, torch.float64).train(training)
+        theirs = theirs.to(device, torch.float64).train(training)
         theirs.load_state_dict(ours.state_dict())
         out = ours(x)
-        grad_out = torch.randn(out.shape, dtype=torch.float64, generator=generator)
+        grad_out = torch.randn(out.shape, dtype=torch.float64, generator=generator).to(device)
         assert_same_run(run(ours, x, grad_out), run(theirs, x, grad_out))
         with torch.no_grad():
             torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
+        if not training:
+            fused = fuse_for_inference(ours)
+            assert type(fused) is folded_types[type(ours)]
+            with torch.no_grad():
+                torch.testing.assert_close(fused(x), theirs(x), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -218,15 +259,18 @@ def test_block_writes_layers_into_one_buffer(generator):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("height", [9, 10])
-def test_banded_inference_matches_reference(generator, monkeypatch, channels_last, height):
-    """Eval runs BN-ReLU-1×1 and transitions in row bands on large images; force tiny bands here."""
-    import fastladder.nn.densenet as densenet
-    monkeypatch.setattr(densenet, "BAND_BYTES", 200)
-    block, reference = twins(generator)
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_banded_inference_matches_reference(generator, monkeypatch, channels_last, height, dilation):
+    """The fused modules run BN-ReLU-1×1, whole dense layers (with the 3×3's halo rows) and transitions in
+    row bands on large images; force tiny bands here."""
+    monkeypatch.setattr(fastladder.nn.inference, "BAND_BYTES", 200)
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_BYTES", 0)
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_ROWS", 2)
+    block, reference = twins(generator, dilation=dilation)
     transition = randomize(Transition(17, 6), generator).double().eval()
     transition_reference = TransitionReference(17, 6).double().eval()
     transition_reference.load_state_dict(transition.state_dict())
-    block.eval()
+    block, transition = fuse_for_inference(block), fuse_for_inference(transition)
     reference.eval()
     x = torch.randn(2, 5, height, 7, dtype=torch.float64, generator=generator)
     if channels_last:

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from fastladder.nn import LadderUpsample
+from fastladder.nn import FoldedLadderUpsample, LadderUpsample, fuse_for_inference
 from fastladder.reference import LadderUpsampleReference
+from fastladder.testing import DEVICES
 
 
 def randomize_batch_norms(module):
@@ -29,24 +30,31 @@ def pair(mode, skip_projection=True, low_channels=6, skip_channels=10, out_chann
 @pytest.mark.parametrize("mode", ["concat", "add"])
 @pytest.mark.parametrize("skip_projection", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_eval_parity(seed, mode, skip_projection, channels_last):
-    fused, twin, skip_channels = pair(mode, skip_projection)
-    fused.eval(), twin.eval()
-    low = torch.randn(2, 6, 5, 9)
-    skip = torch.randn(2, skip_channels, 9, 17)
+@pytest.mark.parametrize("device", DEVICES)
+def test_eval_parity(seed, mode, skip_projection, channels_last, device):
+    """The eval module and its fuse_for_inference form against the unfused twin."""
+    module, twin, skip_channels = pair(mode, skip_projection)
+    module, twin = module.to(device).eval(), twin.to(device).eval()
+    folded = fuse_for_inference(module)
+    assert type(folded) is FoldedLadderUpsample
+    low = torch.randn(2, 6, 5, 9).to(device)
+    skip = torch.randn(2, skip_channels, 9, 17).to(device)
     if channels_last:
         low, skip = low.to(memory_format=torch.channels_last), skip.to(memory_format=torch.channels_last)
     with torch.no_grad():
-        torch.testing.assert_close(fused(low, skip), twin(low, skip), rtol=1e-4, atol=1e-4,
-                                   msg=lambda m: f"seed {seed}: {m}")
+        expected = twin(low, skip)
+        for candidate in (module, folded):
+            torch.testing.assert_close(candidate(low, skip), expected, rtol=1e-4, atol=1e-4,
+                                       msg=lambda m: f"seed {seed}: {m}")
 
 
 @pytest.mark.parametrize("mode", ["concat", "add"])
-def test_train_parity(seed, mode):
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_parity(seed, mode, device):
     fused, twin, skip_channels = pair(mode)
-    fused.train(), twin.train()
-    low = torch.randn(3, 6, 4, 6, requires_grad=True)
-    skip = torch.randn(3, skip_channels, 8, 11, requires_grad=True)
+    fused.to(device).train(), twin.to(device).train()
+    low = torch.randn(3, 6, 4, 6).to(device).requires_grad_()
+    skip = torch.randn(3, skip_channels, 8, 11).to(device).requires_grad_()
     out_fused, out_twin = fused(low, skip), twin(low, skip)
     torch.testing.assert_close(out_fused, out_twin, rtol=1e-4, atol=1e-4)
     grad = torch.randn_like(out_twin)
@@ -57,6 +65,27 @@ def test_train_parity(seed, mode):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed {seed}: {m}")
     for (name, a), b in zip(fused.named_buffers(), twin.buffers()):
         torch.testing.assert_close(a, b, msg=lambda m: f"buffer {name}: {m}")
+
+
+def test_folded_module_leaves_a_skip_it_does_not_own_intact(seed):
+    """The inference module frees a skip handed over as a temporary after projecting it, never one that
+    somebody still holds (a variable, a hook reading the module's inputs)."""
+    module, twin, skip_channels = pair("concat")
+    folded = fuse_for_inference(module.eval())
+    low = torch.randn(1, 6, 5, 9)
+    skip = torch.randn(1, skip_channels, 9, 17)
+    kept = skip.clone()
+    with torch.no_grad():
+        expected = twin.eval()(low, skip)
+        torch.testing.assert_close(folded(low, skip), expected, rtol=1e-4, atol=1e-4)
+        assert torch.equal(skip, kept)
+        seen = []
+        handle = folded.register_forward_hook(lambda m, inputs, out: seen.append(inputs[1].clone()))
+        torch.testing.assert_close(folded(low, skip.clone()), expected, rtol=1e-4, atol=1e-4)
+        handle.remove()
+        assert torch.equal(seen[0], kept)
+        skips = [skip.clone()]
+        torch.testing.assert_close(folded(low, skips.pop()), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_state_dict_keys_are_plain_modules():

@@ -44,6 +44,20 @@ def test_dtypes(seed, dtype, device):
     assert_close_to_reference(ops.bn_relu(x, scale, shift), expected, seed=seed)
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_bfloat16_is_the_float32_result_rounded_once(seed, layout):
+    """bfloat16 runs in float32 (x * scale, then + shift, then ReLU) and rounds once to nearest even, bit for
+    bit as torch's float32 ops followed by .to(bfloat16), NaN and infinities included."""
+    x, scale, shift = make((2, 37, 5, 7), dtype=torch.bfloat16)
+    x.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=torch.bfloat16)
+    x = LAYOUTS[layout](x)
+    expected = torch.relu(x.float() * scale.float()[:, None, None] + shift.float()[:, None, None])
+    expected = expected.to(torch.bfloat16)
+    got = ops.bn_relu(x, scale, shift)
+    assert torch.equal(torch.isnan(got), torch.isnan(expected))
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+
+
 def test_channels_last_is_kept(seed):
     x, scale, shift = make((2, 6, 5, 5))
     y = ops.bn_relu(x.contiguous(memory_format=torch.channels_last), scale, shift)
