@@ -11,8 +11,8 @@ shared and noisy: a ratio is stable, an absolute time is not) and prints ``basel
 (> 1: fastladder is faster or smaller); ``record_comparison`` puts the tables in --ratios-json.
 CPU memory is measured in a fresh subprocess as the RSS high-water mark during the measured call
 minus the RSS just before it, with MALLOC_MMAP_THRESHOLD_=131072 so that freed tensors go back to
-the OS; CUDA memory is torch.cuda.max_memory_allocated during the call minus the allocation before
-it (DESIGN.md, "Performance").
+the OS (without it the same run varies by about 30%); CUDA memory is torch.cuda.max_memory_allocated
+during the call minus the allocation before it.
 
 On CUDA the inference cases run in float16: fastladder through ``optimize_for_inference(model, x,
 dtype=torch.float16)`` (channels_last, BatchNorm folded into the fused operators), the reference

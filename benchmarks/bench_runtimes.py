@@ -7,8 +7,9 @@ Run:  python benchmarks/bench_runtimes.py --out benchmarks/results/runtimes-cpu-
 
 Every candidate runs the same LDN-121 (batch 1, random weights with trained-looking BatchNorm
 statistics): fastladder's eval model and its ``optimize_for_inference`` form in float32 and bfloat16;
-ONNX Runtime (ORT_ENABLE_ALL) and OpenVINO (f32 and bf16 precision hints) on the plain-PyTorch
-reference twin exported to ONNX (opset 18, the size's static shape). The candidates take turns, one
+ONNX Runtime (ORT_ENABLE_ALL) and OpenVINO (f32 and bf16 precision hints) on the ONNX file that
+``fastladder.models.export_onnx`` writes (the plain-PyTorch reference twin, opset 18, the size's
+static shape). The candidates take turns, one
 call each per round, ``--runs`` rounds after a warm-up call; the reported time is the median. Ratios are
 ``runtime / fastladder`` (above 1: fastladder faster). ONNX Runtime and OpenVINO are benchmark-only
 dependencies.
@@ -34,12 +35,6 @@ def parse_size(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"a size is HxW, e.g. 448x1024; got {text!r}") from None
     return height, width
-
-
-def export_twin(twin, x, path):
-    """The reference twin to ONNX, opset 18, static shape of x (TorchScript exporter: plain nn ops only)."""
-    torch.onnx.export(twin, (x,), path, opset_version=18, input_names=["image"], output_names=["logits"],
-                      dynamo=False)
 
 
 def onnxruntime_session(path, threads):
@@ -79,13 +74,13 @@ def alternated(functions, runs):
 
 
 def bench_size(model, twin, size, threads, runs, workdir, results):
-    from fastladder.models import optimize_for_inference
+    from fastladder.models import export_onnx, optimize_for_inference
 
     x = torch.randn(1, 3, *size)
     array = x.numpy()
     path = os.path.join(workdir, f"ldn121-{size[0]}x{size[1]}.onnx")
+    export_onnx(model, x, path, dynamic=False, opset=18)  # the twin's graph, as a deploying user exports it
     with torch.inference_mode():
-        export_twin(twin, x, path)
         expected = twin(x)
     fast = optimize_for_inference(model, x)
     fast_bf16 = optimize_for_inference(model, x, dtype=torch.bfloat16)
@@ -138,14 +133,13 @@ def bf16_agreement(weights, images, size):
     """Share of pixels whose argmax agrees between optimize_for_inference in bfloat16 and in float32,
     for a trained segmentation checkpoint on synthetic validation scenes (the demo's data)."""
     from fastladder.data import SyntheticScenes
-    from fastladder.data.transforms import CITYSCAPES_MEAN, CITYSCAPES_STD, segmentation_eval_transforms
-    from fastladder.eval._weights import load_model
-    from fastladder.models import optimize_for_inference
+    from fastladder.data.transforms import segmentation_eval_transforms
+    from fastladder.models import load_model_and_meta, optimize_for_inference
 
-    model = load_model(weights)
+    model, meta = load_model_and_meta(weights)
     with tempfile.TemporaryDirectory() as root:
         scenes = SyntheticScenes(root, "val", num_images=images, size=size,
-                                 transforms=segmentation_eval_transforms(CITYSCAPES_MEAN, CITYSCAPES_STD))
+                                 transforms=segmentation_eval_transforms(meta.mean, meta.std))
         first = scenes[0][0].unsqueeze(0)
         f32 = optimize_for_inference(model, first)
         bf16 = optimize_for_inference(model, first, dtype=torch.bfloat16)

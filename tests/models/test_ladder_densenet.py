@@ -44,7 +44,7 @@ def test_registry():
 
 
 def test_paper_channel_counts():
-    """Skip channels of FACTS.md: DB1 256, DB2 512, DB3 1024 / 1280, DB4a 768 / 1152; DB4b 1024 / 1664."""
+    """Skip channels of the LDN papers' DenseNets: DB1 256, DB2 512, DB3 1024 / 1280, DB4a 768 / 1152; DB4b 1024 / 1664."""
     assert _ladder_layout(32, (6, 12, 24, 16), 64, "ladder")["skip_channels"] == [256, 512, 1024, 768]
     assert _ladder_layout(32, (6, 12, 32, 32), 64, "ladder")["skip_channels"] == [256, 512, 1280, 1152]
     for name, final in [("ladder_densenet121", 1024), ("ladder_densenet169", 1664)]:

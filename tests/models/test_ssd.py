@@ -1,4 +1,4 @@
-"""SSD300/SSD512: priors (counts, geometry vs FACTS.md and torchvision), feature map sizes, outputs
+"""SSD300/SSD512: priors (counts, geometry vs the original Caffe configurations and torchvision), feature map sizes, outputs
 in train and eval, other input sizes, torchvision VGG16 weights, L2Norm, gradients."""
 import math
 
