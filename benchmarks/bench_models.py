@@ -330,7 +330,8 @@ def test_dense_block_training_memory_vs_depth(bench_device):
     print("\n[DenseBlock training peak memory (MiB) vs depth L, batch 1, 48x48, k=32]")
     print("  " + f"{'L':<24}" + "".join(f"{d:>9}" for d in depths) + "   increments per layer (MiB)")
     for name, peaks in table.items():
-        increments = [(b - a) / (d2 - d1) / 2**20 for a, b, d1, d2 in zip(peaks, peaks[1:], depths, depths[1:])]
+        increments = [(b - a) / (d2 - d1) / 2**20
+                      for a, b, d1, d2 in zip(peaks, peaks[1:], depths, depths[1:])]
         print("  " + f"{name:<24}" + "".join(f"{p / 2**20:9.1f}" for p in peaks) + "   "
               + ", ".join(f"{i:.2f}" for i in increments))
 

@@ -146,7 +146,8 @@ def run_demo(out: str = "fastladder-demo", *, quick: bool = False, device: Optio
               titles=["image", "ground truth", "prediction"])
     summary = dict(
         miou=evaluation["miou"], pixel_accuracy=evaluation["pixel_accuracy"],
-        iou={name: value for name, value in zip(val.class_names, evaluation["iou"].tolist()) if value == value},
+        iou={name: value for name, value in zip(val.class_names, evaluation["iou"].tolist())
+             if value == value},
         miou_target=None if quick else MIOU_TARGET, steps=settings.steps,
         seconds_per_frame=seconds, speed_size=list(settings.speed_size), device=device,
         predictions=grid_path, curves=result.get("curves"), log=result.get("log"),
@@ -156,7 +157,8 @@ def run_demo(out: str = "fastladder-demo", *, quick: bool = False, device: Optio
         json.dump(summary, f, indent=2)
     verdict = "" if quick else (f" (target {100 * MIOU_TARGET:.0f}%: "
                                 f"{'reached' if summary['miou'] >= MIOU_TARGET else 'NOT reached'})")
-    print(f"\nmIoU {100 * summary['miou']:.2f}%{verdict}, pixel accuracy {100 * summary['pixel_accuracy']:.2f}%, "
+    print(f"\nmIoU {100 * summary['miou']:.2f}%{verdict}, "
+          f"pixel accuracy {100 * summary['pixel_accuracy']:.2f}%, "
           f"{summary['minutes']:.1f} min in all")
     print(f"pictures: {grid_path}; curves: {summary['curves']}; summary: {os.path.join(out, 'summary.json')}")
     return summary

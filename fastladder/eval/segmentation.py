@@ -38,8 +38,8 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     for name, ids in (("target", truth), ("pred", predicted)):
         if ids.numel() and (ids.min() < 0 or ids.max() >= num_classes):
             bad = ids[(ids < 0) | (ids >= num_classes)].unique()[:10].tolist()
-            raise ValueError(f"{name} holds ids outside [0, {num_classes}) (and not ignore_index={ignore_index}"
-                             f" in target): {bad}")
+            raise ValueError(f"{name} holds ids outside [0, {num_classes}) "
+                             f"(and not ignore_index={ignore_index} in target): {bad}")
     counts = torch.bincount(truth * num_classes + predicted, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
 

@@ -55,8 +55,9 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[torch.Tenso
         raise ValueError("optimize_for_inference(compile=True) needs an example_input to compile on")
     bad_example = not isinstance(example_input, torch.Tensor) or example_input.dim() != 4
     if example_input is not None and bad_example:
-        raise ValueError(f"example_input must be an image batch [N, C, H, W], got "
-                         f"{tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else example_input}")
+        raise ValueError(
+            f"example_input must be an image batch [N, C, H, W], got "
+            f"{tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else example_input}")
     if channels_last is None:
         channels_last = True
     module = fuse_for_inference(model)

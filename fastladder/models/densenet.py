@@ -34,8 +34,8 @@ WeightsLike = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 # --- blocks -------------------------------------------------------------------------------------
 
 def make_features(growth_rate: int, block_config: Sequence[int], num_init_features: int, bn_size: int,
-                  in_channels: int, *, dilated: bool = False, split_last: bool = False, final_norm: bool = True,
-                  memory_efficient: bool = False) -> Tuple[nn.Sequential, int]:
+                  in_channels: int, *, dilated: bool = False, split_last: bool = False,
+                  final_norm: bool = True, memory_efficient: bool = False) -> Tuple[nn.Sequential, int]:
     """torchvision's ``DenseNet.features`` (same child names) on fastladder blocks.
 
     dilated: blocks 3 and 4 use dilation 2 and 4 and transitions 2 and 3 do not pool (stride 8).
@@ -80,11 +80,13 @@ def init_weights(module: nn.Module):
             nn.init.zeros_(m.bias)
 
 
-_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                         r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def remap_legacy_keys(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
-    """Old torchvision DenseNet checkpoints name ``denselayerM.norm.1.weight``; now ``denselayerM.norm1.weight``."""
+    """Old torchvision DenseNet checkpoints name ``denselayerM.norm.1.weight``; now
+    ``denselayerM.norm1.weight``."""
     remapped = OrderedDict()
     for key, value in state_dict.items():
         match = _LEGACY_KEY.match(key)
@@ -104,7 +106,8 @@ def load_densenet_weights(model: nn.Module, weights: WeightsLike, *, ignore: Seq
     """
     source = remap_legacy_keys(read_state_dict(weights, what="backbone_weights"))
     source = OrderedDict((k, v) for k, v in source.items() if not any(k.startswith(p) for p in ignore))
-    target = OrderedDict((k, v) for k, v in model.state_dict().items() if not any(k.startswith(p) for p in ignore))
+    target = OrderedDict((k, v) for k, v in model.state_dict().items()
+                         if not any(k.startswith(p) for p in ignore))
     problems = key_problems(source, target, optional=lambda key: key.endswith("num_batches_tracked"))
     if problems:
         raise ValueError(f"backbone_weights do not fit {type(model).__name__}: " + "; ".join(problems))
@@ -134,8 +137,8 @@ class DenseNet(nn.Module):
                            num_init_features=num_init_features, bn_size=bn_size, num_classes=num_classes,
                            memory_efficient=memory_efficient, dilated=dilated, in_channels=in_channels)
         self.in_channels = in_channels
-        self.features, self.num_features = make_features(growth_rate, block_config, num_init_features, bn_size,
-                                                         in_channels, dilated=dilated,
+        self.features, self.num_features = make_features(growth_rate, block_config, num_init_features,
+                                                         bn_size, in_channels, dilated=dilated,
                                                          memory_efficient=memory_efficient)
         self.classifier = nn.Linear(self.num_features, num_classes)
         init_weights(self)
@@ -174,24 +177,28 @@ def _densenet(variant: str, num_classes: int, backbone_weights: Optional[Weights
 
 
 @register_model
-def densenet121(num_classes: int = 1000, backbone_weights: Optional[WeightsLike] = None, **kwargs) -> DenseNet:
+def densenet121(num_classes: int = 1000, backbone_weights: Optional[WeightsLike] = None,
+                **kwargs) -> DenseNet:
     """DenseNet-121 (growth 32, blocks 6-12-24-16)."""
     return _densenet("densenet121", num_classes, backbone_weights, **kwargs)
 
 
 @register_model
-def densenet161(num_classes: int = 1000, backbone_weights: Optional[WeightsLike] = None, **kwargs) -> DenseNet:
+def densenet161(num_classes: int = 1000, backbone_weights: Optional[WeightsLike] = None,
+                **kwargs) -> DenseNet:
     """DenseNet-161 (growth 48, blocks 6-12-36-24, 96 initial features)."""
     return _densenet("densenet161", num_classes, backbone_weights, **kwargs)
 
 
 @register_model
-def densenet169(num_classes: int = 1000, backbone_weights: Optional[WeightsLike] = None, **kwargs) -> DenseNet:
+def densenet169(num_classes: int = 1000, backbone_weights: Optional[WeightsLike] = None,
+                **kwargs) -> DenseNet:
     """DenseNet-169 (growth 32, blocks 6-12-32-32)."""
     return _densenet("densenet169", num_classes, backbone_weights, **kwargs)
 
 
 @register_model
-def densenet201(num_classes: int = 1000, backbone_weights: Optional[WeightsLike] = None, **kwargs) -> DenseNet:
+def densenet201(num_classes: int = 1000, backbone_weights: Optional[WeightsLike] = None,
+                **kwargs) -> DenseNet:
     """DenseNet-201 (growth 32, blocks 6-12-48-32)."""
     return _densenet("densenet201", num_classes, backbone_weights, **kwargs)

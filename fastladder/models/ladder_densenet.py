@@ -122,8 +122,9 @@ class LadderDenseNet(nn.Module):
     (logits, aux_logits [N, num_classes, h, w] at the context's resolution, or None).
     """
 
-    def __init__(self, num_classes: int = 19, *, growth_rate: int = 32, block_config: Sequence[int] = (6, 12, 24, 16),
-                 num_init_features: int = 64, bn_size: int = 4, architecture: str = "ladder", mode: str = "concat",
+    def __init__(self, num_classes: int = 19, *, growth_rate: int = 32,
+                 block_config: Sequence[int] = (6, 12, 24, 16), num_init_features: int = 64, bn_size: int = 4,
+                 architecture: str = "ladder", mode: str = "concat",
                  context: str = "dense", context_channels: int = 512, upsample_channels: int = 128,
                  aux_classifier: Optional[bool] = None, memory_efficient: bool = False, in_channels: int = 3):
         super().__init__()
@@ -140,11 +141,13 @@ class LadderDenseNet(nn.Module):
         self.architecture, self.in_channels = architecture, in_channels
         self.output_stride = layout["output_stride"]
         features, num_features = make_features(
-            growth_rate, block_config, num_init_features, bn_size, in_channels, dilated=architecture == "dilated8",
-            split_last=architecture == "ladder", final_norm=False, memory_efficient=memory_efficient)
+            growth_rate, block_config, num_init_features, bn_size, in_channels,
+            dilated=architecture == "dilated8", split_last=architecture == "ladder", final_norm=False,
+            memory_efficient=memory_efficient)
         self.features = LadderFeatures(features, len(layout["skip_channels"]))
         if context == "spp":
-            self.context = SpatialPyramidPooling(num_features, upsample_channels, context_channels, upsample_channels)
+            self.context = SpatialPyramidPooling(num_features, upsample_channels, context_channels,
+                                                 upsample_channels)
         else:
             self.context = ContextBlock(num_features, context_channels, upsample_channels)
         # upsample[0] joins the coarsest skip; the last one reaches 1/4 (the DB1 skip)
@@ -152,7 +155,8 @@ class LadderDenseNet(nn.Module):
             LadderUpsample(upsample_channels, skip_channels, upsample_channels, mode=mode)
             for skip_channels in layout["skip_channels"][::-1])
         self.classifier = BNReluConv(upsample_channels, num_classes, bias=True)
-        self.aux_classifier = BNReluConv(upsample_channels, num_classes, bias=True) if aux_classifier else None
+        self.aux_classifier = (BNReluConv(upsample_channels, num_classes, bias=True) if aux_classifier
+                               else None)
         init_weights(self)
 
     def check_input(self, x: torch.Tensor):
@@ -160,8 +164,8 @@ class LadderDenseNet(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be an image batch [N, {self.in_channels}, H, W], got {shape}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have {self.in_channels} channels ([N, {self.in_channels}, H, W]), got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(f"x must have {self.in_channels} channels ([N, {self.in_channels}, H, W]), "
+                             f"got shape {tuple(x.shape)}")
         coarse = [_feature_size(s, self.architecture) for s in x.shape[-2:]]
         if min(coarse) < 1:
             minimum = next(s for s in range(1, 4096) if _feature_size(s, self.architecture) >= 1)
@@ -201,8 +205,10 @@ class LadderDenseNet(nn.Module):
         return logits
 
     def load_backbone_weights(self, weights: WeightsLike):
-        """Loads a torchvision DenseNet checkpoint into ``features`` (its norm5 and classifier are not used)."""
-        load_densenet_weights(_FeaturesOnly(self.features), weights, ignore=("features.norm5.", "classifier."))
+        """Loads a torchvision DenseNet checkpoint into ``features`` (its norm5 and classifier are not
+        used)."""
+        load_densenet_weights(_FeaturesOnly(self.features), weights,
+                              ignore=("features.norm5.", "classifier."))
 
 
 # --- builders -----------------------------------------------------------------------------------
@@ -215,7 +221,8 @@ class _FeaturesOnly(nn.Module):
         self.features = features
 
 
-def _ladder(variant: str, num_classes: int, backbone_weights: Optional[WeightsLike], **kwargs) -> LadderDenseNet:
+def _ladder(variant: str, num_classes: int, backbone_weights: Optional[WeightsLike],
+            **kwargs) -> LadderDenseNet:
     growth_rate, block_config, num_init_features = DENSENET_CONFIGS[variant]
     kwargs.setdefault("growth_rate", growth_rate)
     kwargs.setdefault("block_config", block_config)

@@ -139,7 +139,8 @@ def _affine_as(weight, bias, mean, invstd, dtype):
 
 
 def _needs_autograd(x: torch.Tensor, params) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params))
+    return torch.is_grad_enabled() and (x.requires_grad
+                                        or any(p is not None and p.requires_grad for p in params))
 
 
 def _check_input(name: str, x: torch.Tensor, channels: int):
@@ -164,8 +165,8 @@ class BNReluConv(nn.Module):
                  bias: bool = False):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
-                              dilation=dilation, bias=bias)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
+                              padding=dilation * (kernel_size - 1) // 2, dilation=dilation, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.relu(self.norm(x), inplace=True))
@@ -209,7 +210,8 @@ class DenseLayer(nn.Module):
 def _is_channels_last(x: torch.Tensor) -> bool:
     """NHWC order in memory (dense, or a channel slice of a dense channels_last buffer)."""
     strides = x.stride()
-    return x.dim() == 4 and x.shape[1] > 1 and strides[1] == 1 and strides[3] >= x.shape[1] and not x.is_contiguous()
+    return (x.dim() == 4 and x.shape[1] > 1 and strides[1] == 1 and strides[3] >= x.shape[1]
+            and not x.is_contiguous())
 
 
 def _layer_forward(layer: DenseLayer, prefix: torch.Tensor, keep: bool):
@@ -228,7 +230,8 @@ def _layer_forward(layer: DenseLayer, prefix: torch.Tensor, keep: bool):
 
 
 class _BlockState:
-    """What the Functions of one block forward share: the feature buffer and, in backward, the gradient buffer."""
+    """What the Functions of one block forward share: the feature buffer and, in backward, the gradient
+    buffer."""
 
     def __init__(self, buffer, layers, offsets, keep):
         self.buffer = buffer  # never handed out: the block's output is a separate alias (no reference cycle)
@@ -329,8 +332,8 @@ class _DenseLayerFunction(torch.autograd.Function):
         grad_new = state.grad_buffer[:, start:stop]
         dilation = layer.dilation
         grad_act2, grad_conv2, _ = torch.ops.aten.convolution_backward(
-            grad_new, act2, conv2.to(act2.dtype), None, [1, 1], [dilation, dilation], [dilation, dilation], False, [0, 0], 1,
-            [True, needs[8], False])
+            grad_new, act2, conv2.to(act2.dtype), None, [1, 1], [dilation, dilation], [dilation, dilation],
+            False, [0, 0], 1, [True, needs[8], False])
         grad_act2 = torch.ops.aten.threshold_backward(grad_act2, act2, 0)
         del act2
         grad_hidden, grad_weight2, grad_bias2 = _batch_norm_backward(
@@ -338,7 +341,8 @@ class _DenseLayerFunction(torch.autograd.Function):
             [True, needs[6], needs[7]])
         del grad_act2, hidden
         grad_act1, grad_conv1, _ = torch.ops.aten.convolution_backward(
-            grad_hidden, act1, conv1.to(act1.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, needs[5], False])
+            grad_hidden, act1, conv1.to(act1.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [True, needs[5], False])
         grad_act1 = torch.ops.aten.threshold_backward(grad_act1, act1, 0)
         del act1, grad_hidden
         grad_prefix, grad_weight1, grad_bias1 = _batch_norm_backward(

@@ -32,7 +32,8 @@ class DetectionPostprocess(nn.Module):
                  variances: Sequence[float] = (0.1, 0.2), background: int = 0):
         super().__init__()
         if priors.dim() != 2 or priors.shape[1] != 4:
-            raise ValueError(f"priors must be a [P, 4] tensor of (cx, cy, w, h), got shape {tuple(priors.shape)}")
+            raise ValueError(f"priors must be a [P, 4] tensor of (cx, cy, w, h), "
+                             f"got shape {tuple(priors.shape)}")
         self.register_buffer("priors", priors)
         self.num_classes = int(num_classes)
         self.score_thresh = float(score_thresh)
@@ -44,13 +45,16 @@ class DetectionPostprocess(nn.Module):
 
     def forward(self, loc: torch.Tensor, conf_logits: torch.Tensor) -> Detections:
         if conf_logits.dim() != 3 or conf_logits.shape[-1] != self.num_classes:
-            raise ValueError(f"conf_logits must be [B, P, {self.num_classes}], got shape {tuple(conf_logits.shape)}")
+            raise ValueError(f"conf_logits must be [B, P, {self.num_classes}], "
+                             f"got shape {tuple(conf_logits.shape)}")
         dtype = self.priors.dtype
-        return ssd_postprocess(loc.to(dtype), conf_logits.to(dtype), self.priors, score_thresh=self.score_thresh,
-                               nms_thresh=self.nms_thresh, topk=self.topk, max_detections=self.max_detections,
-                               variances=self.variances, background=self.background)
+        return ssd_postprocess(loc.to(dtype), conf_logits.to(dtype), self.priors,
+                               score_thresh=self.score_thresh, nms_thresh=self.nms_thresh, topk=self.topk,
+                               max_detections=self.max_detections, variances=self.variances,
+                               background=self.background)
 
     def extra_repr(self) -> str:
-        return (f"priors={self.priors.shape[0]}, num_classes={self.num_classes}, score_thresh={self.score_thresh}, "
+        return (f"priors={self.priors.shape[0]}, num_classes={self.num_classes}, "
+                f"score_thresh={self.score_thresh}, "
                 f"nms_thresh={self.nms_thresh}, topk={self.topk}, max_detections={self.max_detections}, "
                 f"variances={self.variances}, background={self.background}")

@@ -62,7 +62,8 @@ def test_ignored_pixels_do_not_count_whatever_is_predicted_there():
 
 
 @pytest.mark.parametrize("pred,target,num_classes,match", [
-    (torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long), 2, r"same shape, got \(2, 3\) and \(3, 2\)"),
+    (torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long), 2,
+     r"same shape, got \(2, 3\) and \(3, 2\)"),
     (torch.zeros(4), torch.zeros(4, dtype=torch.long), 2, r"pred must hold integer class ids"),
     (torch.tensor([0, 5]), torch.tensor([0, 1]), 2, r"pred holds ids outside \[0, 2\).*\[5\]"),
     (torch.tensor([0, 1]), torch.tensor([0, 7]), 2, r"target holds ids outside \[0, 2\).*\[7\]"),

@@ -7,7 +7,7 @@ import torchvision
 
 from fastladder.models import create_model, densenet121
 from fastladder.models.densenet import load_densenet_weights
-from fastladder.reference.models import DenseNetReference, reference_twin
+from fastladder.reference.models import reference_twin
 
 
 def legacy_keys(state_dict):

@@ -44,7 +44,8 @@ def test_registry():
 
 
 def test_paper_channel_counts():
-    """Skip channels of the LDN papers' DenseNets: DB1 256, DB2 512, DB3 1024 / 1280, DB4a 768 / 1152; DB4b 1024 / 1664."""
+    """Skip channels of the LDN papers' DenseNets: DB1 256, DB2 512, DB3 1024 / 1280, DB4a 768 / 1152;
+    DB4b 1024 / 1664."""
     assert _ladder_layout(32, (6, 12, 24, 16), 64, "ladder")["skip_channels"] == [256, 512, 1024, 768]
     assert _ladder_layout(32, (6, 12, 32, 32), 64, "ladder")["skip_channels"] == [256, 512, 1280, 1152]
     for name, final in [("ladder_densenet121", 1024), ("ladder_densenet169", 1664)]:
@@ -154,7 +155,8 @@ def test_backbone_weights_load_into_features(generator):
         if not key.startswith("norm5"):
             torch.testing.assert_close(model.features.state_dict()[key], value, msg=key)
     broken = {k: v for k, v in source.state_dict().items() if "denseblock4.denselayer2." not in k}
-    with pytest.raises(ValueError, match=r"missing keys \(\d+\): features\.denseblock4\.denselayer2\.conv1\.weight"):
+    with pytest.raises(ValueError,
+                       match=r"missing keys \(\d+\): features\.denseblock4\.denselayer2\.conv1\.weight"):
         create_model("ladder_densenet121", backbone_weights=broken, **TINY)
 
 
@@ -177,7 +179,8 @@ def test_ladder_loss(generator):
     expected = 0.7 * F.cross_entropy(logits, target, ignore_index=255) + 0.3 * F.cross_entropy(
         upsampled, target, ignore_index=255)
     torch.testing.assert_close(ladder_loss((logits, aux), target), expected)
-    torch.testing.assert_close(ladder_loss((logits, None), target), F.cross_entropy(logits, target, ignore_index=255))
+    torch.testing.assert_close(ladder_loss((logits, None), target),
+                               F.cross_entropy(logits, target, ignore_index=255))
     torch.testing.assert_close(ladder_loss(logits, target), F.cross_entropy(logits, target, ignore_index=255))
     # ignored pixels contribute nothing, whatever their logits
     changed = logits.detach().clone()

@@ -1,5 +1,5 @@
-"""SSD300/SSD512: priors (counts, geometry vs the original Caffe configurations and torchvision), feature map sizes, outputs
-in train and eval, other input sizes, torchvision VGG16 weights, L2Norm, gradients."""
+"""SSD300/SSD512: priors (counts, geometry vs the original Caffe configurations and torchvision), feature map
+sizes, outputs in train and eval, other input sizes, torchvision VGG16 weights, L2Norm, gradients."""
 import math
 
 import pytest

@@ -154,7 +154,8 @@ def test_running_stats_follow_momentum_none_cumulative_average(generator):
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["naive", "memeff"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_gradcheck_tiny_block(generator, memory_efficient, training):
-    block = randomize(DenseBlock(2, 3, growth_rate=2, bn_size=2, memory_efficient=memory_efficient), generator)
+    block = randomize(DenseBlock(2, 3, growth_rate=2, bn_size=2, memory_efficient=memory_efficient),
+                      generator)
     block = block.double().train(training)
     names = [name for name, _ in block.named_parameters()]
     x = torch.randn(2, 3, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
@@ -194,7 +195,8 @@ def test_channels_last_input(generator):
     block, reference = twins(generator)
     block.eval()
     reference.eval()
-    x = torch.randn(2, 5, 6, 7, dtype=torch.float64, generator=generator).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64,
+                    generator=generator).to(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(block(x), reference(x), rtol=1e-10, atol=1e-10)
 
@@ -278,7 +280,8 @@ def test_banded_inference_matches_reference(generator, monkeypatch, channels_las
     with torch.no_grad():
         out = block(x)
         torch.testing.assert_close(out, reference(x), rtol=1e-10, atol=1e-10)
-        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert out.is_contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         torch.testing.assert_close(transition(out), transition_reference(out), rtol=1e-10, atol=1e-10)
 
 

@@ -19,7 +19,8 @@ def randomize_batch_norms(module):
 def pair(mode, skip_projection=True, low_channels=6, skip_channels=10, out_channels=5):
     if mode == "add" and not skip_projection:
         skip_channels = low_channels
-    fused = LadderUpsample(low_channels, skip_channels, out_channels, mode=mode, skip_projection=skip_projection)
+    fused = LadderUpsample(low_channels, skip_channels, out_channels, mode=mode,
+                           skip_projection=skip_projection)
     randomize_batch_norms(fused)
     twin = LadderUpsampleReference(low_channels, skip_channels, out_channels, mode=mode,
                                    skip_projection=skip_projection)
