@@ -38,7 +38,7 @@ def _import_onnx():
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The fastladder model inside the wrappers of optimize_for_inference (which hold it as
+    """The fastladder model inside the wrappers of optimize_for_inference (which hold its converted copy as
     ``.module``) and of torch.compile (``._orig_mod``), or model itself."""
     while not isinstance(model, (DenseNet, LadderDenseNet, SSD)):
         inner = getattr(model, "_orig_mod", None)
@@ -175,8 +175,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Union[str, 
     differences from ``ssd_postprocess``).
 
     Args:
-        model: a DenseNet, LadderDenseNet or SSD of the registry (or what optimize_for_inference
-            returned for one); not changed.
+        model: a DenseNet, LadderDenseNet or SSD of the registry (or torch.compile's wrapper of one;
+            not what optimize_for_inference returned, whose BatchNorms are folded); not changed.
         example_input (Tensor[N, C, H, W]): the export size (and the fixed size where one is).
         path: the .onnx file written.
         dynamic: batch (and H, W where the model allows) as symbolic dimensions.
@@ -193,8 +193,13 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Union[str, 
         ArgumentError: an unsupported model, a bad example_input, opset, metadata or postprocess.
         FastladderError: the onnx package is missing.
     """
+    from fastladder.nn.inference import is_fused
+
     onnx = _import_onnx()
     model = _unwrap(model)
+    if is_fused(model):
+        raise ArgumentError("model: export the model itself, not what optimize_for_inference returned (its "
+                            "BatchNorms are folded into fastladder operators that ONNX does not have)")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         is_tensor = isinstance(example_input, torch.Tensor)
         shape = tuple(example_input.shape) if is_tensor else type(example_input).__name__

@@ -25,8 +25,8 @@ from fastladder.nn.ladder_upsample import LadderUpsample
 from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
 from fastladder.ops.upsample import ladder_blend
 
-__all__ = ["fuse_for_inference", "FoldedConv2d", "FoldedBNReluConv", "FoldedDenseLayer", "FoldedDenseBlock",
-           "FoldedTransition", "FoldedLadderUpsample"]
+__all__ = ["fuse_for_inference", "is_fused", "FoldedConv2d", "FoldedBNReluConv", "FoldedDenseLayer",
+           "FoldedDenseBlock", "FoldedTransition", "FoldedLadderUpsample"]
 
 # BN-ReLU-1×1 runs in bands of rows so that its BN-ReLU temporary (as wide as the whole dense-block
 # prefix) never exceeds this many bytes; the 1×1 convolution is pointwise, so banding is exact.
@@ -396,3 +396,11 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
         return convert(fused).eval()
     _convert_children(fused)
     return fused
+
+
+def is_fused(model: nn.Module) -> bool:
+    """Whether :func:`fuse_for_inference` converted any module of ``model`` (its BatchNorms are then
+    folded away: the training form and its state_dict keys are gone)."""
+    folded = (FoldedConv2d, FoldedBNReluConv, FoldedDenseLayer, FoldedDenseBlock, FoldedTransition,
+              FoldedLadderUpsample)
+    return any(isinstance(module, folded) for module in model.modules())

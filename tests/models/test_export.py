@@ -230,11 +230,10 @@ def test_torch_export_of_optimized_model(tmp_path, generator, name):
     for a, e in zip(actual if isinstance(actual, tuple) else [actual], expected if isinstance(expected, tuple)
                     else [expected]):
         torch.testing.assert_close(a, e)
-    if name == "ladder_densenet121":  # what optimize_for_inference returns exports too
-        proto = export_onnx(optimized, x, tmp_path / "m.onnx")
-        out = session(tmp_path / "m.onnx").run(None, {"image": x.numpy()})[0]
-        assert_logits_close(out, expected)
-        assert_standard(proto)
+    if name == "ladder_densenet121":  # the converted copy has no BatchNorms left to export: one clear error
+        with pytest.raises(ArgumentError, match="not what optimize_for_inference returned"):
+            export_onnx(optimized, x, tmp_path / "m.onnx")
+        assert not (tmp_path / "m.onnx").exists()
 
 
 # --- errors ---------------------------------------------------------------------------------------------

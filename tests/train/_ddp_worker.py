@@ -65,7 +65,7 @@ class TinyDenseNet(nn.Module):
         self.head = nn.Conv2d(20, 2, 1)
 
     def forward(self, x):
-        return self.head(self.block2(self.block1(self.stem(x))))
+        return self.head(self.block2(self.block1(self.stem(x)))[1])  # a split block: (before, after)
 
 
 def sync_bn_steps(out: str, batch_size: int, steps: int):
