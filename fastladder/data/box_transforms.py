@@ -16,12 +16,13 @@ leave it None there, and each worker draws from its own, differently seeded, glo
 The SSD recipe (Liu et al. 2016, the original Caffe data layer): photometric distortion, zoom
 out up to 4x on a mean-filled canvas, min-IoU random crop, horizontal flip, resize.
 """
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from fastladder.data.registry import IMAGENET_MEAN, IMAGENET_STD
+from fastladder.data.transforms import Compose, normalize_image
 
 __all__ = [
     "Compose", "PhotometricDistort", "Expand", "MinIoURandomCrop", "RandomHorizontalFlip", "Resize",
@@ -66,22 +67,6 @@ def _with_boxes(target: Target, boxes: torch.Tensor) -> Target:
     result = dict(target)
     result["boxes"] = boxes
     return result
-
-
-class Compose:
-    """Applies ``(image, target)`` transforms in order."""
-
-    def __init__(self, transforms: Sequence[Callable]):
-        self.transforms = list(transforms)
-
-    def __call__(self, image, target):
-        for transform in self.transforms:
-            image, target = transform(image, target)
-        return image, target
-
-    def __repr__(self):
-        body = "".join(f"\n    {transform!r}," for transform in self.transforms)
-        return f"{type(self).__name__}([{body}\n])"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,9 +327,7 @@ class ToFloatNormalize:
 
     def __call__(self, image, target):
         _check_image(image, type(self).__name__)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=image.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=image.device).view(3, 1, 1)
-        return (image.to(torch.float32) - mean) / std, target
+        return normalize_image(image.to(torch.float32), self.mean, self.std), target
 
     def __repr__(self):
         return f"{type(self).__name__}(mean={self.mean}, std={self.std})"

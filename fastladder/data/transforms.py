@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from fastladder.data.registry import (CITYSCAPES_MEAN, CITYSCAPES_STD, IGNORE_INDEX, IMAGENET_MEAN,
                                       IMAGENET_STD)
 
-__all__ = ["CITYSCAPES_MEAN", "CITYSCAPES_STD", "IMAGENET_MEAN", "IMAGENET_STD", "Compose", "RandomScale",
-           "RandomCrop", "RandomHorizontalFlip", "ColorJitter", "Resize", "ToFloat", "Normalize",
-           "segmentation_train_transforms", "segmentation_eval_transforms"]
+__all__ = ["CITYSCAPES_MEAN", "CITYSCAPES_STD", "IMAGENET_MEAN", "IMAGENET_STD", "normalize_image", "Compose",
+           "RandomScale", "RandomCrop", "RandomHorizontalFlip", "ColorJitter", "Resize", "ToFloat",
+           "Normalize", "segmentation_train_transforms", "segmentation_eval_transforms"]
 
 _INTERPOLATIONS = ("bilinear", "bicubic")
 Pair = Tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -266,6 +266,30 @@ class ToFloat:
         return "ToFloat()"
 
 
+def normalize_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(image − mean) / std per channel on the 0–255 scale, as the training transforms do.
+
+    Args:
+        image (Tensor[..., 3, H, W] uint8 or float in 0–255): RGB.
+        mean, std: per-channel values on the 0–255 scale (e.g. the Cityscapes 75.2, 85.0, 75.1).
+
+    Returns:
+        Tensor of image's shape, float32 (image's dtype when it is already floating point).
+    """
+    if image.dim() < 3:
+        raise ValueError(f"image must be [..., C, H, W], got shape {tuple(image.shape)}")
+    channels = image.shape[-3]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std need one value per channel ({channels} for image of shape "
+                         f"{tuple(image.shape)}), got mean={list(mean)} and std={list(std)}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std must be positive, got {list(std)}")
+    dtype = image.dtype if image.is_floating_point() else torch.float32
+    mean_t = torch.as_tensor(mean, dtype=dtype, device=image.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=dtype, device=image.device).view(-1, 1, 1)
+    return (image.to(dtype) - mean_t) / std_t
+
+
 class Normalize:
     """image → float32 (image − mean) / std, per channel, with mean and std on the 0–255 scale."""
 
@@ -281,8 +305,7 @@ class Normalize:
         if image.shape[0] != self.mean.numel():
             raise ValueError(f"Normalize has {self.mean.numel()} channel means, image has "
                              f"{image.shape[0]} channels")
-        image = (image.to(torch.float32) - self.mean.view(-1, 1, 1)) / self.std.view(-1, 1, 1)
-        return image, label
+        return normalize_image(image.to(torch.float32), self.mean.tolist(), self.std.tolist()), label
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.data
 
+from fastladder.data.transforms import normalize_image  # re-exported: the commands' inputs
 from fastladder.eval.segmentation import confusion_matrix, mean_iou
 
 __all__ = ["predict_logits", "predict", "evaluate_segmentation", "format_iou_table", "normalize_image",
@@ -22,30 +23,6 @@ __all__ = ["predict_logits", "predict", "evaluate_segmentation", "format_iou_tab
 def scaled_size(size: Sequence[int], scale: float) -> Tuple[int, int]:
     """The input size (H, W) at ``scale``: each side times scale, rounded half up, at least 1 pixel."""
     return tuple(max(1, int(math.floor(side * scale + 0.5))) for side in size)
-
-
-def normalize_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(image − mean) / std per channel on the 0–255 scale, as the training transforms do.
-
-    Args:
-        image (Tensor[..., 3, H, W] uint8 or float in 0–255): RGB.
-        mean, std: per-channel values on the 0–255 scale (e.g. the Cityscapes 75.2, 85.0, 75.1).
-
-    Returns:
-        Tensor of image's shape, float32 (image's dtype when it is already floating point).
-    """
-    if image.dim() < 3:
-        raise ValueError(f"image must be [..., C, H, W], got shape {tuple(image.shape)}")
-    channels = image.shape[-3]
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean and std need one value per channel ({channels} for image of shape "
-                         f"{tuple(image.shape)}), got mean={list(mean)} and std={list(std)}")
-    if any(s <= 0 for s in std):
-        raise ValueError(f"std must be positive, got {list(std)}")
-    dtype = image.dtype if image.is_floating_point() else torch.float32
-    mean_t = torch.as_tensor(mean, dtype=dtype, device=image.device).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=dtype, device=image.device).view(-1, 1, 1)
-    return (image.to(dtype) - mean_t) / std_t
 
 
 def _logits_of(output: Any) -> torch.Tensor:
