@@ -131,12 +131,18 @@ class Task(abc.ABC):
         """The :class:`fastladder.models.ModelMeta` stored in every checkpoint: the model as ``spec``
         builds it, the dataset's class names, and the normalization the data was given: the
         registry's for ``config.dataset`` (what the tasks' dataset builders apply) or, for a task
-        built with its own ``dataset_factory``, the training set's ``mean`` and ``std`` attributes
-        (RGB, 0–255 scale) when it has them, else none (unknown)."""
-        from fastladder.data.registry import dataset_info
+        built with its own ``dataset_factory`` whose training set is not the registry's class for
+        ``config.dataset``, the training set's ``mean`` and ``std`` attributes (RGB, 0–255 scale) when
+        it has them, else none (unknown)."""
+        from fastladder.data.registry import dataset_info, list_datasets
         from fastladder.models import ModelMeta
 
-        if getattr(self, "custom_data", False):
+        registered = config.dataset in list_datasets(self.name)
+        # a factory may only reshape the registry's own data (the demo's image counts): the
+        # registry's description still holds for it
+        own_data = registered and isinstance(train_dataset,
+                                             dataset_info(self.name, config.dataset).dataset_class)
+        if getattr(self, "custom_data", False) and not own_data:
             dataset = None
             mean, std = getattr(train_dataset, "mean", None), getattr(train_dataset, "std", None)
         else:
