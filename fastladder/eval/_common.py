@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fastladder.errors import ArgumentError, DataError
 
-__all__ = ["add_model_arguments", "task_subparsers", "load_model_and_meta", "dataset_name", "normalization",
-           "palette", "open_eval_dataset", "write_json", "to_json", "check_limit", "frames_or_report",
-           "raise_for_failures"]
+__all__ = ["json_object", "add_model_arguments", "task_subparsers", "load_model_and_meta", "dataset_name",
+           "normalization", "palette", "open_eval_dataset", "write_json", "to_json", "check_limit",
+           "frames_or_report", "raise_for_failures"]
 
 
 def task_subparsers(subparsers, name: str, help: str):
@@ -34,7 +34,8 @@ def task_subparsers(subparsers, name: str, help: str):
                        f"tasks to it must create it with task_subparsers")
 
 
-def _json_object(text: str) -> Dict[str, Any]:
+def json_object(text: str) -> Dict[str, Any]:
+    """argparse type of the JSON-object options (--model-kwargs, --dataset-kwargs ...)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
@@ -58,7 +59,7 @@ def add_model_arguments(parser, *, weights_required: bool = True):
     add_weights_argument(parser, weights_required)
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes of a plain state_dict's model (default: the checkpoint's)")
-    parser.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
+    parser.add_argument("--model-kwargs", type=json_object, default=None, metavar="JSON",
                         help='constructor arguments as JSON, e.g. \'{"growth_rate": 4}\' (they override a '
                              "checkpoint's)")
     parser.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),

@@ -46,7 +46,7 @@ def register(subparsers):
                      help="default: the one the checkpoint was trained on")
     seg.add_argument("--root", default=None, help="the dataset's root folder (its official layout)")
     seg.add_argument("--split", default="val")
-    seg.add_argument("--dataset-kwargs", type=_common._json_object, default=None, metavar="JSON",
+    seg.add_argument("--dataset-kwargs", type=_common.json_object, default=None, metavar="JSON",
                      help="extra dataset arguments as JSON, as in training (e.g. '{\"year\": \"2007\"}' for "
                           "voc)")
     seg.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")

@@ -49,7 +49,7 @@ def add_eval_det(eval_tasks):
     det.add_argument("--root", default=None, help="the dataset's root folder (its official layout)")
     det.add_argument("--split", default="val", help="mot15 / synthetic: train, val or all; voc: an image set")
     det.add_argument("--year", default="2007", help="voc: the VOC year (default 2007)")
-    det.add_argument("--dataset-kwargs", type=_common._json_object, default=None, metavar="JSON",
+    det.add_argument("--dataset-kwargs", type=_common.json_object, default=None, metavar="JSON",
                      help="extra dataset arguments as JSON (e.g. '{\"val_fraction\": 0.2}')")
     det.add_argument("--methods", nargs="+", choices=AP_METHODS, default=list(AP_METHODS),
                      help="AP definitions to report (default: all)")

@@ -18,25 +18,15 @@ run is refused unless --resume (continue it; "auto": continue when it has a last
 SGD, momentum 0.9, weight decay 5e-4, lr 1e-3 with warmup, step decay at 2/3 and 5/6 of the run).
 """
 import argparse
-import json
 import os
 import sys
 
 from fastladder.data.registry import list_datasets
+from fastladder.eval._common import json_object
 from fastladder.eval.detection import AP_METHODS
 from fastladder.train.optim import OPTIMIZERS, SCHEDULES
 
 __all__ = ["register", "config_from_args", "cmd_train_seg", "cmd_train_det"]
-
-
-def _json_dict(text: str):
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg} at column {error.colno}): {text!r}")
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"growth_rate\": 8}}', got {text!r}")
-    return value
 
 
 def _size(text: str):
@@ -79,13 +69,14 @@ _FLAGS = {
     "--out": ("out", dict(metavar="DIR", help="run folder: log.csv, curves.png, last.pt, best.pt")),
     "--model": ("model", dict(help="a registered model (fastladder.models.list_models())")),
     "--model-kwargs": ("model_kwargs", dict(
-        type=_json_dict, metavar="JSON", help="keyword arguments of the model, e.g. '{\"growth_rate\": 8}'")),
+        type=json_object, metavar="JSON",
+        help="keyword arguments of the model, e.g. '{\"growth_rate\": 8}'")),
     "--backbone-weights": ("backbone_weights", dict(
         metavar="FILE|imagenet", help="torchvision DenseNet state_dict for the backbone, or 'imagenet' for "
                                       "torchvision's (downloaded once into the torch hub cache)")),
     "--dataset": ("dataset", dict(choices=list_datasets("seg"))),
     "--root": ("root", dict(metavar="DIR", help="the dataset's folder (official layout)")),
-    "--dataset-kwargs": ("dataset_kwargs", dict(type=_json_dict, metavar="JSON",
+    "--dataset-kwargs": ("dataset_kwargs", dict(type=json_object, metavar="JSON",
                                                 help="extra dataset arguments, e.g. '{\"num_images\": 64}'")),
     "--crop-size": ("crop_size", dict(type=_size, metavar="HxW", help="training crop, e.g. 448 or 448x896")),
     "--batch-size": ("batch_size", dict(type=int, help="images per step and process")),
@@ -127,11 +118,11 @@ _DET_FLAGS.update({
     "--backbone-weights": ("backbone_weights", dict(
         metavar="FILE|imagenet", help="torchvision VGG16 state_dict for the backbone, or 'imagenet' for "
                                       "torchvision's (downloaded once into the torch hub cache)")),
-    "--dataset-kwargs": ("dataset_kwargs", dict(type=_json_dict, metavar="JSON",
+    "--dataset-kwargs": ("dataset_kwargs", dict(type=json_object, metavar="JSON",
                                                 help="extra dataset arguments, e.g. "
                                                      "'{\"num_sequences\": 4}'")),
     "--model-kwargs": ("model_kwargs", dict(
-        type=_json_dict, metavar="JSON",
+        type=json_object, metavar="JSON",
         help="SSD arguments, e.g. '{\"width\": 0.25, \"aspect_ratios\": [[0.5, 0.33]], ...}'")),
     "--image-size": ("image_size", dict(type=_size_or_none, metavar="HxW",
                                         help="network input, e.g. 300 or 240x320 (default: the model's)")),
