@@ -151,17 +151,18 @@ def test_errors_as_a_subprocess(tmp_path):
     weights.write_bytes(os.urandom(300))
     command = [sys.executable, "-m", "fastladder.cli", "eval", "seg", "--weights", str(weights), "--root",
                str(tmp_path), "--device", "cpu"]
-    env = dict(os.environ)  # the fastladder this test imports (installed, or PYTHONPATH's build)
-    plain = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    # outside the source folder: `python -m` puts the working folder first on sys.path, and the source
+    # folder's fastladder has no compiled extension when the package is installed (CI)
+    run_in = dict(cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    plain = subprocess.run(command, **run_in)
     assert plain.returncode == 2
     lines = plain.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastladder eval seg: error: ")
     assert str(weights) in lines[0]
     assert "weights_only=False" not in plain.stderr
-    debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, env=env, timeout=120)
+    debug = subprocess.run(command + ["--debug"], **run_in)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
-    usage = subprocess.run([sys.executable, "-m", "fastladder.cli", "eval", "seg", "--limit", "x"],
-                           capture_output=True, text=True, env=env, timeout=120)
+    usage = subprocess.run([sys.executable, "-m", "fastladder.cli", "eval", "seg", "--limit", "x"], **run_in)
     assert usage.returncode == 2 and "Traceback" not in usage.stderr and "--limit" in usage.stderr
 
 

@@ -20,7 +20,6 @@ from fastladder.testing import assert_same_state
 from fastladder.train.loop import TrainingInterrupted, train
 from fastladder.train.segmentation import SegmentationTask
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(tiny, out, **changes):
@@ -148,10 +147,11 @@ CONFIG = {"dataset": "synthetic", "dataset_kwargs": {"num_images": 6, "size": [6
 
 
 def _start(config_path, out, *extra):
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-m", "fastladder.cli", "train", "seg", "--config", str(config_path), "--out",
                str(out), *extra]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+    # run outside the source folder: `python -m` puts the working folder first on sys.path, and the
+    # source folder's fastladder has no compiled extension when the package is installed (CI)
+    return subprocess.Popen(command, cwd=os.path.dirname(os.path.abspath(out)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
