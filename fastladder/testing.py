@@ -15,6 +15,19 @@ TOLERANCES = {
 }
 
 
+def randomize_batch_norm(model, generator):
+    """Gives every BatchNorm2d of ``model`` trained-looking statistics (random affine, running mean
+    and variance of order 1) instead of the identity of a fresh model, so that folding them is tested
+    for real; returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=generator)
+            m.bias.data.normal_(0, 0.2, generator=generator)
+            m.running_mean.normal_(0, 0.2, generator=generator)
+            m.running_var.uniform_(0.5, 1.5, generator=generator)
+    return model
+
+
 def assert_close_to_reference(actual, expected, *, seed=None, msg=""):
     """torch.testing.assert_close with the dtype's tolerance, comparing in float64."""
     tol = TOLERANCES[expected.dtype]

@@ -12,6 +12,7 @@ from fastladder.models import create_model, export_onnx, list_models, onnx_metad
 from fastladder.models.export import _min_side
 from fastladder.nn.detection import DetectionPostprocess
 from fastladder.reference.models import reference_twin
+from fastladder.testing import randomize_batch_norm
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -37,13 +38,7 @@ def tiny_model(name, generator, **kwargs):
         backbone = name.startswith("densenet") and not name.endswith("_32x")
         tiny = TINY_DENSENET if backbone else TINY_LDN
         model = create_model(name, num_classes=5, **tiny, **kwargs)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5, generator=generator)
-            m.bias.data.normal_(0, 0.2, generator=generator)
-            m.running_mean.normal_(0, 0.2, generator=generator)
-            m.running_var.uniform_(0.5, 1.5, generator=generator)
-    return model.eval()
+    return randomize_batch_norm(model, generator).eval()
 
 
 def session(path):

@@ -9,7 +9,7 @@ from fastladder.models import create_model, list_models, optimize_for_inference
 from fastladder.models.ladder_densenet import _ladder_layout
 from fastladder.nn import FoldedConv2d, fuse_for_inference
 from fastladder.reference.models import reference_twin
-from fastladder.testing import DEVICES
+from fastladder.testing import DEVICES, randomize_batch_norm
 from fastladder.train.losses import ladder_loss
 
 TINY = dict(growth_rate=4, num_init_features=8, bn_size=2, block_config=(2, 2, 4, 2), context_channels=16,
@@ -23,14 +23,6 @@ VARIANTS = [
 ]
 
 
-def randomize(model, generator):
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5, generator=generator)
-            m.bias.data.normal_(0, 0.2, generator=generator)
-            m.running_mean.normal_(0, 0.2, generator=generator)
-            m.running_var.uniform_(0.5, 1.5, generator=generator)
-    return model
 
 
 def test_registry():
@@ -62,7 +54,7 @@ def test_paper_channel_counts():
 @pytest.mark.parametrize("name, kwargs", VARIANTS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_matches_reference_twin(generator, name, kwargs, device):
-    model = randomize(create_model(name, num_classes=5, **TINY, **kwargs), generator)
+    model = randomize_batch_norm(create_model(name, num_classes=5, **TINY, **kwargs), generator)
     model = model.to(device, torch.float64)
     twin = reference_twin(model)
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in twin.named_parameters()]
@@ -94,7 +86,7 @@ def test_matches_reference_twin(generator, name, kwargs, device):
 
 
 def test_float32_eval_matches_reference(generator):
-    model = randomize(create_model("ladder_densenet121", num_classes=4, **TINY), generator).eval()
+    model = randomize_batch_norm(create_model("ladder_densenet121", num_classes=4, **TINY), generator).eval()
     twin = reference_twin(model)
     x = torch.randn(1, 3, 64, 80, generator=generator)
     with torch.no_grad():
@@ -102,7 +94,7 @@ def test_float32_eval_matches_reference(generator):
 
 
 def test_memory_efficient_model_equals_naive(generator):
-    naive = randomize(create_model("ladder_densenet121", num_classes=3, **TINY), generator)
+    naive = randomize_batch_norm(create_model("ladder_densenet121", num_classes=3, **TINY), generator)
     efficient = create_model("ladder_densenet121", num_classes=3, memory_efficient=True, **TINY)
     efficient.load_state_dict(naive.state_dict())
     x = torch.randn(2, 3, 64, 64, generator=generator)
@@ -149,7 +141,7 @@ def test_bad_input_shapes():
 def test_backbone_weights_load_into_features(generator):
     source = create_model("densenet121", num_classes=1000, growth_rate=4, num_init_features=8, bn_size=2,
                           block_config=(2, 2, 4, 2))
-    randomize(source, generator)
+    randomize_batch_norm(source, generator)
     model = create_model("ladder_densenet121", backbone_weights=source.state_dict(), **TINY)
     for key, value in source.features.state_dict().items():
         if not key.startswith("norm5"):
@@ -161,7 +153,7 @@ def test_backbone_weights_load_into_features(generator):
 
 
 def test_optimize_for_inference_gives_the_eval_logits(generator):
-    model = randomize(create_model("ladder_densenet121", num_classes=3, **TINY), generator).eval()
+    model = randomize_batch_norm(create_model("ladder_densenet121", num_classes=3, **TINY), generator).eval()
     x = torch.randn(1, 3, 64, 96, generator=generator)
     with torch.no_grad():
         expected = model(x)
@@ -192,7 +184,7 @@ def test_ladder_loss(generator):
 
 @pytest.mark.slow
 def test_full_size_ladder_densenet121_matches_reference(generator):
-    model = randomize(create_model("ladder_densenet121"), generator).eval()
+    model = randomize_batch_norm(create_model("ladder_densenet121"), generator).eval()
     twin = reference_twin(model)
     x = torch.randn(1, 3, 256, 512, generator=generator)
     with torch.no_grad():
@@ -203,7 +195,8 @@ def test_channels_last_and_banded_eval_match_reference(generator, monkeypatch):
     monkeypatch.setattr(fastladder.nn.inference, "BAND_BYTES", 1000)
     monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_BYTES", 1000)
     monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_ROWS", 3)
-    model = randomize(create_model("ladder_densenet121", num_classes=4, **TINY), generator).double().eval()
+    model = randomize_batch_norm(create_model("ladder_densenet121", num_classes=4, **TINY), generator)
+    model = model.double().eval()
     twin = reference_twin(model)
     x = torch.randn(1, 3, 70, 90, dtype=torch.float64, generator=generator)
     with torch.no_grad():
@@ -220,9 +213,10 @@ def _tiny_registry_model(name, generator):
     if name.startswith("ssd"):
         return create_model(name, num_classes=4, width=0.125)
     if name.startswith("densenet") and not name.endswith(("_32x",)) and "dilated8" not in name:
-        return randomize(create_model(name, num_classes=6, growth_rate=4, num_init_features=8, bn_size=2,
-                                      block_config=(2, 2, 4, 2)), generator)
-    return randomize(create_model(name, num_classes=4, **TINY), generator)
+        model = create_model(name, num_classes=6, growth_rate=4, num_init_features=8, bn_size=2,
+                             block_config=(2, 2, 4, 2))
+        return randomize_batch_norm(model, generator)
+    return randomize_batch_norm(create_model(name, num_classes=4, **TINY), generator)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -267,7 +261,7 @@ def _hooked_modules(model):
 def test_every_module_fires_its_forward_hook(generator, name, kwargs):
     """visualize hooks modules by name: every module of the eval model and of its fused form runs as a
     module."""
-    model = randomize(create_model(name, num_classes=3, **TINY, **kwargs), generator).eval()
+    model = randomize_batch_norm(create_model(name, num_classes=3, **TINY, **kwargs), generator).eval()
     x = torch.randn(1, 3, 64, 64, generator=generator)
     for candidate in (model, fuse_for_inference(model)):
         ran, expected, handles = _hooked_modules(candidate)
@@ -282,7 +276,7 @@ def test_every_module_fires_its_forward_hook(generator, name, kwargs):
 
 
 def test_optimize_for_inference_bfloat16_and_nchw_options(generator):
-    model = randomize(create_model("ladder_densenet121", num_classes=3, **TINY), generator).eval()
+    model = randomize_batch_norm(create_model("ladder_densenet121", num_classes=3, **TINY), generator).eval()
     x = torch.randn(1, 3, 64, 64, generator=generator)
     with torch.no_grad():
         expected = model(x)

@@ -9,18 +9,14 @@ from fastladder.nn import (BNReluConv, DenseBlock, DenseLayer, FoldedBNReluConv,
                            FoldedDenseLayer, FoldedTransition, Transition, fuse_for_inference)
 from fastladder.reference.models import (BNReluConvReference, DenseBlockReference, DenseLayerReference,
                                          TransitionReference)
-from fastladder.testing import DEVICES
+from fastladder.testing import DEVICES, randomize_batch_norm
 
 
 def randomize(module, generator):
     """Non-trivial parameters and running statistics that keep activations of order 1."""
+    randomize_batch_norm(module, generator)
     for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5, generator=generator)
-            m.bias.data.normal_(0, 0.2, generator=generator)
-            m.running_mean.normal_(0, 0.2, generator=generator)
-            m.running_var.uniform_(0.5, 1.5, generator=generator)
-        elif isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d):
             fan_in = m.weight[0].numel()
             m.weight.data.normal_(0, (2 / fan_in) ** 0.5, generator=generator)
     return module
