@@ -129,6 +129,11 @@ def _load_model(args):
     return wrapped.to(args.device).eval(), "1.", meta
 
 
+def _without_prefix(text: str, prefix: str) -> str:
+    """``text`` with the wrapper's layer-name prefix removed from the module names it lists."""
+    return re.sub(r"(?<=[\s'\[(])" + re.escape(prefix), "", text) if prefix else text
+
+
 def check_layers(model, objectives, prefix: str):
     """Every layer an objective names is a module of the model; an unknown name is an
     ArgumentError listing the closest names."""
@@ -206,11 +211,13 @@ def cmd_visualize(args) -> int:
                         transforms=list(transforms), fourier=not args.no_fourier,
                         decorrelate=not args.no_decorrelate,
                         l2=args.l2, tv=args.tv, diversity=args.diversity, seed=args.seed)
-        images = feature_viz.visualize(
-            model, objective, steps=args.steps, num_images=args.num_images, size=args.size, lr=args.lr,
-            transforms=transforms, fourier=not args.no_fourier, decorrelate=not args.no_decorrelate,
-            l2=args.l2,
-            tv=args.tv, diversity_weight=args.diversity, generator=generator)
+        try:
+            images = feature_viz.visualize(
+                model, objective, steps=args.steps, num_images=args.num_images, size=args.size, lr=args.lr,
+                transforms=transforms, fourier=not args.no_fourier, decorrelate=not args.no_decorrelate,
+                l2=args.l2, tv=args.tv, diversity_weight=args.diversity, generator=generator)
+        except ArgumentError as error:  # name the layers as the user does, without the wrapper's prefix
+            raise ArgumentError(_without_prefix(str(error), prefix)) from None
         values = feature_viz.objective_values(model, objective, images)
         metadata = {"fastladder": "visualize", "settings": settings, "model": args.model or "",
                     "weights": args.weights or "", "objective_values": values.tolist()}

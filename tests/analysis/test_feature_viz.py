@@ -211,8 +211,8 @@ def test_cli_visualize_and_attack(tmp_path, generator, capsys):
                      "--steps", "1", "--size", "64", "--out", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("fastladder visualize: error:")]
-    assert len(errors) == 1 and "aux_classifier'] did not run" in errors[0]
-    assert "features.conv0" in errors[0]
+    assert len(errors) == 1 and "['aux_classifier'] did not run" in errors[0]
+    assert "features.conv0, features.norm0" in errors[0] and "1.features" not in errors[0]  # the user's names
     assert "Traceback" not in err
 
     from PIL import Image
