@@ -45,12 +45,13 @@ means; NaN plays that role: ``numpy.nanmean`` over classes reproduces COCO's mea
 devkit's recall is 0/0), voc07 0 and mot 0 (no PR point reaches any recall level). Without
 detections the AP is 0 for every method, except coco101 without ground truth (NaN, as above).
 """
+import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-__all__ = ["average_precision", "precision_recall", "plot_precision_recall", "AP_METHODS"]
+__all__ = ["average_precision", "precision_recall", "plot_precision_recall", "mean_ap", "AP_METHODS"]
 
 AP_METHODS = ("voc07", "voc", "coco101", "mot")
 
@@ -66,6 +67,13 @@ class _Image:
     def __init__(self, det_boxes, scores, gt_boxes, ignore):
         self.det_boxes, self.scores, self.gt_boxes, self.ignore = det_boxes, scores, gt_boxes, ignore
 
+
+
+def mean_ap(values: Sequence[float]) -> float:
+    """The mean of the per-class APs that are defined (NaN for a class absent from both detections and
+    ground truth is left out, as COCO does); NaN when none is."""
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else float("nan")
 
 def average_precision(detections: Sequence[Mapping[str, torch.Tensor]],
                       ground_truth: Sequence[Mapping[str, torch.Tensor]], iou_threshold: float = 0.5,

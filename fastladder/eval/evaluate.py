@@ -9,7 +9,6 @@ Detection: :class:`DetectionEvalSet` resizes each image to the SSD's input size 
 them against the dataset's ground truth there with :func:`fastladder.eval.average_precision`
 (ignored boxes — MOT consider 0, VOC difficult — are its ignore regions).
 """
-import math
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -52,7 +51,7 @@ class DetectionEvalSet:
     def __getitem__(self, index):
         image, target = self.dataset[index]
         boxes = target["boxes"].to(torch.float32)
-        ignore = target.get("ignore", target.get("difficult"))
+        ignore = target.get("ignore")
         ignore = torch.zeros(boxes.shape[0], dtype=torch.bool) if ignore is None else \
             torch.as_tensor(ignore, dtype=torch.bool).reshape(-1)
         labels = target.get("labels", torch.ones(boxes.shape[0], dtype=torch.int64))
@@ -78,7 +77,7 @@ def evaluate_detector(model, loader, *, device, methods: Sequence[str], iou_thre
     """
     from tqdm import tqdm
 
-    from fastladder.eval.detection import average_precision, precision_recall
+    from fastladder.eval.detection import average_precision, mean_ap, precision_recall
 
     detections: List[Dict] = []
     ground_truth: List[Dict] = []
@@ -93,8 +92,7 @@ def evaluate_detector(model, loader, *, device, methods: Sequence[str], iou_thre
     for method in methods:
         per_class = average_precision(detections, ground_truth, iou_threshold, method)
         values = [float(per_class.get(label, float("nan"))) for label in classes]
-        defined = [v for v in values if not math.isnan(v)]
-        result["ap"][method] = sum(defined) / len(defined) if defined else float("nan")
+        result["ap"][method] = mean_ap(values)
         result["ap_per_class"][method] = values
     for label in classes:
         precision, recall, _ = precision_recall(detections, ground_truth, iou_threshold, method=methods[0],

@@ -291,7 +291,7 @@ class DetectionTask(Task):
 
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> Dict[str, Any]:
         """AP over the validation set (detections and ground truth gathered from all processes)."""
-        from fastladder.eval.detection import AP_METHODS, average_precision
+        from fastladder.eval.detection import AP_METHODS, average_precision, mean_ap
 
         device = runtime.device
         detections, ground_truth = [], []
@@ -322,9 +322,9 @@ class DetectionTask(Task):
                                             self.num_classes)
         per_class = per_method[self.ap_method]
         return {
-            "ap": _nanmean(per_class),
+            "ap": mean_ap(per_class),
             "ap_per_class": per_class,
-            "ap_methods": {method: _nanmean(values) for method, values in per_method.items()},
+            "ap_methods": {method: mean_ap(values) for method, values in per_method.items()},
             "ap_iou": self.ap_iou,
             "ap_method": self.ap_method,
             "class_names": self.class_names[1:],
@@ -337,12 +337,6 @@ class DetectionTask(Task):
 def _class_aps(result: Dict[int, float], num_classes: int) -> List[float]:
     """{label: AP} → [AP of class 1, …, class C−1] (NaN for a class absent from both sides)."""
     return [float(result.get(label, float("nan"))) for label in range(1, num_classes)]
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    """The mean of the defined values (classes without ground truth are left out, as COCO does)."""
-    defined = [v for v in values if v == v]
-    return sum(defined) / len(defined) if defined else float("nan")
 
 
 def _gather(items: List[Any]) -> List[Any]:
