@@ -16,6 +16,8 @@ REQUIRED_OPS = (
     "upsample_concat_backward",
     "upsample_concat_rows",
     "ladder_blend_bands",
+    "winograd_weight",
+    "conv3x3_winograd",
     "bn_relu",
     "bn_relu_backward",
     "box_iou",

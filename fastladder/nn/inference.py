@@ -24,6 +24,7 @@ from fastladder.nn.densenet import BNReluConv, DenseBlock, DenseLayer, Transitio
 from fastladder.nn.ladder_upsample import LadderUpsample
 from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
 from fastladder.ops.upsample import ladder_blend
+from fastladder.ops.winograd import conv3x3_winograd, winograd_weight
 
 __all__ = ["fuse_for_inference", "is_fused", "FoldedConv2d", "FoldedBNReluConv", "FoldedDenseLayer",
            "FoldedDenseBlock", "FoldedTransition", "FoldedLadderUpsample"]
@@ -70,6 +71,25 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     out = torch.nn.functional.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
                                      groups=groups)
     return out.relu_() if relu else out
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, transformed: Optional[torch.Tensor],
+            bias: Optional[torch.Tensor] = None, padding=(1, 1), dilation: int = 1) -> torch.Tensor:
+    """A 3×3 conv2d (stride 1): by Winograd F(4×4, 3×3) on CPU float32 inference when ``transformed`` is
+    :func:`_winograd_filter`'s filter (0.44–0.57× oneDNN's time for the DenseNet and ladder shapes on the
+    build machine), else :func:`conv2d`."""
+    if (transformed is not None and x.device.type == "cpu" and x.dtype == transformed.dtype == torch.float32
+            and not torch.is_grad_enabled()):
+        return conv3x3_winograd(x, transformed, bias, padding=padding)
+    return conv2d(x, weight, bias, padding=padding, dilation=(dilation, dilation))
+
+
+def _winograd_filter(weight: torch.Tensor, padding, dilation) -> Optional[torch.Tensor]:
+    """winograd_weight(weight) for a 3×3 filter that conv3x3_winograd can run (dilation 1, padding 0 or 1
+    on each side), else None."""
+    if weight.shape[-2:] != (3, 3) or tuple(dilation) != (1, 1) or any(p not in (0, 1) for p in padding):
+        return None
+    return winograd_weight(weight.detach())
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -156,6 +176,9 @@ class FoldedBNReluConv(nn.Module):
         self.register_buffer("weight", _plain(weight))
         self.register_buffer("bias", _plain(bias))
         self.padding, self.dilation = tuple(padding), tuple(dilation)
+        # Derived from weight at conversion, so not part of the state_dict.
+        self.register_buffer("weight_winograd", _winograd_filter(weight, self.padding, self.dilation),
+                             persistent=False)
 
     @classmethod
     def from_module(cls, unit: BNReluConv):
@@ -165,8 +188,10 @@ class FoldedBNReluConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.shape[-2:] == (1, 1):
             return bn_relu_conv1x1(x, self.scale, self.shift, self.weight, self.bias)
-        return conv2d(bn_relu(x, self.scale, self.shift), self.weight, self.bias, padding=self.padding,
-                      dilation=self.dilation)
+        act = bn_relu(x, self.scale, self.shift)
+        if self.weight_winograd is not None:
+            return conv3x3(act, self.weight, self.weight_winograd, self.bias, padding=self.padding)
+        return conv2d(act, self.weight, self.bias, padding=self.padding, dilation=self.dilation)
 
 
 class FoldedDenseLayer(nn.Module):
@@ -182,6 +207,9 @@ class FoldedDenseLayer(nn.Module):
         self.register_buffer("bias1", _plain(bias1))
         self.register_buffer("weight2", _plain(weight2))
         self.dilation = dilation
+        # Derived from weight2 at conversion, so not part of the state_dict.
+        self.register_buffer("weight2_winograd", _winograd_filter(weight2, (1, 1), (dilation, dilation)),
+                             persistent=False)
 
     @classmethod
     def from_module(cls, layer: DenseLayer):
@@ -195,7 +223,7 @@ class FoldedDenseLayer(nn.Module):
         if bottleneck_bytes > LAYER_BAND_BYTES and rows < x.shape[2]:
             return self._banded(x, rows)
         hidden = bn_relu_conv1x1(x, self.scale1, self.shift1, self.weight1, self.bias1, relu=True)
-        return conv2d(hidden, self.weight2, padding=(d, d), dilation=(d, d))
+        return conv3x3(hidden, self.weight2, self.weight2_winograd, padding=(d, d), dilation=d)
 
     def _banded(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         """The layer in bands of ``rows`` output rows, 1×1 and 3×3 together: each band's bottleneck is
@@ -210,7 +238,8 @@ class FoldedDenseLayer(nn.Module):
                             relu=True)
             if first > top - d or last < bottom + d:  # rows beyond the image: the 3×3's zero padding
                 hidden = torch.nn.functional.pad(hidden, (0, 0, first - (top - d), bottom + d - last))
-            out[:, :, top:bottom].copy_(conv2d(hidden, self.weight2, padding=(0, d), dilation=(d, d)))
+            out[:, :, top:bottom].copy_(conv3x3(hidden, self.weight2, self.weight2_winograd, padding=(0, d),
+                                                dilation=d))
         return out
 
 
@@ -306,6 +335,15 @@ class FoldedLadderUpsample(nn.Module):
             self.register_buffer(name, _plain(value))
         for name, value in zip(("blend_scale", "blend_shift", "blend_weight", "blend_bias"), blend):
             self.register_buffer(name, _plain(value))
+        # Derived from blend_weight at conversion, so not part of the state_dict.
+        self.register_buffer("blend_weight_winograd", _winograd_filter(blend[2], (1, 1), (1, 1)),
+                             persistent=False)
+
+    def _blend_winograd(self, skip: torch.Tensor) -> Optional[torch.Tensor]:
+        """The Winograd filter when the blend can use it (CPU float32, see :func:`conv3x3`)."""
+        usable = (self.blend_weight_winograd is not None and skip.device.type == "cpu"
+                  and skip.dtype == self.blend_weight_winograd.dtype == torch.float32)
+        return self.blend_weight_winograd if usable else None
 
     def _has_hooks(self) -> bool:
         return bool(self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks
@@ -332,7 +370,8 @@ class FoldedLadderUpsample(nn.Module):
                 skip.set_()
             skip = projected
         return ladder_blend(low, skip, self.blend_weight, self.blend_bias, mode=self.mode,
-                            scale=self.blend_scale, shift=self.blend_shift, relu=True)
+                            scale=self.blend_scale, shift=self.blend_shift, relu=True,
+                            winograd_weight=self._blend_winograd(skip))
 
 
 # --- conversion ---------------------------------------------------------------------------------

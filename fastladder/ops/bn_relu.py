@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 
 from fastladder import _extension  # noqa: F401  (loads the operators, or explains why not)
-from fastladder.ops._layout import autocast_dtype, output_memory_format
+from fastladder.ops._layout import autocast_dtype, channels_last_slice_format
 
 __all__ = ["bn_relu", "fold_batch_norm"]
 
@@ -51,32 +51,16 @@ def fold_batch_norm(norm: torch.nn.BatchNorm2d):
     return scale, shift
 
 
-def _is_channels_last_slice(x):
-    """A channel slice of a wider dense channels_last buffer (csrc/ops/bn_relu.h)."""
-    if x.dim() != 4 or x.shape[1] < 2 or x.shape[2] * x.shape[3] < 2 \
-            or output_memory_format(x) == torch.channels_last:
-        return False
-    _, c, h, w = x.shape
-    _, s_c, s_h, s_w = x.stride()
-    return s_c == 1 and s_w > c and (h == 1 or s_h == w * s_w)
-
-
-def _output_format(x):
-    """bn_relu's result layout (csrc/ops/bn_relu.h, bn_relu_output_format): channels_last for
-    channels_last x and for channel slices of a channels_last buffer, NCHW otherwise."""
-    return torch.channels_last if _is_channels_last_slice(x) else output_memory_format(x)
-
-
 @torch.library.register_fake("fastladder::bn_relu")
 def _bn_relu_fake(x, scale, shift):
     torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
-    return x.new_empty(x.shape).contiguous(memory_format=_output_format(x))
+    return x.new_empty(x.shape).contiguous(memory_format=channels_last_slice_format(x))
 
 
 @torch.library.register_fake("fastladder::bn_relu_backward")
 def _bn_relu_backward_fake(grad_out, x, scale, shift, need_affine_grad):
     channels = x.shape[1] if need_affine_grad else 0
-    return (x.new_empty(x.shape).contiguous(memory_format=_output_format(x)),
+    return (x.new_empty(x.shape).contiguous(memory_format=channels_last_slice_format(x)),
             x.new_empty((channels,)), x.new_empty((channels,)))
 
 

@@ -67,6 +67,7 @@ def ladder_blend(
     shift: Optional[torch.Tensor] = None,
     relu: bool = True,
     align_corners: bool = False,
+    winograd_weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The LDN transition-up blend: ``conv2d(upsample_concat(...), weight, bias, padding=1)``.
 
@@ -78,6 +79,8 @@ def ladder_blend(
             align_corners: as in :func:`upsample_concat` (here relu defaults to True: BN-ReLU-conv).
         weight (Tensor[C_out, C_join, 3, 3]): C_join = Cl + Cs for concat, Cs for add.
         bias (Tensor[C_out], optional).
+        winograd_weight (Tensor[36, C_join, C_out], optional): :func:`~fastladder.ops.winograd_weight` of
+            ``weight``; CPU float inference then convolves by :func:`~fastladder.ops.conv3x3_winograd`.
 
     Returns:
         Tensor[N, C_out, H, W]. Differentiable.
@@ -102,7 +105,7 @@ def ladder_blend(
         # conv2d(upsample_concat(...)) in channels_last bands: csrc/ops/ladder_blend.cpp
         scale, shift = _complete_affine(scale, shift)
         return torch.ops.fastladder.ladder_blend_bands(low, skip, weight, bias, mode, scale, shift, relu,
-                                                       align_corners, band_rows)
+                                                       align_corners, band_rows, winograd_weight)
     joined = upsample_concat(low, skip, mode=mode, scale=scale, shift=shift, relu=relu,
                              align_corners=align_corners)
     return F.conv2d(joined, weight, bias, padding=1)
@@ -161,7 +164,8 @@ def _upsample_concat_rows_fake(low, skip, mode, scale, shift, relu, align_corner
 
 
 @torch.library.register_fake("fastladder::ladder_blend_bands")
-def _ladder_blend_bands_fake(low, skip, weight, bias, mode, scale, shift, relu, align_corners, band_rows):
+def _ladder_blend_bands_fake(low, skip, weight, bias, mode, scale, shift, relu, align_corners, band_rows,
+                             winograd_weight=None):
     return skip.new_empty((skip.shape[0], weight.shape[0], skip.shape[2], skip.shape[3])).contiguous(
         memory_format=output_memory_format(skip))
 

@@ -13,6 +13,7 @@
 
 #include "ops/bn_relu.h"
 #include "ops/common/affine.h"
+#include "ops/cpu/vectorize.h"
 
 namespace fastladder {
 namespace ops {
@@ -61,17 +62,10 @@ void for_each_pixel_chunk(const at::Tensor& x, Body body) {
   });
 }
 
-// The forward's inner loops for float, the dtype models run in. The extension is compiled for the
-// x86-64 baseline, where these loops run on SSE2 at about half the speed of AVX-512 (0.23 vs 0.13
-// ms for a 4608-pixel, 224-channel band on one core), so they are cloned for AVX-512 and AVX2 and
-// the loader picks the clone the CPU supports, as ATen dispatches its own kernels. setup.py and
-// CMakeLists.txt compile with -ffp-contract=off: every clone rounds x * scale before adding shift,
-// as common::affine_relu does for the other dtypes.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FL_CPU_CLONES
-#endif
+// The forward's inner loops for float and bfloat16 (the dtypes models run in) are cloned per ISA
+// (ops/cpu/vectorize.h): on SSE2 they ran at about half the speed of AVX-512 (0.23 vs 0.13 ms for a
+// 4608-pixel, 224-channel band on one core). With -ffp-contract=off every clone rounds x * scale
+// before adding shift, as common::affine_relu does for the other dtypes.
 
 // y[c] = relu(x[c] * scale[c] + shift[c]) for the C adjacent channels of one pixel
 FL_CPU_CLONES void affine_relu_pixel(const float* __restrict__ x, const float* __restrict__ scale,
@@ -85,24 +79,8 @@ FL_CPU_CLONES void affine_relu_plane(const float* __restrict__ x, float scale, f
   for (int64_t k = 0; k < count; ++k) y[k] = common::affine_relu<float>(x[k], scale, shift, true);
 }
 
-// bfloat16 (optimize_for_inference(dtype=torch.bfloat16)): the same float arithmetic on the raw bits,
-// converted as c10::BFloat16 converts (round to nearest even, every NaN to 0x7FC0), so that the cloned
-// loops vectorize; through c10::BFloat16 the scalar conversions made bn_relu 2x slower in bfloat16
-// than in float32.
-FL_INLINE float bf16_bits_to_float(uint16_t bits) {
-  const uint32_t word = static_cast<uint32_t>(bits) << 16;
-  float value;
-  std::memcpy(&value, &word, sizeof(value));
-  return value;
-}
-
-FL_INLINE uint16_t float_to_bf16_bits(float value) {
-  uint32_t word;
-  std::memcpy(&word, &value, sizeof(word));
-  const uint16_t rounded = static_cast<uint16_t>((word + (((word >> 16) & 1u) + 0x7FFFu)) >> 16);
-  return value != value ? static_cast<uint16_t>(0x7FC0) : rounded;
-}
-
+// bfloat16 (optimize_for_inference(dtype=torch.bfloat16)): the same float arithmetic on the raw bits;
+// through c10::BFloat16 the scalar conversions made bn_relu 2x slower in bfloat16 than in float32.
 FL_CPU_CLONES void affine_relu_pixel_bf16(const uint16_t* __restrict__ x, const float* __restrict__ scale,
                                           const float* __restrict__ shift, uint16_t* __restrict__ y,
                                           int64_t channels) {

@@ -1,0 +1,76 @@
+// Schema, checks and the filter transform of fastladder::conv3x3_winograd (CPU kernel:
+// cpu/winograd_kernel.cpp).
+#include "ops/winograd.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+namespace fastladder {
+namespace ops {
+
+WinogradShape check_conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight,
+                                     const c10::optional<at::Tensor>& bias, at::IntArrayRef padding) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "x must be a 4-D [N, C_in, H, W] tensor, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(0) == kWinogradAlpha * kWinogradAlpha &&
+                        weight.size(1) == x.size(1),
+                    "weight must be a [36, C_in = ", x.size(1), ", C_out] Winograd-domain filter "
+                    "(fastladder.ops.winograd_weight of the [C_out, C_in, 3, 3] filter), got shape ",
+                    weight.sizes());
+  TORCH_CHECK_VALUE(padding.size() == 2 && (padding[0] == 0 || padding[0] == 1) &&
+                        (padding[1] == 0 || padding[1] == 1),
+                    "padding must be two values, each 0 or 1, got ", padding);
+  // No bfloat16: rounding the transformed tiles to bfloat16 gave 20x the error of a direct bfloat16
+  // convolution (5e-2 of the largest output), and oneDNN's bfloat16 convolutions were as fast.
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                    "x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(weight.scalar_type() == x.scalar_type(), "weight must have x's dtype (", x.scalar_type(),
+                    "), got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == x.device(), "weight must be on x's device (", x.device(), "), got ",
+                    weight.device());
+  const int64_t out_channels = weight.size(2);
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_channels, "bias must be a [", out_channels,
+                      "] tensor, got shape ", bias->sizes());
+    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->device() == x.device(),
+                      "bias must be floating point on x's device, got ", bias->scalar_type(), " on ",
+                      bias->device());
+  }
+  const int64_t out_height = x.size(2) + 2 * padding[0] - 2, out_width = x.size(3) + 2 * padding[1] - 2;
+  TORCH_CHECK_VALUE(out_height >= 0 && out_width >= 0, "x of shape ", x.sizes(), " is smaller than the 3x3 ",
+                    "filter with padding ", padding);
+  return {x.size(0), x.size(1), out_channels, x.size(2), x.size(3), out_height, out_width, padding[0], padding[1]};
+}
+
+namespace {
+
+// [C_out, C_in, 3, 3] -> [36, C_in, C_out]: G g Gᵀ per filter, computed in float64 and rounded once.
+// A composite of ATen operators: every device, and differentiable.
+at::Tensor winograd_weight(const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3,
+                    "weight must be a [C_out, C_in, 3, 3] filter, got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(weight.scalar_type()), "weight must be floating point, got ",
+                    weight.scalar_type());
+  const at::Tensor g = at::tensor(at::ArrayRef<double>(&kWinogradG[0][0], 18), weight.options().dtype(at::kDouble))
+                           .view({kWinogradAlpha, 3});
+  const at::Tensor u = at::matmul(at::matmul(g, weight.to(at::kDouble)), g.t());  // [C_out, C_in, 6, 6]
+  return u.permute({2, 3, 1, 0})
+      .reshape({kWinogradAlpha * kWinogradAlpha, weight.size(1), weight.size(0)})
+      .to(weight.scalar_type())
+      .contiguous();
+}
+
+}  // namespace
+
+}  // namespace ops
+}  // namespace fastladder
+
+TORCH_LIBRARY_FRAGMENT(fastladder, m) {
+  m.def("winograd_weight(Tensor weight) -> Tensor");
+  // Inference only (no autograd); weight is winograd_weight's [36, C_in, C_out] filter. Output
+  // [N, C_out, H + 2 padding[0] - 2, W + 2 padding[1] - 2] in x's layout (output_format).
+  m.def("conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, int[2] padding, bool relu) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastladder, CompositeImplicitAutograd, m) {
+  m.impl("winograd_weight", &fastladder::ops::winograd_weight);
+}
