@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <vector>
+
 namespace fastladder {
 namespace ops {
 
@@ -50,13 +52,17 @@ at::Tensor winograd_weight(const at::Tensor& weight) {
                     "weight must be a [C_out, C_in, 3, 3] filter, got shape ", weight.sizes());
   TORCH_CHECK_VALUE(at::isFloatingType(weight.scalar_type()), "weight must be floating point, got ",
                     weight.scalar_type());
-  const at::Tensor g = at::tensor(at::ArrayRef<double>(&kWinogradG[0][0], 18), weight.options().dtype(at::kDouble))
-                           .view({kWinogradAlpha, 3});
-  const at::Tensor u = at::matmul(at::matmul(g, weight.to(at::kDouble)), g.t());  // [C_out, C_in, 6, 6]
-  return u.permute({2, 3, 1, 0})
-      .reshape({kWinogradAlpha * kWinogradAlpha, weight.size(1), weight.size(0)})
-      .to(weight.scalar_type())
-      .contiguous();
+  // G g Gᵀ with G's entries as scalars (a constant tensor would not mix with fake tensors: torch.compile)
+  const at::Tensor w = weight.to(at::kDouble);
+  const auto combine = [](const at::Tensor& t, int64_t dim, const double* coefficients) {
+    return t.select(dim, 0) * coefficients[0] + t.select(dim, 1) * coefficients[1] + t.select(dim, 2) * coefficients[2];
+  };
+  std::vector<at::Tensor> entries;
+  for (int64_t i = 0; i < kWinogradAlpha; ++i) {
+    const at::Tensor row = combine(w, 2, kWinogradG[i]);  // (G g)[i]: [C_out, C_in, 3]
+    for (int64_t j = 0; j < kWinogradAlpha; ++j) entries.push_back(combine(row, 2, kWinogradG[j]));
+  }
+  return at::stack(entries).transpose(1, 2).to(weight.scalar_type()).contiguous();  // [36, C_in, C_out]
 }
 
 }  // namespace

@@ -208,6 +208,30 @@ def test_channels_last_and_banded_eval_match_reference(generator, monkeypatch):
                                        rtol=1e-9, atol=1e-9)
 
 
+def test_cpu_float32_inference_convolves_3x3_by_winograd(generator, monkeypatch):
+    """The converted dense layers (whole and in row bands) and ladder blends run their 3×3s through
+    conv3x3_winograd on CPU in float32, and still give the eval model's logits."""
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_BYTES", 1000)
+    monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_ROWS", 3)
+    model = randomize_batch_norm(create_model("ladder_densenet121", num_classes=4, **TINY), generator).eval()
+    x = torch.randn(1, 3, 70, 90, generator=generator)
+    fused = fuse_for_inference(model).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = model(x)
+        with torch.profiler.profile() as profile:
+            actual = fused(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    calls = [event.name for event in profile.events()]
+    layers = sum(isinstance(m, fastladder.nn.inference.FoldedDenseLayer) for m in fused.modules())
+    blends = sum(isinstance(m, fastladder.nn.inference.FoldedLadderUpsample) for m in fused.modules())
+    # banded layers (DB1 at 1/4: 18 rows in bands of 3) call it once per band
+    assert calls.count("fastladder::conv3x3_winograd") > layers + blends
+    # bfloat16 keeps oneDNN's convolutions (Winograd's transformed tiles lose too much in bfloat16)
+    with torch.inference_mode(), torch.profiler.profile() as profile:
+        fused.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert "fastladder::conv3x3_winograd" not in [event.name for event in profile.events()]
+
+
 def _tiny_registry_model(name, generator):
     """Every registry model at a size tests can run (DenseNets and LDNs tiny, SSD at width 1/8)."""
     if name.startswith("ssd"):
