@@ -14,7 +14,8 @@ def make(n=2, c_in=5, c_out=3, height=7, width=9, dtype=torch.float32, device="c
 
 
 def relative_error(actual, expected):
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30)).item()
+    expected = expected.double()
+    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("padding", [(1, 1), (0, 1), (1, 0), (0, 0)])
@@ -28,7 +29,8 @@ def test_matches_conv2d(seed, padding, size, bias):
     for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
         x, weight, b = make(height=size[0], width=size[1], dtype=dtype, bias=bias)
         for relu in (False, True):
-            expected = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=padding)
+            bias64 = None if b is None else b.double()
+            expected = F.conv2d(x.double(), weight.double(), bias64, padding=padding)
             expected = expected.relu() if relu else expected
             actual = ops.conv3x3_winograd(x, ops.winograd_weight(weight), b, padding=padding, relu=relu)
             assert actual.shape == expected.shape and actual.dtype == dtype
@@ -66,13 +68,15 @@ def test_layouts(seed):
     expected = F.conv2d(x, weight, b, padding=1)
     buffer = torch.randn(2, 10, 7, 9).contiguous(memory_format=torch.channels_last)
     buffer[:, :6] = x
-    cases = {"nchw": (x, torch.contiguous_format), "channels_last": (x.contiguous(memory_format=torch.channels_last),
-             torch.channels_last), "channels_last slice": (buffer[:, :6], torch.channels_last),
+    cases = {"nchw": (x, torch.contiguous_format),
+             "channels_last": (x.contiguous(memory_format=torch.channels_last), torch.channels_last),
+             "channels_last slice": (buffer[:, :6], torch.channels_last),
              "nchw slice": (torch.cat([x, x], 1)[:, :6], torch.contiguous_format)}
     for name, (view, memory_format) in cases.items():
         actual = ops.conv3x3_winograd(view, u, b)
         assert actual.is_contiguous(memory_format=memory_format), name
-        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed {seed} {name}: {m}")
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4,
+                                   msg=lambda m: f"seed {seed} {name}: {m}")
 
 
 def test_empty_inputs(seed):
