@@ -31,7 +31,7 @@ class Arena final : public c10::Allocator {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = idle_.lower_bound(n);
-      if (it != idle_.end() && it->first <= n + n / 4) {
+      if (it != idle_.end()) {
         block = it->second;
         idle_.erase(it);
         idle_bytes_ -= block->size;
