@@ -7,7 +7,10 @@
 folded modules hold the BatchNorms as per-channel (scale, shift) buffers, or fold them into the
 neighbouring convolution, computed from the running statistics at conversion time, so no forward
 recomputes them. They run the fused operators (:func:`fastladder.ops.bn_relu`,
-:func:`fastladder.ops.ladder_blend`) and, on CPU, oneDNN convolutions with the ReLU as a post-op.
+:func:`fastladder.ops.ladder_blend`) and, on CPU, oneDNN convolutions with the ReLU as a post-op; their
+3×3 convolutions (stride and dilation 1) also hold the filter in Winograd form (``*_winograd`` buffers,
+4× the filter's size, not in the state_dict) and run by :func:`fastladder.ops.conv3x3_winograd` on CPU
+in float32.
 
 The converted model is for inference only: its buffers are not trained, and it does not follow later
 changes to the original's weights. Its state_dict is not the training model's.

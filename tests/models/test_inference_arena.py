@@ -66,3 +66,15 @@ def test_the_idle_blocks_go_when_the_last_model_goes(generator):
     assert stats["users"] == users
     if users == 0:
         assert stats["idle_bytes"] == 0 and stats["idle_blocks"] == 0
+
+
+def test_reuse_memory_false_keeps_nothing(generator):
+    model, x = _model_and_image(generator)
+    users = _C.arena_stats()["users"]
+    fast = optimize_for_inference(model, x, reuse_memory=False)
+    before = _C.arena_stats()
+    expected = fast(x)
+    after = _C.arena_stats()
+    assert after["users"] == users
+    assert (after["fresh"], after["reused"]) == (before["fresh"], before["reused"])
+    torch.testing.assert_close(optimize_for_inference(model, x)(x), expected, rtol=0, atol=0)
