@@ -186,18 +186,22 @@ torch.manual_seed(0)
 """
 
 _MEMORY_MEASURE = """
+gc.collect()
+start = rss("VmRSS")
 measured()  # warm-up: oneDNN primitives, allocator pools and lazy inits are not activations
 gc.collect()
 before = rss("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # resets VmHWM to the current RSS
 measured()
-print(json.dumps({"peak": rss("VmHWM") - before}))
+# held: what the first call left allocated (caches, and an inference arena's blocks kept for the next call)
+print(json.dumps({"peak": rss("VmHWM") - before, "held": before - start}))
 """
 
 
-def measure_peak(setup, body, spec):
-    """Peak RSS growth in bytes during one call of ``body`` in a fresh interpreter."""
+def measure_peak(setup, body, spec, held=False):
+    """Peak RSS growth in bytes during one call of ``body`` in a fresh interpreter (after a warm-up call);
+    with ``held``, also the RSS growth the warm-up call left behind: (peak, held)."""
     script = (f"ROOT = {ROOT!r}\n" + _MEMORY_PRELUDE + textwrap.dedent(setup) + "\ndef measured():\n"
               + textwrap.indent(textwrap.dedent(body).strip(), "    ") + "\n" + _MEMORY_MEASURE)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", PYTHONPATH=ROOT)
@@ -205,7 +209,8 @@ def measure_peak(setup, body, spec):
                           text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"memory subprocess failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak"]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return (result["peak"], result["held"]) if held else result["peak"]
 
 
 _LDN_SETUP = """
@@ -215,9 +220,10 @@ model = create_model("ladder_densenet121", memory_efficient=spec.get("memory_eff
 if spec["which"] == "reference":
     model = reference_twin(model)
 model.train(spec["train"])
-if spec["which"] == "optimize_for_inference":
+if spec["which"].startswith("optimize_for_inference"):
     from fastladder.models import optimize_for_inference
-    model = optimize_for_inference(model)  # the fused copy; the training model is freed
+    # the fused copy; the training model is freed
+    model = optimize_for_inference(model, reuse_memory=spec["which"] == "optimize_for_inference")
 
 x = torch.randn(spec["batch"], 3, spec["height"], spec["width"])
 target = torch.randint(0, 19, (spec["batch"], spec["height"], spec["width"]))
@@ -243,14 +249,21 @@ def test_ldn121_inference_activation_memory(bench_device, record_comparison, siz
     if bench_device == "cuda":
         pytest.skip("on CUDA, test_ldn121_inference measures the activation memory")
     skip_large_on_cpu(bench_device, size, INFERENCE_SIZES[-1])
-    peaks = {}
-    names = {"optimize_for_inference": "optimize_for_inference", "fastladder": "fastladder eval model",
+    """The peak during a call (the activations), and that peak plus what a call leaves held for the next
+    (optimize_for_inference's CPU arena keeps the large blocks; reuse_memory=False frees them)."""
+    peaks, totals = {}, {}
+    names = {"optimize_for_inference_no_reuse": "optimize_for_inference reuse_memory=False",
+             "optimize_for_inference": "optimize_for_inference", "fastladder": "fastladder eval model",
              "reference": "reference"}
     for which, name in names.items():
         spec = dict(which=which, train=False, batch=1, height=size[0], width=size[1])
-        peaks[name] = measure_peak(_LDN_SETUP, _INFERENCE_BODY, spec)
-    report(f"LDN-121 inference activation memory {size[0]}x{size[1]}", peaks, "optimize_for_inference",
-           unit="bytes", record=record_comparison)
+        peak, held = measure_peak(_LDN_SETUP, _INFERENCE_BODY, spec, held=True)
+        peaks[name], totals[name] = peak, peak + held
+    candidate = "optimize_for_inference reuse_memory=False"
+    report(f"LDN-121 inference activation memory {size[0]}x{size[1]}", peaks, candidate, unit="bytes",
+           record=record_comparison)
+    report(f"LDN-121 inference activation memory + held between calls {size[0]}x{size[1]}", totals,
+           candidate, unit="bytes", record=record_comparison)
 
 
 @pytest.mark.parametrize("size", TRAINING_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
