@@ -44,21 +44,22 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "fastladder's compiled operators (registered under torch.ops.fastladder)";
   module.def("build_info", &build_info, "What this build of fastladder._C contains");
-  // The CPU inference arena (csrc/ops/cpu/arena.h); fastladder.models.InferenceModel uses it.
-  module.def("arena_enter", &fastladder::arena::enter);
-  module.def("arena_exit", &fastladder::arena::exit);
-  module.def("arena_add_user", &fastladder::arena::add_user);
-  module.def("arena_remove_user", &fastladder::arena::remove_user);
-  module.def("arena_stats", [] {
-    const fastladder::arena::Stats s = fastladder::arena::stats();
-    pybind11::dict d;
-    d["live_bytes"] = s.live_bytes;
-    d["idle_bytes"] = s.idle_bytes;
-    d["peak_bytes"] = s.peak_bytes;
-    d["idle_blocks"] = s.idle_blocks;
-    d["users"] = s.users;
-    d["reused"] = s.reused;
-    d["fresh"] = s.fresh;
-    return d;
-  });
+  // The CPU inference arenas (csrc/ops/cpu/arena.h); fastladder.models.InferenceModel owns one.
+  using fastladder::arena::Arena;
+  pybind11::class_<Arena, std::shared_ptr<Arena>>(module, "Arena", "A CPU inference arena (csrc/ops/cpu/arena.h)")
+      .def(pybind11::init<>())
+      .def("enter", &Arena::enter)
+      .def("exit", &Arena::exit)
+      .def("close", &Arena::close)
+      .def("stats", [](Arena& arena) {
+        const fastladder::arena::Stats s = arena.stats();
+        pybind11::dict d;
+        d["live_bytes"] = s.live_bytes;
+        d["idle_bytes"] = s.idle_bytes;
+        d["peak_bytes"] = s.peak_bytes;
+        d["idle_blocks"] = s.idle_blocks;
+        d["reused"] = s.reused;
+        d["fresh"] = s.fresh;
+        return d;
+      });
 }

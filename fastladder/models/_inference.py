@@ -13,15 +13,15 @@ __all__ = ["optimize_for_inference", "InferenceModel"]
 
 
 class _CpuArena:
-    """The CPU inference arena (csrc/ops/cpu/arena.h) for one model: inside ``with arena:``, large CPU
-    blocks (≥ 1 MiB) freed during a call are kept and reused by the next call instead of being returned
-    to the system and faulted in again (0.2-0.3 s per 1024×2048 LDN frame on the build machine). The
-    idle blocks add up to at most twice the most in use at once (at 1024×2048: 455 MB kept between calls
-    for 240 MB of activations), and are freed when the last model holding an arena is garbage-collected."""
+    """A model's CPU inference arena (csrc/ops/cpu/arena.h): inside ``with arena:``, large CPU blocks
+    (≥ 1 MiB) that the model frees are kept and reused by its next call instead of being returned to the
+    system and faulted in again (0.2-0.3 s per 1024×2048 LDN frame on the build machine). Its idle blocks
+    add up to at most twice the most it had in use at once (at 1024×2048: 455 MB kept between calls for
+    240 MB of activations); they are freed when the model is garbage-collected."""
 
     def __init__(self):
-        _C.arena_add_user()
-        weakref.finalize(self, _C.arena_remove_user)
+        self.arena = _C.Arena()
+        weakref.finalize(self, self.arena.close)
 
     def __deepcopy__(self, memo):
         return _CpuArena()
@@ -29,11 +29,15 @@ class _CpuArena:
     def __reduce__(self):
         return _CpuArena, ()
 
+    def stats(self) -> dict:
+        """live_bytes, idle_bytes, peak_bytes, idle_blocks, and the reused and fresh block counts."""
+        return self.arena.stats()
+
     def __enter__(self):
-        _C.arena_enter()
+        self.arena.enter()
 
     def __exit__(self, *exc_info):
-        _C.arena_exit()
+        self.arena.exit()
 
 
 class InferenceModel(nn.Module):
