@@ -2,7 +2,8 @@
 //
 // The extension is compiled for the x86-64 baseline, where plain loops run on SSE2 at about half the
 // speed of AVX-512, so hot loops are cloned for AVX-512 and AVX2 (FL_CPU_CLONES) and the loader picks
-// the clone the CPU supports, as ATen dispatches its own kernels. setup.py and CMakeLists.txt compile
+// the clone the CPU supports, as ATen dispatches its own kernels. The AVX-512 clone targets x86-64-v4
+// (F, BW, DQ, VL): with F alone GCC vectorized the bfloat16 loops 256 bits wide (16-bit lanes need BW). setup.py and CMakeLists.txt compile
 // with -ffp-contract=off, so every clone rounds each product before the sum, as the baseline does.
 #pragma once
 
@@ -12,7 +13,7 @@
 #include "ops/common/macros.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FL_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define FL_CPU_CLONES
 #endif
