@@ -81,10 +81,16 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, transformed: Optional[torch.T
     """A 3×3 conv2d (stride 1): by Winograd F(4×4, 3×3) on CPU float32 inference when ``transformed`` is
     :func:`_winograd_filter`'s filter (0.44–0.57× oneDNN's time for the DenseNet and ladder shapes on the
     build machine), else :func:`conv2d`."""
-    if (transformed is not None and x.device.type == "cpu" and x.dtype == transformed.dtype == torch.float32
-            and not torch.is_grad_enabled()):
+    if _use_winograd(x, transformed):
         return conv3x3_winograd(x, transformed, bias, padding=padding)
     return conv2d(x, weight, bias, padding=padding, dilation=(dilation, dilation))
+
+
+def _use_winograd(x: torch.Tensor, transformed: Optional[torch.Tensor]) -> bool:
+    """Whether a 3×3 with this Winograd filter runs by conv3x3_winograd: CPU float32 inference (in
+    bfloat16 the transformed tiles lose too much, and oneDNN's bfloat16 kernels are as fast)."""
+    return (transformed is not None and x.device.type == "cpu"
+            and x.dtype == transformed.dtype == torch.float32 and not torch.is_grad_enabled())
 
 
 def _winograd_filter(weight: torch.Tensor, padding, dilation) -> Optional[torch.Tensor]:
@@ -342,12 +348,6 @@ class FoldedLadderUpsample(nn.Module):
         self.register_buffer("blend_weight_winograd", _winograd_filter(blend[2], (1, 1), (1, 1)),
                              persistent=False)
 
-    def _blend_winograd(self, skip: torch.Tensor) -> Optional[torch.Tensor]:
-        """The Winograd filter when the blend can use it (CPU float32, see :func:`conv3x3`)."""
-        usable = (self.blend_weight_winograd is not None and skip.device.type == "cpu"
-                  and skip.dtype == self.blend_weight_winograd.dtype == torch.float32)
-        return self.blend_weight_winograd if usable else None
-
     def _has_hooks(self) -> bool:
         return bool(self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks
                     or _global_forward_pre_hooks)
@@ -374,7 +374,8 @@ class FoldedLadderUpsample(nn.Module):
             skip = projected
         return ladder_blend(low, skip, self.blend_weight, self.blend_bias, mode=self.mode,
                             scale=self.blend_scale, shift=self.blend_shift, relu=True,
-                            winograd_weight=self._blend_winograd(skip))
+                            winograd_weight=self.blend_weight_winograd
+                            if _use_winograd(skip, self.blend_weight_winograd) else None)
 
 
 # --- conversion ---------------------------------------------------------------------------------
