@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "ops/cpu/arena.h"
+#include "ops/winograd.h"
 
 #ifdef FASTLADDER_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -44,6 +45,10 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "fastladder's compiled operators (registered under torch.ops.fastladder)";
   module.def("build_info", &build_info, "What this build of fastladder._C contains");
+  module.def("winograd_fast_bfloat16", &fastladder::ops::winograd_fast_bfloat16,
+             "Whether this CPU runs bfloat16 conv3x3_winograd at full speed (AVX512_BF16)");
+  module.def("_winograd_force_portable_bfloat16", &fastladder::ops::winograd_force_portable_bfloat16,
+             "Tests: run bfloat16 conv3x3_winograd on its portable loop, as CPUs without AVX512_BF16 do");
   // The CPU inference arenas (csrc/ops/cpu/arena.h); fastladder.models.InferenceModel owns one.
   using fastladder::arena::Arena;
   pybind11::class_<Arena, std::shared_ptr<Arena>>(module, "Arena", "A CPU inference arena (csrc/ops/cpu/arena.h)")

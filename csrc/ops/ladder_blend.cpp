@@ -64,21 +64,23 @@ at::Tensor ladder_blend_bands(const at::Tensor& low, const at::Tensor& skip, con
                             .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, c10::string_view,
                                                const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
                                                bool, bool, int64_t, int64_t, bool, at::Tensor&)>();
-  // The band's 3×3: Winograd F(4×4, 3×3) when the caller has the transformed filter for a CPU float
-  // input (0.44× oneDNN's time for the 256→128 blend at 1/4 of 1024×2048), else ATen's conv2d.
+  // The band's 3×3: Winograd (ops/winograd.h) when the caller has the transformed filter for a CPU input
+  // (F(4×4) in float32: 0.44× oneDNN's time for the 256→128 blend at 1/4 of 1024×2048; F(2×2) in
+  // bfloat16: 0.59×), else ATen's conv2d.
   static auto winograd_op = c10::Dispatcher::singleton()
                                 .findSchemaOrThrow("fastladder::conv3x3_winograd", "")
                                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
                                                   const c10::optional<at::Tensor>&, at::IntArrayRef, bool)>();
-  const bool winograd = winograd_weight.has_value() && winograd_weight->defined() && skip.is_cpu() &&
-                        (skip.scalar_type() == at::kFloat || skip.scalar_type() == at::kDouble) &&
-                        winograd_weight->scalar_type() == skip.scalar_type();
-  if (winograd_weight.has_value() && winograd_weight->defined()) {
-    TORCH_CHECK_VALUE(winograd_weight->dim() == 3 && winograd_weight->size(0) == 36 &&
+  const bool has_winograd = winograd_weight.has_value() && winograd_weight->defined();
+  if (has_winograd) {
+    TORCH_CHECK_VALUE(winograd_weight->dim() == 3 && (winograd_weight->size(0) == 36 || winograd_weight->size(0) == 16) &&
                           winograd_weight->size(1) == weight.size(1) && winograd_weight->size(2) == weight.size(0),
-                      "winograd_weight must be winograd_weight(weight), a [36, ", weight.size(1), ", ",
+                      "winograd_weight must be winograd_weight(weight), a [36 or 16, ", weight.size(1), ", ",
                       weight.size(0), "] tensor, got shape ", winograd_weight->sizes());
   }
+  const bool winograd = has_winograd && skip.is_cpu() && winograd_weight->scalar_type() == skip.scalar_type() &&
+                        (skip.scalar_type() == at::kFloat || skip.scalar_type() == at::kDouble ||
+                         (skip.scalar_type() == at::kBFloat16 && winograd_weight->size(0) == 16));
   const at::Tensor weight_cl = weight.contiguous(at::MemoryFormat::ChannelsLast);  // once, not once per band
   const bool transpose_on_cpu = out.is_cpu() && format == at::MemoryFormat::Contiguous;
   // One band buffer for all bands (the last, shorter one gets its own): a fresh buffer per band

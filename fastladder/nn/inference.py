@@ -9,8 +9,9 @@ neighbouring convolution, computed from the running statistics at conversion tim
 recomputes them. They run the fused operators (:func:`fastladder.ops.bn_relu`,
 :func:`fastladder.ops.ladder_blend`) and, on CPU, oneDNN convolutions with the ReLU as a post-op; their
 3×3 convolutions (stride and dilation 1) also hold the filter in Winograd form (``*_winograd`` buffers,
-4× the filter's size, not in the state_dict) and run by :func:`fastladder.ops.conv3x3_winograd` on CPU
-in float32.
+not in the state_dict: F(4×4, 3×3), 4× the filter's size, in float32; F(2×2, 3×3), 16/9 of it, after a
+cast to bfloat16) and run by :func:`fastladder.ops.conv3x3_winograd` on CPU in float32, and in bfloat16
+on CPUs with AVX512_BF16.
 
 The converted model is for inference only: its buffers are not trained, and it does not follow later
 changes to the original's weights. Its state_dict is not the training model's.
@@ -27,7 +28,7 @@ from fastladder.nn.densenet import BNReluConv, DenseBlock, DenseLayer, Transitio
 from fastladder.nn.ladder_upsample import LadderUpsample
 from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
 from fastladder.ops.upsample import ladder_blend
-from fastladder.ops.winograd import conv3x3_winograd, winograd_weight
+from fastladder.ops.winograd import conv3x3_winograd, winograd_fast_bfloat16, winograd_weight
 
 __all__ = ["fuse_for_inference", "is_fused", "FoldedConv2d", "FoldedBNReluConv", "FoldedDenseLayer",
            "FoldedDenseBlock", "FoldedTransition", "FoldedLadderUpsample"]
@@ -78,27 +79,57 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, transformed: Optional[torch.Tensor],
             bias: Optional[torch.Tensor] = None, padding=(1, 1), dilation: int = 1) -> torch.Tensor:
-    """A 3×3 conv2d (stride 1): by Winograd F(4×4, 3×3) on CPU float32 inference when ``transformed`` is
-    :func:`_winograd_filter`'s filter (0.44–0.57× oneDNN's time for the DenseNet and ladder shapes on the
-    build machine), else :func:`conv2d`."""
+    """A 3×3 conv2d (stride 1): by Winograd when :func:`_use_winograd` says so (0.44–0.57× oneDNN's time
+    in float32, 0.59–0.79× in bfloat16, for the DenseNet and ladder shapes on the build machine), else
+    :func:`conv2d`."""
     if _use_winograd(x, transformed):
         return conv3x3_winograd(x, transformed, bias, padding=padding)
     return conv2d(x, weight, bias, padding=padding, dilation=(dilation, dilation))
 
 
 def _use_winograd(x: torch.Tensor, transformed: Optional[torch.Tensor]) -> bool:
-    """Whether a 3×3 with this Winograd filter runs by conv3x3_winograd: CPU float32 inference (in
-    bfloat16 the transformed tiles lose too much, and oneDNN's bfloat16 kernels are as fast)."""
-    return (transformed is not None and x.device.type == "cpu"
-            and x.dtype == transformed.dtype == torch.float32 and not torch.is_grad_enabled())
+    """Whether a 3×3 with this Winograd filter runs by conv3x3_winograd: CPU inference in float32, or in
+    bfloat16 where the CPU has AVX512_BF16 (without it the bfloat16 kernel is slower than oneDNN's)."""
+    return (transformed is not None and x.device.type == "cpu" and x.dtype == transformed.dtype
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and winograd_fast_bfloat16()))
+            and not torch.is_grad_enabled())
+
+
+def _winograd_tile(dtype: torch.dtype) -> int:
+    """The Winograd form for a dtype: F(2×2, 3×3) in bfloat16 (F(4×4)'s transforms lose too much in it),
+    F(4×4, 3×3) otherwise (fewer multiplications)."""
+    return 2 if dtype == torch.bfloat16 else 4
 
 
 def _winograd_filter(weight: torch.Tensor, padding, dilation) -> Optional[torch.Tensor]:
-    """winograd_weight(weight) for a 3×3 filter that conv3x3_winograd can run (dilation 1, padding 0 or 1
-    on each side), else None."""
+    """winograd_weight(weight) in weight's dtype's form, for a 3×3 filter that conv3x3_winograd can run
+    (dilation 1, padding 0 or 1 on each side), else None."""
     if weight.shape[-2:] != (3, 3) or tuple(dilation) != (1, 1) or any(p not in (0, 1) for p in padding):
         return None
-    return winograd_weight(weight.detach())
+    return winograd_weight(weight.detach(), _winograd_tile(weight.dtype))
+
+
+class _WinogradFilters(nn.Module):
+    """Base of the folded modules that hold 3×3 filters also in Winograd form: ``<weight>_winograd``
+    buffers, derived at conversion and not in the state_dict. A dtype change that changes the form
+    (to or from bfloat16) recomputes them from the filter as it was before the cast, so that they are
+    rounded once."""
+
+    def _hold_winograd(self, name: str, padding, dilation):
+        """Registers ``<name>_winograd`` for the filter buffer ``name`` (None when Winograd cannot run it)."""
+        self._winograd_of = getattr(self, "_winograd_of", ()) + (name,)
+        self.register_buffer(name + "_winograd", _winograd_filter(getattr(self, name), padding, dilation),
+                             persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        before = {name: getattr(self, name) for name in self._winograd_of}
+        super()._apply(fn, recurse)
+        for name in self._winograd_of:
+            transformed, tile = self._buffers[name + "_winograd"], _winograd_tile(getattr(self, name).dtype)
+            if transformed is not None and transformed.shape[0] != (tile + 2) ** 2:
+                source = before[name].to(torch.promote_types(before[name].dtype, torch.float32))
+                self._buffers[name + "_winograd"] = fn(winograd_weight(source, tile))
+        return self
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -174,7 +205,7 @@ class FoldedConv2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, relu={self.relu}")
 
 
-class FoldedBNReluConv(nn.Module):
+class FoldedBNReluConv(_WinogradFilters):
     """:class:`~fastladder.nn.BNReluConv` with its BatchNorm as (scale, shift): fused BN-ReLU, then the
     convolution (a 1×1 in row bands). Shapes: [N, C_in, H, W] → [N, C_out, H, W]."""
 
@@ -185,9 +216,7 @@ class FoldedBNReluConv(nn.Module):
         self.register_buffer("weight", _plain(weight))
         self.register_buffer("bias", _plain(bias))
         self.padding, self.dilation = tuple(padding), tuple(dilation)
-        # Derived from weight at conversion, so not part of the state_dict.
-        self.register_buffer("weight_winograd", _winograd_filter(weight, self.padding, self.dilation),
-                             persistent=False)
+        self._hold_winograd("weight", self.padding, self.dilation)
 
     @classmethod
     def from_module(cls, unit: BNReluConv):
@@ -203,7 +232,7 @@ class FoldedBNReluConv(nn.Module):
         return conv2d(act, self.weight, self.bias, padding=self.padding, dilation=self.dilation)
 
 
-class FoldedDenseLayer(nn.Module):
+class FoldedDenseLayer(_WinogradFilters):
     """:class:`~fastladder.nn.DenseLayer` for inference: fused BN-ReLU over the (strided) input, norm2
     folded into conv1 with the ReLU as its post-op, then the 3×3.
     Shapes: [N, in_channels, H, W] → [N, growth_rate, H, W]."""
@@ -216,9 +245,7 @@ class FoldedDenseLayer(nn.Module):
         self.register_buffer("bias1", _plain(bias1))
         self.register_buffer("weight2", _plain(weight2))
         self.dilation = dilation
-        # Derived from weight2 at conversion, so not part of the state_dict.
-        self.register_buffer("weight2_winograd", _winograd_filter(weight2, (1, 1), (dilation, dilation)),
-                             persistent=False)
+        self._hold_winograd("weight2", (1, 1), (dilation, dilation))
 
     @classmethod
     def from_module(cls, layer: DenseLayer):
@@ -330,7 +357,7 @@ class FoldedTransition(nn.Module):
         return out
 
 
-class FoldedLadderUpsample(nn.Module):
+class FoldedLadderUpsample(_WinogradFilters):
     """:class:`~fastladder.nn.LadderUpsample` for inference: the skip projection as a banded fused
     BN-ReLU-1×1, the blend as one :func:`~fastladder.ops.ladder_blend` with its BatchNorm as (scale, shift).
     Shapes as LadderUpsample's."""
@@ -344,9 +371,7 @@ class FoldedLadderUpsample(nn.Module):
             self.register_buffer(name, _plain(value))
         for name, value in zip(("blend_scale", "blend_shift", "blend_weight", "blend_bias"), blend):
             self.register_buffer(name, _plain(value))
-        # Derived from blend_weight at conversion, so not part of the state_dict.
-        self.register_buffer("blend_weight_winograd", _winograd_filter(blend[2], (1, 1), (1, 1)),
-                             persistent=False)
+        self._hold_winograd("blend_weight", (1, 1), (1, 1))
 
     def _has_hooks(self) -> bool:
         return bool(self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks

@@ -79,8 +79,9 @@ def ladder_blend(
             align_corners: as in :func:`upsample_concat` (here relu defaults to True: BN-ReLU-conv).
         weight (Tensor[C_out, C_join, 3, 3]): C_join = Cl + Cs for concat, Cs for add.
         bias (Tensor[C_out], optional).
-        winograd_weight (Tensor[36, C_join, C_out], optional): :func:`~fastladder.ops.winograd_weight` of
-            ``weight``; CPU float inference then convolves by :func:`~fastladder.ops.conv3x3_winograd`.
+        winograd_weight (Tensor[36 or 16, C_join, C_out], optional): :func:`~fastladder.ops.winograd_weight`
+            of ``weight``; CPU inference in float32/64 (either form) or bfloat16 (the 16-position F(2×2)
+            form) then convolves by :func:`~fastladder.ops.conv3x3_winograd`.
 
     Returns:
         Tensor[N, C_out, H, W]. Differentiable.

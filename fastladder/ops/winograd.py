@@ -1,31 +1,43 @@
-"""3×3 convolution by Winograd's minimal filtering algorithm F(4×4, 3×3), for CPU inference.
+"""3×3 convolution by Winograd's minimal filtering algorithm F(m×m, 3×3), for CPU inference.
 
-Each 4×4 output tile is ``Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`` for its 6×6 input patch d_c and 3×3
-filter g_c (Lavin & Gray, 2016): 36 multiplications per tile and channel pair instead of 144, so a
-float32 convolution runs as 36 small matrix products on transformed tiles. On the 2-core build machine
-it took 0.44–0.57× the time of oneDNN's direct convolution for the DenseNet and ladder shapes (128→32
-and 256→128 channels, 14×32 to 256×512 pixels), within 1e-5 of the largest output.
+Each m×m output tile is ``Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`` for its (m+2)×(m+2) input patch d_c and
+3×3 filter g_c (Lavin & Gray, 2016), so the convolution runs as (m+2)² small matrix products on
+transformed tiles. Two forms:
+
+- F(4×4, 3×3), for float32 and float64: 36 multiplications per tile and channel pair instead of 144. On
+  the 2-core build machine it took 0.44–0.57× the time of oneDNN's direct float32 convolution for the
+  DenseNet and ladder shapes (128→32 and 256→128 channels, 14×32 to 256×512 pixels), within 1e-5 of the
+  largest output.
+- F(2×2, 3×3), also for bfloat16: 16 multiplications instead of 36. Its transforms only add and halve,
+  so bfloat16 tiles carry them (F(4×4)'s multiply by up to 8 and lose 20× a direct bfloat16
+  convolution's precision); the products run on AVX512_BF16 dot products with float32 sums. On the
+  build machine: 0.59–0.79× oneDNN's bfloat16 time for the same shapes, with the error of a direct
+  bfloat16 convolution (a few 1e-3 of the largest output).
 """
 from typing import Optional, Sequence
 
 import torch
 
 from fastladder import _extension  # noqa: F401  (loads the operators, or explains why not)
+from fastladder import _C
 from fastladder.ops._layout import channels_last_slice_format
 
-__all__ = ["winograd_weight", "conv3x3_winograd"]
+__all__ = ["winograd_weight", "conv3x3_winograd", "winograd_fast_bfloat16"]
 
 
-def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+def winograd_weight(weight: torch.Tensor, output_tile: int = 4) -> torch.Tensor:
     """The Winograd-domain filter ``G g Gᵀ`` of a 3×3 convolution weight, for :func:`conv3x3_winograd`.
 
     Args:
         weight (Tensor[C_out, C_in, 3, 3]): any device and floating dtype.
+        output_tile: 4 for F(4×4, 3×3), 2 for F(2×2, 3×3) (the form bfloat16 needs).
 
     Returns:
-        Tensor[36, C_in, C_out] in weight's dtype (computed in float64, rounded once). Differentiable.
+        Tensor[(output_tile + 2)², C_in, C_out] in weight's dtype (computed in float64, rounded once; for a
+        bfloat16 filter, pass the float32 weight and cast the result, so that it is rounded only once).
+        Differentiable.
     """
-    return torch.ops.fastladder.winograd_weight(weight)
+    return torch.ops.fastladder.winograd_weight(weight, output_tile)
 
 
 def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
@@ -34,9 +46,11 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     ``weight = winograd_weight(g)``; stride 1, dilation 1.
 
     Args:
-        x (Tensor[N, C_in, H, W]): CPU, float32 or float64; read in place when channels_last or a channel
-            slice of a channels_last buffer.
-        weight (Tensor[36, C_in, C_out]): :func:`winograd_weight` of the filter, x's dtype.
+        x (Tensor[N, C_in, H, W]): CPU, float32, float64 or bfloat16; read in place when channels_last or a
+            channel slice of a channels_last buffer.
+        weight (Tensor[36 or 16, C_in, C_out]): :func:`winograd_weight` of the filter, x's dtype; its first
+            dimension picks F(4×4, 3×3) or F(2×2, 3×3). bfloat16 takes only F(2×2, 3×3); it is fast on CPUs
+            with AVX512_BF16 (:func:`winograd_fast_bfloat16`), exact but slow elsewhere.
         bias (Tensor[C_out], optional).
         padding: zero rows and columns added on each side, each 0 or 1.
         relu: apply ReLU to the result.
@@ -46,6 +60,11 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         or a channel slice of it, NCHW otherwise. Inference only: not differentiable.
     """
     return torch.ops.fastladder.conv3x3_winograd(x, weight, bias, list(padding), relu)
+
+
+def winograd_fast_bfloat16() -> bool:
+    """Whether this CPU runs bfloat16 :func:`conv3x3_winograd` at full speed (it has AVX512_BF16)."""
+    return _C.winograd_fast_bfloat16()
 
 
 @torch.library.register_fake("fastladder::conv3x3_winograd")

@@ -39,40 +39,51 @@ def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.
     return F.relu(x * _per_channel(scale) + _per_channel(shift))
 
 
-# Winograd F(4×4, 3×3) (Lavin & Gray, 2016) with the interpolation points 0, ±1, ±2, ∞: the filter, input
-# and output transforms G, Bᵀ and Aᵀ.
-_WINOGRAD_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
-               (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
-_WINOGRAD_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
-                (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
-_WINOGRAD_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+# Winograd F(m×m, 3×3) (Lavin & Gray, 2016), keyed by the output tile m: the filter, input and output
+# transforms G, Bᵀ and Aᵀ. F(4×4) with the interpolation points 0, ±1, ±2, ∞; F(2×2) with 0, ±1, ∞.
+_WINOGRAD = {
+    4: (((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+         (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+        ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+         (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))),
+    2: (((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2), (0, 0, 1)),
+        ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        ((1, 1, 1, 0), (0, 1, -1, -1))),
+}
 
 
-def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[C_out, C_in, 3, 3] → [36, C_in, C_out]: G g Gᵀ for every filter, in float64, cast back."""
-    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64, device=weight.device)
-    u = g @ weight.double() @ g.T  # [C_out, C_in, 6, 6]
-    return u.permute(2, 3, 1, 0).reshape(36, weight.shape[1], weight.shape[0]).to(weight.dtype)
+def winograd_weight(weight: torch.Tensor, output_tile: int = 4) -> torch.Tensor:
+    """[C_out, C_in, 3, 3] → [(m+2)², C_in, C_out]: G g Gᵀ for every filter, in float64, cast back."""
+    alpha = output_tile + 2
+    g = torch.tensor(_WINOGRAD[output_tile][0], dtype=torch.float64, device=weight.device)
+    u = g @ weight.double() @ g.T  # [C_out, C_in, α, α]
+    return u.permute(2, 3, 1, 0).reshape(alpha * alpha, weight.shape[1], weight.shape[0]).to(weight.dtype)
 
 
 def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                      padding=(1, 1), relu: bool = False) -> torch.Tensor:
-    """The Winograd algorithm step by step: 6×6 patches every 4 pixels, V = Bᵀ d B, M = Σ_c U ⊙ V,
-    Y = Aᵀ M A, cropped to the output size. x's dtype throughout (float64 gives the exact convolution)."""
+    """The Winograd algorithm step by step: α×α patches every m pixels (α = m + 2, from weight's α²
+    positions), V = Bᵀ d B, M = Σ_c U ⊙ V, Y = Aᵀ M A, cropped to the output size. In float64 it gives
+    the exact convolution; other dtypes compute in float32 (bfloat16: V rounded to bfloat16, as the
+    kernel does)."""
     n, c, h, w = x.shape
     k = weight.shape[2]
+    tile = 4 if weight.shape[0] == 36 else 2
+    alpha = tile + 2
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
     out_h, out_w = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
-    tiles_h, tiles_w = -(-out_h // 4), -(-out_w // 4)
-    # pad so that every tile's 6×6 patch exists: rows [-padding, 4·tiles + 2 - padding)
-    right, bottom = 4 * tiles_w + 2 - w - padding[1], 4 * tiles_h + 2 - h - padding[0]
-    padded = F.pad(x, (padding[1], right, padding[0], bottom))
-    patches = padded.unfold(2, 6, 4).unfold(3, 6, 4)  # [N, C, tiles_h, tiles_w, 6, 6]
-    bt = torch.tensor(_WINOGRAD_BT, dtype=x.dtype, device=x.device)
-    at = torch.tensor(_WINOGRAD_AT, dtype=x.dtype, device=x.device)
-    v = bt @ patches @ bt.T
-    m = torch.einsum("ncyxij,ijck->nkyxij", v, weight.reshape(6, 6, c, k))
-    y = at @ m @ at.T  # [N, K, tiles_h, tiles_w, 4, 4]
-    y = y.permute(0, 1, 2, 4, 3, 5).reshape(n, k, 4 * tiles_h, 4 * tiles_w)[:, :, :out_h, :out_w]
+    tiles_h, tiles_w = -(-out_h // tile), -(-out_w // tile)
+    # pad so that every tile's α×α patch exists: rows [-padding, m·tiles + 2 - padding)
+    right, bottom = tile * tiles_w + 2 - w - padding[1], tile * tiles_h + 2 - h - padding[0]
+    padded = F.pad(x.to(work), (padding[1], right, padding[0], bottom))
+    patches = padded.unfold(2, alpha, tile).unfold(3, alpha, tile)  # [N, C, tiles_h, tiles_w, α, α]
+    bt = torch.tensor(_WINOGRAD[tile][1], dtype=work, device=x.device)
+    at = torch.tensor(_WINOGRAD[tile][2], dtype=work, device=x.device)
+    v = (bt @ patches @ bt.T).to(x.dtype).to(work)
+    m = torch.einsum("ncyxij,ijck->nkyxij", v, weight.to(work).reshape(alpha, alpha, c, k))
+    y = at @ m @ at.T  # [N, K, tiles_h, tiles_w, m, m]
+    y = y.permute(0, 1, 2, 4, 3, 5).reshape(n, k, tile * tiles_h, tile * tiles_w)[:, :, :out_h, :out_w]
     if bias is not None:
-        y = y + _per_channel(bias)
-    return F.relu(y) if relu else y
+        y = y + _per_channel(bias.to(work))
+    return (F.relu(y) if relu else y).to(x.dtype)

@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastladder.nn.inference
+from fastladder import ops
 from fastladder.models import create_model, list_models, optimize_for_inference
 from fastladder.models.ladder_densenet import _ladder_layout
 from fastladder.nn import FoldedConv2d, fuse_for_inference
@@ -208,9 +209,10 @@ def test_channels_last_and_banded_eval_match_reference(generator, monkeypatch):
                                        rtol=1e-9, atol=1e-9)
 
 
-def test_cpu_float32_inference_convolves_3x3_by_winograd(generator, monkeypatch):
+def test_cpu_inference_convolves_3x3_by_winograd(generator, monkeypatch):
     """The converted dense layers (whole and in row bands) and ladder blends run their 3×3s through
-    conv3x3_winograd on CPU in float32, and still give the eval model's logits."""
+    conv3x3_winograd on CPU: F(4×4, 3×3) in float32, F(2×2, 3×3) after a cast to bfloat16 (on CPUs with
+    AVX512_BF16), and still give the eval model's logits."""
     monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_BYTES", 1000)
     monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_ROWS", 3)
     model = randomize_batch_norm(create_model("ladder_densenet121", num_classes=4, **TINY), generator).eval()
@@ -222,14 +224,32 @@ def test_cpu_float32_inference_convolves_3x3_by_winograd(generator, monkeypatch)
             actual = fused(x)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
     calls = [event.name for event in profile.events()]
-    layers = sum(isinstance(m, fastladder.nn.inference.FoldedDenseLayer) for m in fused.modules())
-    blends = sum(isinstance(m, fastladder.nn.inference.FoldedLadderUpsample) for m in fused.modules())
+    layers = [m for m in fused.modules() if isinstance(m, fastladder.nn.inference.FoldedDenseLayer)]
+    blends = [m for m in fused.modules() if isinstance(m, fastladder.nn.inference.FoldedLadderUpsample)]
     # banded layers (DB1 at 1/4: 18 rows in bands of 3) call it once per band
-    assert calls.count("fastladder::conv3x3_winograd") > layers + blends
-    # bfloat16 keeps oneDNN's convolutions (Winograd's transformed tiles lose too much in bfloat16)
+    assert calls.count("fastladder::conv3x3_winograd") > len(layers) + len(blends)
+
+    def positions():  # of the Winograd filters: 36 for F(4×4, 3×3), 16 for F(2×2, 3×3)
+        return ({m.weight2_winograd.shape[0] for m in layers}
+                | {m.blend_weight_winograd.shape[0] for m in blends})
+
+    assert positions() == {36}
+
+    # the cast recomputes the Winograd filters in their bfloat16 form from the float32 filters
+    weight2 = layers[0].weight2.clone()
+    fused.to(torch.bfloat16)
+    assert positions() == {16}
+    assert layers[0].weight2_winograd.dtype == torch.bfloat16
+    torch.testing.assert_close(layers[0].weight2_winograd, ops.winograd_weight(weight2, 2).bfloat16(),
+                               rtol=0, atol=0)
     with torch.inference_mode(), torch.profiler.profile() as profile:
-        fused.to(torch.bfloat16)(x.to(torch.bfloat16))
-    assert "fastladder::conv3x3_winograd" not in [event.name for event in profile.events()]
+        actual = fused(x.to(torch.bfloat16))
+    calls = [event.name for event in profile.events()]
+    assert ("fastladder::conv3x3_winograd" in calls) == ops.winograd_fast_bfloat16()
+    error = ((actual.float() - expected).abs().max() / expected.abs().max()).item()
+    assert error < 5e-2, f"bfloat16 relative error {error:.2e}"
+    fused.float()
+    assert positions() == {36}
 
 
 def _tiny_registry_model(name, generator):

@@ -1,28 +1,45 @@
-// CPU kernel of fastladder::conv3x3_winograd, F(4×4, 3×3) (ops/winograd.h).
+// CPU kernel of fastladder::conv3x3_winograd, F(4×4, 3×3) and F(2×2, 3×3) (ops/winograd.h).
 //
-// The output is cut into blocks of up to kBlockTiles tiles along one tile row. A thread takes whole
-// blocks and, for each: (1) transforms the block's 6×6 input patches into V [36, tiles, C_in];
-// (2) multiplies M = V @ U for the 36 tile positions (ATen's bmm, single-threaded inside the parallel
-// region); (3) transforms M back into 4×4 output tiles, adds the bias, applies the ReLU and writes them.
-// A block's V and M (about 600 kB for 128 input channels) stay in the core's cache through the three
-// steps. The transforms run along the channels, which are adjacent in memory (x is read as NHWC), so
-// they vectorize.
+// The output is cut into blocks of tiles along one tile row. A thread takes whole blocks and, for each:
+// (1) transforms the block's α×α input patches into V [α², tiles, C_in]; (2) multiplies M = V @ U for
+// the α² tile positions; (3) transforms M back into output tiles, adds the bias, applies the ReLU and
+// writes them. A block's V and M stay in the core's cache through the three steps. The transforms run
+// along the channels, which are adjacent in memory (x is read as NHWC), so they vectorize.
 //
-// Input transform Bᵀ (applied along x, then along y)   Output transform Aᵀ (likewise)
+// float32 and float64 multiply with ATen's bmm (single-threaded inside the parallel region). bfloat16
+// (F(2×2) only) keeps V and U in bfloat16 and M in float32: the products run on AVX512_BF16 dot
+// products (gemm_bf16_avx512 below) where the CPU has them, else on a portable loop that rounds alike.
+// Its transforms compute in float32 and round once, on the way into V and into the output.
+//
+// F(4×4, 3×3)
+//   Input transform Bᵀ (along x, then along y)            Output transform Aᵀ (likewise)
 //   [ 4  0 -5  0  1  0 ]                                   [ 1  1  1  1  1  0 ]
 //   [ 0 -4 -4  1  1  0 ]                                   [ 0  1 -1  2 -2  0 ]
 //   [ 0  4 -4 -1  1  0 ]                                   [ 0  1  1  4  4  0 ]
 //   [ 0 -2 -1  2  1  0 ]                                   [ 0  1 -1  8 -8  1 ]
 //   [ 0  2 -1 -2  1  0 ]
 //   [ 0  4  0 -5  0  1 ]
-// The filter transform G is in ops/winograd.h.
+// F(2×2, 3×3)
+//   Bᵀ                  Aᵀ
+//   [ 1  0 -1  0 ]      [ 1  1  1  0 ]
+//   [ 0  1  1  0 ]      [ 0  1 -1 -1 ]
+//   [ 0 -1  1  0 ]
+//   [ 0  1  0 -1 ]
+// The filter transforms G are in ops/winograd.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <type_traits>
 #include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include <immintrin.h>
+#define FL_HAVE_AVX512_BF16_KERNEL 1
+#endif
 
 #include "ops/bn_relu.h"
 #include "ops/cpu/vectorize.h"
@@ -33,98 +50,328 @@ namespace ops {
 
 namespace {
 
-// Tiles per block: 32 was fastest for 128- and 256-channel inputs on the 2-core build machine (16 and
-// 64 within 10%); fewer tiles per matrix product cost more per call, more leave the cache.
-constexpr int64_t kBlockTiles = 32;
-
 #define FL_R __restrict__
 #define FL_ALWAYS_INLINE __attribute__((always_inline)) inline
 #define FL_SIX(T, p) T* FL_R p##0, T* FL_R p##1, T* FL_R p##2, T* FL_R p##3, T* FL_R p##4, T* FL_R p##5
 #define FL_FOUR(T, p) T* FL_R p##0, T* FL_R p##1, T* FL_R p##2, T* FL_R p##3
+#define FL_TWO(T, p) T* FL_R p##0, T* FL_R p##1
 
-// o = Bᵀ a, for n values of six streams
-template <typename scalar_t>
-FL_ALWAYS_INLINE void input_body(FL_SIX(const scalar_t, a), FL_SIX(scalar_t, o), int64_t n) {
-  using T = scalar_t;
-  for (int64_t c = 0; c < n; ++c) {
-    const T d0 = a0[c], d1 = a1[c], d2 = a2[c], d3 = a3[c], d4 = a4[c], d5 = a5[c];
-    o0[c] = T(4) * d0 - T(5) * d2 + d4;
-    o1[c] = d3 + d4 - T(4) * (d1 + d2);
-    o2[c] = T(4) * (d1 - d2) + d4 - d3;
-    o3[c] = T(2) * (d3 - d1) + d4 - d2;
-    o4[c] = T(2) * (d1 - d3) + d4 - d2;
-    o5[c] = T(4) * d1 - T(5) * d3 + d5;
+// bfloat16 travels as its raw bits (uint16_t) through the transforms, so that the loops vectorize.
+using bf16_bits = uint16_t;
+
+// The transforms compute in float64 for float64 data, else in float32.
+template <typename T>
+using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+FL_ALWAYS_INLINE float load(float v) { return v; }
+FL_ALWAYS_INLINE double load(double v) { return v; }
+FL_ALWAYS_INLINE float load(bf16_bits v) { return bf16_bits_to_float(v); }
+
+template <typename T, typename S>
+FL_ALWAYS_INLINE T store(S v) {
+  if constexpr (std::is_same_v<T, bf16_bits>) {
+    return float_to_bf16_bits(v);
+  } else {
+    return static_cast<T>(v);
   }
 }
 
-// o = Aᵀ a (+ bias, then ReLU, when bias is given), for n values of six streams
-template <typename scalar_t>
-FL_ALWAYS_INLINE void output_body(FL_SIX(const scalar_t, a), FL_FOUR(scalar_t, o), const scalar_t* FL_R bias,
-                                  bool relu, int64_t n) {
-  using T = scalar_t;
+// --- F(4×4, 3×3) -----------------------------------------------------------------------------------
+
+// o = Bᵀ a, for n values of six streams
+template <typename In, typename Out>
+FL_ALWAYS_INLINE void input4_body(FL_SIX(const In, a), FL_SIX(Out, o), int64_t n) {
+  using T = compute_t<In>;
+  for (int64_t c = 0; c < n; ++c) {
+    const T d0 = load(a0[c]), d1 = load(a1[c]), d2 = load(a2[c]), d3 = load(a3[c]), d4 = load(a4[c]),
+            d5 = load(a5[c]);
+    o0[c] = store<Out>(T(4) * d0 - T(5) * d2 + d4);
+    o1[c] = store<Out>(d3 + d4 - T(4) * (d1 + d2));
+    o2[c] = store<Out>(T(4) * (d1 - d2) + d4 - d3);
+    o3[c] = store<Out>(T(2) * (d3 - d1) + d4 - d2);
+    o4[c] = store<Out>(T(2) * (d1 - d3) + d4 - d2);
+    o5[c] = store<Out>(T(4) * d1 - T(5) * d3 + d5);
+  }
+}
+
+// o = Aᵀ a (+ bias, then ReLU), for n values of six streams
+template <bool kBias, bool kRelu, typename In, typename Out>
+FL_ALWAYS_INLINE void output4_loop(FL_SIX(const In, a), FL_FOUR(Out, o), const compute_t<In>* FL_R bias, int64_t n) {
+  using T = compute_t<In>;
   for (int64_t k = 0; k < n; ++k) {
-    const T d0 = a0[k], d1 = a1[k], d2 = a2[k], d3 = a3[k], d4 = a4[k], d5 = a5[k];
+    const T d0 = load(a0[k]), d1 = load(a1[k]), d2 = load(a2[k]), d3 = load(a3[k]), d4 = load(a4[k]),
+            d5 = load(a5[k]);
     const T s12 = d1 + d2, m12 = d1 - d2, s34 = d3 + d4, m34 = d3 - d4;
     T y0 = d0 + s12 + s34, y1 = m12 + T(2) * m34, y2 = s12 + T(4) * s34, y3 = m12 + T(8) * m34 + d5;
-    if (bias) {
+    if constexpr (kBias) {
       const T b = bias[k];
       y0 += b, y1 += b, y2 += b, y3 += b;
     }
-    if (relu) {  // NaN passes, as in torch.relu
+    if constexpr (kRelu) {  // NaN passes, as in torch.relu
       y0 = y0 < 0 ? T(0) : y0, y1 = y1 < 0 ? T(0) : y1, y2 = y2 < 0 ? T(0) : y2, y3 = y3 < 0 ? T(0) : y3;
     }
-    o0[k] = y0, o1[k] = y1, o2[k] = y2, o3[k] = y3;
+    o0[k] = store<Out>(y0), o1[k] = store<Out>(y1), o2[k] = store<Out>(y2), o3[k] = store<Out>(y3);
   }
 }
 
-// float32 (the dtype models run in) cloned per ISA; float64 runs the templates as they are.
-FL_CPU_CLONES void input_f32(FL_SIX(const float, a), FL_SIX(float, o), int64_t n) {
-  input_body(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, o4, o5, n);
-}
-FL_CPU_CLONES void output_f32(FL_SIX(const float, a), FL_FOUR(float, o), const float* FL_R bias, bool relu,
-                              int64_t n) {
-  output_body(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, bias, relu, n);
+// The bias and ReLU branches taken out of the loop, which then vectorizes.
+template <typename In, typename Out>
+FL_ALWAYS_INLINE void output4_body(FL_SIX(const In, a), FL_FOUR(Out, o), const compute_t<In>* FL_R bias, bool relu,
+                                   int64_t n) {
+  if (bias && relu) return output4_loop<true, true>(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, bias, n);
+  if (bias) return output4_loop<true, false>(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, bias, n);
+  if (relu) return output4_loop<false, true>(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, bias, n);
+  output4_loop<false, false>(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, bias, n);
 }
 
-template <typename scalar_t>
-void input_transform(const scalar_t* const* a, scalar_t* const* o, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    input_f32(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], o[4], o[5], n);
+// --- F(2×2, 3×3) -----------------------------------------------------------------------------------
+
+// o = Bᵀ a, for n values of four streams
+template <typename In, typename Out>
+FL_ALWAYS_INLINE void input2_body(FL_FOUR(const In, a), FL_FOUR(Out, o), int64_t n) {
+  using T = compute_t<In>;
+  for (int64_t c = 0; c < n; ++c) {
+    const T d0 = load(a0[c]), d1 = load(a1[c]), d2 = load(a2[c]), d3 = load(a3[c]);
+    o0[c] = store<Out>(d0 - d2);
+    o1[c] = store<Out>(d1 + d2);
+    o2[c] = store<Out>(d2 - d1);
+    o3[c] = store<Out>(d1 - d3);
+  }
+}
+
+// o = Aᵀ a (+ bias, then ReLU), for n values of four streams
+template <bool kBias, bool kRelu, typename In, typename Out>
+FL_ALWAYS_INLINE void output2_loop(FL_FOUR(const In, a), FL_TWO(Out, o), const compute_t<In>* FL_R bias, int64_t n) {
+  using T = compute_t<In>;
+  for (int64_t k = 0; k < n; ++k) {
+    const T d0 = load(a0[k]), d1 = load(a1[k]), d2 = load(a2[k]), d3 = load(a3[k]);
+    T y0 = d0 + d1 + d2, y1 = d1 - d2 - d3;
+    if constexpr (kBias) {
+      const T b = bias[k];
+      y0 += b, y1 += b;
+    }
+    if constexpr (kRelu) {  // NaN passes, as in torch.relu
+      y0 = y0 < 0 ? T(0) : y0, y1 = y1 < 0 ? T(0) : y1;
+    }
+    o0[k] = store<Out>(y0), o1[k] = store<Out>(y1);
+  }
+}
+
+template <typename In, typename Out>
+FL_ALWAYS_INLINE void output2_body(FL_FOUR(const In, a), FL_TWO(Out, o), const compute_t<In>* FL_R bias, bool relu,
+                                   int64_t n) {
+  if (bias && relu) return output2_loop<true, true>(a0, a1, a2, a3, o0, o1, bias, n);
+  if (bias) return output2_loop<true, false>(a0, a1, a2, a3, o0, o1, bias, n);
+  if (relu) return output2_loop<false, true>(a0, a1, a2, a3, o0, o1, bias, n);
+  output2_loop<false, false>(a0, a1, a2, a3, o0, o1, bias, n);
+}
+
+// The float32 and bfloat16 instances cloned per ISA; float64 runs the templates as they are.
+FL_CPU_CLONES void input4_f32(FL_SIX(const float, a), FL_SIX(float, o), int64_t n) {
+  input4_body(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, o4, o5, n);
+}
+FL_CPU_CLONES void output4_f32(FL_SIX(const float, a), FL_FOUR(float, o), const float* FL_R bias, bool relu,
+                               int64_t n) {
+  output4_body(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, bias, relu, n);
+}
+FL_CPU_CLONES void input2_f32(FL_FOUR(const float, a), FL_FOUR(float, o), int64_t n) {
+  input2_body(a0, a1, a2, a3, o0, o1, o2, o3, n);
+}
+FL_CPU_CLONES void input2_bf16_f32(FL_FOUR(const bf16_bits, a), FL_FOUR(float, o), int64_t n) {
+  input2_body(a0, a1, a2, a3, o0, o1, o2, o3, n);
+}
+FL_CPU_CLONES void input2_f32_bf16(FL_FOUR(const float, a), FL_FOUR(bf16_bits, o), int64_t n) {
+  input2_body(a0, a1, a2, a3, o0, o1, o2, o3, n);
+}
+FL_CPU_CLONES void output2_f32(FL_FOUR(const float, a), FL_TWO(float, o), const float* FL_R bias, bool relu,
+                               int64_t n) {
+  output2_body(a0, a1, a2, a3, o0, o1, bias, relu, n);
+}
+FL_CPU_CLONES void output2_f32_bf16(FL_FOUR(const float, a), FL_TWO(bf16_bits, o), const float* FL_R bias,
+                                    bool relu, int64_t n) {
+  output2_body(a0, a1, a2, a3, o0, o1, bias, relu, n);
+}
+
+// One transform step over α streams of n channels: the cloned instance where there is one.
+template <int64_t A, typename In, typename Out>
+void input_transform(const In* const* a, Out* const* o, int64_t n) {
+  if constexpr (A == 6) {
+    if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
+      input4_f32(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], o[4], o[5], n);
+    } else {
+      input4_body(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], o[4], o[5], n);
+    }
+  } else if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
+    input2_f32(a[0], a[1], a[2], a[3], o[0], o[1], o[2], o[3], n);
+  } else if constexpr (std::is_same_v<In, bf16_bits>) {
+    input2_bf16_f32(a[0], a[1], a[2], a[3], o[0], o[1], o[2], o[3], n);
+  } else if constexpr (std::is_same_v<Out, bf16_bits>) {
+    input2_f32_bf16(a[0], a[1], a[2], a[3], o[0], o[1], o[2], o[3], n);
   } else {
-    input_body(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], o[4], o[5], n);
+    input2_body(a[0], a[1], a[2], a[3], o[0], o[1], o[2], o[3], n);
   }
 }
 
-template <typename scalar_t>
-void output_transform(const scalar_t* const* a, scalar_t* const* o, const scalar_t* bias, bool relu, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    output_f32(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], bias, relu, n);
+template <int64_t A, typename In, typename Out>
+void output_transform(const In* const* a, Out* const* o, const compute_t<In>* bias, bool relu, int64_t n) {
+  if constexpr (A == 6) {
+    if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
+      output4_f32(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], bias, relu, n);
+    } else {
+      output4_body(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], bias, relu, n);
+    }
+  } else if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
+    output2_f32(a[0], a[1], a[2], a[3], o[0], o[1], bias, relu, n);
+  } else if constexpr (std::is_same_v<Out, bf16_bits>) {
+    output2_f32_bf16(a[0], a[1], a[2], a[3], o[0], o[1], bias, relu, n);
   } else {
-    output_body(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], bias, relu, n);
+    output2_body(a[0], a[1], a[2], a[3], o[0], o[1], bias, relu, n);
   }
 }
 
-template <typename scalar_t>
+// --- bfloat16 products ---------------------------------------------------------------------------
+// m[r, k] = Σ_c v[r, c] u[c, k] in float32 for bfloat16 v [rows, 2·pairs] (row stride v_stride) and u
+// packed in pairs of input channels, [pairs, K, 2] (u[c, k] at (c / 2, k, c % 2)), the layout of the
+// AVX512_BF16 dot product, which adds the two products of a pair to a float32 sum.
+
+// Portable, for CPUs without AVX512_BF16: the same float32 sums, in another order of rounding.
+FL_CPU_CLONES void gemm_bf16_portable(const bf16_bits* FL_R v, int64_t v_stride, const bf16_bits* FL_R u,
+                                      float* FL_R m, int64_t rows, int64_t pairs, int64_t K) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* FL_R out = m + r * K;
+    for (int64_t k = 0; k < K; ++k) out[k] = 0;
+    for (int64_t p = 0; p < pairs; ++p) {
+      const float a0 = bf16_bits_to_float(v[r * v_stride + 2 * p]), a1 = bf16_bits_to_float(v[r * v_stride + 2 * p + 1]);
+      const bf16_bits* FL_R up = u + p * K * 2;
+      for (int64_t k = 0; k < K; ++k) {
+        out[k] += a0 * bf16_bits_to_float(up[2 * k]) + a1 * bf16_bits_to_float(up[2 * k + 1]);
+      }
+    }
+  }
+}
+
+#ifdef FL_HAVE_AVX512_BF16_KERNEL
+#define FL_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
+
+// R rows × 32 output channels (two vectors of 16, masked at the end of K) in registers, over all pairs.
+template <int R>
+FL_AVX512_BF16 inline void dot_rows(const bf16_bits* v, int64_t v_stride, const bf16_bits* u, int64_t K,
+                                    int64_t pairs, float* m, __mmask16 mask0, __mmask16 mask1) {
+  __m512 acc0[R], acc1[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc0[r] = _mm512_setzero_ps(), acc1[r] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_maskz_loadu_epi32(mask0, u + p * K * 2);
+    const __m512bh b1 = (__m512bh)_mm512_maskz_loadu_epi32(mask1, u + p * K * 2 + 32);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, v + r * v_stride + 2 * p, sizeof(pair));
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], a, b0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], a, b1);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    _mm512_mask_storeu_ps(m + r * K, mask0, acc0[r]);
+    _mm512_mask_storeu_ps(m + r * K + 16, mask1, acc1[r]);
+  }
+}
+
+constexpr int kDotRows = 12;  // 24 accumulators, 2 filter vectors and a broadcast: 27 of 32 registers
+
+template <int R>
+FL_AVX512_BF16 inline void dot_rows_tail(int64_t rows, const bf16_bits* v, int64_t v_stride, const bf16_bits* u,
+                                         int64_t K, int64_t pairs, float* m, __mmask16 mask0, __mmask16 mask1) {
+  if constexpr (R > 0) {
+    if (rows == R) return dot_rows<R>(v, v_stride, u, K, pairs, m, mask0, mask1);
+    dot_rows_tail<R - 1>(rows, v, v_stride, u, K, pairs, m, mask0, mask1);
+  }
+}
+
+FL_AVX512_BF16 void gemm_bf16_avx512(const bf16_bits* v, int64_t v_stride, const bf16_bits* u, float* m,
+                                     int64_t rows, int64_t pairs, int64_t K) {
+  for (int64_t k0 = 0; k0 < K; k0 += 32) {
+    const int64_t left = K - k0;
+    const __mmask16 mask0 = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask1 = left >= 32 ? 0xFFFF : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1) : 0;
+    int64_t r = 0;
+    for (; r + kDotRows <= rows; r += kDotRows) {
+      dot_rows<kDotRows>(v + r * v_stride, v_stride, u + k0 * 2, K, pairs, m + r * K + k0, mask0, mask1);
+    }
+    if (r < rows) {
+      dot_rows_tail<kDotRows - 1>(rows - r, v + r * v_stride, v_stride, u + k0 * 2, K, pairs, m + r * K + k0,
+                                  mask0, mask1);
+    }
+  }
+}
+#endif
+
+bool cpu_has_avx512_bf16() {
+#ifdef FL_HAVE_AVX512_BF16_KERNEL
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+std::atomic<bool> force_portable_bf16{false};
+
+void gemm_bf16(const bf16_bits* v, int64_t v_stride, const bf16_bits* u, float* m, int64_t rows, int64_t pairs,
+               int64_t K) {
+#ifdef FL_HAVE_AVX512_BF16_KERNEL
+  if (cpu_has_avx512_bf16() && !force_portable_bf16.load(std::memory_order_relaxed)) return gemm_bf16_avx512(v, v_stride, u, m, rows, pairs, K);
+#endif
+  gemm_bf16_portable(v, v_stride, u, m, rows, pairs, K);
+}
+
+// --- the convolution -----------------------------------------------------------------------------
+
+// Tiles per block (along one tile row). F(4×4): 32 was fastest for 128- and 256-channel inputs on the
+// 2-core build machine (16 and 64 within 10%); fewer tiles per matrix product cost more per call, more
+// leave the cache. F(2×2) covers a quarter of the pixels per tile, so its blocks hold more tiles.
+template <int64_t A>
+constexpr int64_t kBlockTiles = A == 6 ? 32 : 96;
+
+// scalar_t: x's and the output's element type (bf16_bits for bfloat16); the V and U elements are the
+// same; M is compute_t<scalar_t>.
+template <int64_t A, typename scalar_t>
 void conv3x3_winograd_impl(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            const WinogradShape& s, bool relu, at::Tensor& out) {
-  constexpr int64_t A = kWinogradAlpha, P = A * A, T = kWinogradTile;
+  using acc_t = compute_t<scalar_t>;
+  constexpr bool kBf16 = std::is_same_v<scalar_t, bf16_bits>;
+  constexpr int64_t P = A * A, T = A - 2;
   const int64_t C = s.in_channels, K = s.out_channels;
+  // bfloat16 pairs the input channels: V's rows and U are padded with a zero channel to an even count.
+  const int64_t Cv = kBf16 ? (C + 1) / 2 * 2 : C;
   const int64_t tiles_h = (s.out_height + T - 1) / T, tiles_w = (s.out_width + T - 1) / T;
-  const int64_t block = std::min(kBlockTiles, tiles_w), blocks_w = (tiles_w + block - 1) / block;
-  std::vector<scalar_t> bias_values;
+  const int64_t block = std::min(kBlockTiles<A>, tiles_w), blocks_w = (tiles_w + block - 1) / block;
+  std::vector<acc_t> bias_values;
   if (bias.has_value() && bias->defined()) {
-    const at::Tensor b = bias->to(x.scalar_type()).contiguous();
-    bias_values.assign(b.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>() + K);
+    const at::Tensor b = bias->to(kBf16 ? at::kFloat : x.scalar_type()).contiguous();
+    bias_values.assign(b.const_data_ptr<acc_t>(), b.const_data_ptr<acc_t>() + K);
   }
-  const scalar_t* bias_ptr = bias_values.empty() ? nullptr : bias_values.data();
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  scalar_t* op = out.data_ptr<scalar_t>();
+  const acc_t* bias_ptr = bias_values.empty() ? nullptr : bias_values.data();
+  const auto* xp = static_cast<const scalar_t*>(x.const_data_ptr());
+  auto* op = static_cast<scalar_t*>(out.data_ptr());
   const int64_t sn = x.stride(0), sy = x.stride(2), sx = x.stride(3);
-  const std::vector<scalar_t> zeros(std::max<int64_t>(C, 1), scalar_t(0));  // the zero padding
-  const auto options = weight.options();
+  const std::vector<scalar_t> zeros(std::max<int64_t>(C, 1), scalar_t(0));  // the zero padding (+0.0)
+  std::vector<bf16_bits> packed;  // bfloat16: U in pairs of input channels, [P, Cv / 2, K, 2]
+  if constexpr (kBf16) {
+    packed.assign(P * Cv * K, 0);
+    const auto* u = static_cast<const bf16_bits*>(weight.const_data_ptr());
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t k = 0; k < K; ++k) packed[((p * Cv + c / 2 * 2) * K + k * 2) + c % 2] = u[(p * C + c) * K + k];
+  }
 
   at::parallel_for(0, s.batch * tiles_h * blocks_w, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> v(P * block * C), m(P * block * K), rows(P * C), cols(A * T * K);
+    std::vector<scalar_t> v(P * block * Cv, scalar_t(0));
+    std::vector<acc_t> m(P * block * K), rows(P * C), cols(A * T * K);
     std::vector<scalar_t> spill(T * K);  // output rows below the image
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (tiles_h * blocks_w), ty = task / blocks_w % tiles_h, tx0 = task % blocks_w * block;
@@ -135,51 +382,69 @@ void conv3x3_winograd_impl(const at::Tensor& x, const at::Tensor& weight, const 
         for (int64_t i = 0; i < A; ++i) {  // along x, row by row: rows[i, j, :]
           const int64_t y = ty * T - s.pad_h + i;
           const scalar_t* a[A];
-          scalar_t* o[A];
+          acc_t* o[A];
           for (int64_t j = 0; j < A; ++j) {
             const bool inside = y >= 0 && y < s.in_height && x0 + j >= 0 && x0 + j < s.in_width;
             a[j] = inside ? xp + n * sn + y * sy + (x0 + j) * sx : zeros.data();
             o[j] = rows.data() + (i * A + j) * C;
           }
-          input_transform(a, o, C);
+          input_transform<A>(a, o, C);
         }
         for (int64_t j = 0; j < A; ++j) {  // along y, column by column
-          const scalar_t* a[A];
+          const acc_t* a[A];
           scalar_t* o[A];
           for (int64_t i = 0; i < A; ++i) {
             a[i] = rows.data() + (i * A + j) * C;
-            o[i] = v.data() + ((i * A + j) * count + t) * C;
+            o[i] = v.data() + ((i * A + j) * count + t) * Cv;
           }
-          input_transform(a, o, C);
+          input_transform<A>(a, o, C);
         }
       }
       // (2) M[p] = V[p] @ U[p]
-      at::Tensor mm = at::from_blob(m.data(), {P, count, K}, options);
-      at::bmm_out(mm, at::from_blob(v.data(), {P, count, C}, options), weight);
+      if constexpr (kBf16) {
+        for (int64_t p = 0; p < P; ++p) {
+          gemm_bf16(v.data() + p * count * Cv, Cv, packed.data() + p * Cv * K, m.data() + p * count * K, count,
+                    Cv / 2, K);
+        }
+      } else {
+        const auto options = weight.options();
+        at::Tensor mm = at::from_blob(m.data(), {P, count, K}, options);
+        at::bmm_out(mm, at::from_blob(v.data(), {P, count, C}, options), weight);
+      }
       // (3) Y = Aᵀ M A, + bias, ReLU
       for (int64_t t = 0; t < count; ++t) {
         for (int64_t i = 0; i < A; ++i) {  // along x: cols[i, jo, :]
-          const scalar_t* a[A];
-          scalar_t* o[T];
+          const acc_t* a[A];
+          acc_t* o[T];
           for (int64_t j = 0; j < A; ++j) a[j] = m.data() + ((i * A + j) * count + t) * K;
           for (int64_t jo = 0; jo < T; ++jo) o[jo] = cols.data() + (i * T + jo) * K;
-          output_transform<scalar_t>(a, o, nullptr, false, K);
+          output_transform<A>(a, o, nullptr, false, K);
         }
         for (int64_t jo = 0; jo < T; ++jo) {  // along y, into the output pixels
           const int64_t xo = (tx0 + t) * T + jo;
           if (xo >= s.out_width) break;
-          const scalar_t* a[A];
+          const acc_t* a[A];
           scalar_t* o[T];
           for (int64_t i = 0; i < A; ++i) a[i] = cols.data() + (i * T + jo) * K;
           for (int64_t io = 0; io < T; ++io) {
             const int64_t yo = ty * T + io;
             o[io] = yo < s.out_height ? op + ((n * s.out_height + yo) * s.out_width + xo) * K : spill.data() + io * K;
           }
-          output_transform<scalar_t>(a, o, bias_ptr, relu, K);
+          output_transform<A>(a, o, bias_ptr, relu, K);
         }
       }
     }
   });
+}
+
+template <typename scalar_t>
+void conv3x3_winograd_dispatch(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                               const WinogradShape& s, bool relu, at::Tensor& out) {
+  if (s.tile == 4) {
+    conv3x3_winograd_impl<6, scalar_t>(x, weight, bias, s, relu, out);
+  } else {
+    conv3x3_winograd_impl<4, scalar_t>(x, weight, bias, s, relu, out);
+  }
 }
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
@@ -191,13 +456,21 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x_in, const at::Tensor& weight
   at::Tensor out = at::empty({s.batch, s.out_channels, s.out_height, s.out_width},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_winograd_cpu",
-                               [&] { conv3x3_winograd_impl<scalar_t>(x, weight, bias, s, relu, out); });
+    switch (x.scalar_type()) {
+      case at::kFloat: conv3x3_winograd_dispatch<float>(x, weight, bias, s, relu, out); break;
+      case at::kDouble: conv3x3_winograd_dispatch<double>(x, weight, bias, s, relu, out); break;
+      case at::kBFloat16: conv3x3_winograd_impl<4, bf16_bits>(x, weight, bias, s, relu, out); break;
+      default: TORCH_CHECK(false, "conv3x3_winograd: unexpected dtype ", x.scalar_type());
+    }
   }
   return out.contiguous(bn_relu_output_format(x_in));
 }
 
 }  // namespace
+
+bool winograd_fast_bfloat16() { return cpu_has_avx512_bf16(); }
+
+void winograd_force_portable_bfloat16(bool force) { force_portable_bf16.store(force); }
 
 }  // namespace ops
 }  // namespace fastladder
