@@ -126,16 +126,29 @@ FL_ALWAYS_INLINE void output4_body(FL_SIX(const In, a), FL_FOUR(Out, o), const c
 
 // --- F(2×2, 3×3) -----------------------------------------------------------------------------------
 
-// o = Bᵀ a, for n values of four streams
+// V = Bᵀ d B for a whole 4×4 patch, both directions in registers: row i of the patch starts at r_i, its
+// pixels sx apart; V's 16 positions are vs apart from v. For n channels.
 template <typename In, typename Out>
-FL_ALWAYS_INLINE void input2_body(FL_FOUR(const In, a), FL_FOUR(Out, o), int64_t n) {
+FL_ALWAYS_INLINE void input2_patch_body(const In* FL_R r0, const In* FL_R r1, const In* FL_R r2, const In* FL_R r3,
+                                        int64_t sx, Out* FL_R v, int64_t vs, int64_t n) {
   using T = compute_t<In>;
+  // The 16 stores of an iteration go to distinct streams of v (vs ≥ n apart): no dependence between
+  // iterations, which GCC cannot prove for a runtime stride.
+#pragma omp simd
   for (int64_t c = 0; c < n; ++c) {
-    const T d0 = load(a0[c]), d1 = load(a1[c]), d2 = load(a2[c]), d3 = load(a3[c]);
-    o0[c] = store<Out>(d0 - d2);
-    o1[c] = store<Out>(d1 + d2);
-    o2[c] = store<Out>(d2 - d1);
-    o3[c] = store<Out>(d1 - d3);
+    const In* rows[4] = {r0, r1, r2, r3};
+    T a[4][4];
+    for (int i = 0; i < 4; ++i) {  // along x
+      const T d0 = load(rows[i][c]), d1 = load(rows[i][sx + c]), d2 = load(rows[i][2 * sx + c]),
+              d3 = load(rows[i][3 * sx + c]);
+      a[i][0] = d0 - d2, a[i][1] = d1 + d2, a[i][2] = d2 - d1, a[i][3] = d1 - d3;
+    }
+    for (int j = 0; j < 4; ++j) {  // along y
+      v[j * vs + c] = store<Out>(a[0][j] - a[2][j]);
+      v[(4 + j) * vs + c] = store<Out>(a[1][j] + a[2][j]);
+      v[(8 + j) * vs + c] = store<Out>(a[2][j] - a[1][j]);
+      v[(12 + j) * vs + c] = store<Out>(a[1][j] - a[3][j]);
+    }
   }
 }
 
@@ -174,14 +187,12 @@ FL_CPU_CLONES void output4_f32(FL_SIX(const float, a), FL_FOUR(float, o), const 
                                int64_t n) {
   output4_body(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3, bias, relu, n);
 }
-FL_CPU_CLONES void input2_f32(FL_FOUR(const float, a), FL_FOUR(float, o), int64_t n) {
-  input2_body(a0, a1, a2, a3, o0, o1, o2, o3, n);
+FL_CPU_CLONES void input2_patch_f32(FL_FOUR(const float, r), int64_t sx, float* FL_R v, int64_t vs, int64_t n) {
+  input2_patch_body(r0, r1, r2, r3, sx, v, vs, n);
 }
-FL_CPU_CLONES void input2_bf16_f32(FL_FOUR(const bf16_bits, a), FL_FOUR(float, o), int64_t n) {
-  input2_body(a0, a1, a2, a3, o0, o1, o2, o3, n);
-}
-FL_CPU_CLONES void input2_f32_bf16(FL_FOUR(const float, a), FL_FOUR(bf16_bits, o), int64_t n) {
-  input2_body(a0, a1, a2, a3, o0, o1, o2, o3, n);
+FL_CPU_CLONES void input2_patch_bf16(FL_FOUR(const bf16_bits, r), int64_t sx, bf16_bits* FL_R v, int64_t vs,
+                                     int64_t n) {
+  input2_patch_body(r0, r1, r2, r3, sx, v, vs, n);
 }
 FL_CPU_CLONES void output2_f32(FL_FOUR(const float, a), FL_TWO(float, o), const float* FL_R bias, bool relu,
                                int64_t n) {
@@ -193,22 +204,12 @@ FL_CPU_CLONES void output2_f32_bf16(FL_FOUR(const float, a), FL_TWO(bf16_bits, o
 }
 
 // One transform step over α streams of n channels: the cloned instance where there is one.
-template <int64_t A, typename In, typename Out>
-void input_transform(const In* const* a, Out* const* o, int64_t n) {
-  if constexpr (A == 6) {
-    if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
-      input4_f32(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], o[4], o[5], n);
-    } else {
-      input4_body(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], o[4], o[5], n);
-    }
-  } else if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
-    input2_f32(a[0], a[1], a[2], a[3], o[0], o[1], o[2], o[3], n);
-  } else if constexpr (std::is_same_v<In, bf16_bits>) {
-    input2_bf16_f32(a[0], a[1], a[2], a[3], o[0], o[1], o[2], o[3], n);
-  } else if constexpr (std::is_same_v<Out, bf16_bits>) {
-    input2_f32_bf16(a[0], a[1], a[2], a[3], o[0], o[1], o[2], o[3], n);
+template <typename In, typename Out>
+void input4_transform(const In* const* a, Out* const* o, int64_t n) {
+  if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
+    input4_f32(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], o[4], o[5], n);
   } else {
-    input2_body(a[0], a[1], a[2], a[3], o[0], o[1], o[2], o[3], n);
+    input4_body(a[0], a[1], a[2], a[3], a[4], a[5], o[0], o[1], o[2], o[3], o[4], o[5], n);
   }
 }
 
@@ -306,6 +307,39 @@ FL_AVX512_BF16 void gemm_bf16_avx512(const bf16_bits* v, int64_t v_stride, const
     }
   }
 }
+
+// input2_patch_body for bfloat16, 16 channels a step, rounding V with the AVX512_BF16 conversion (to
+// nearest even; subnormal results flush to zero, which only V's rounding sees, never the output).
+FL_AVX512_BF16 inline __m512 load16(__mmask16 mask, const bf16_bits* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
+}
+
+FL_AVX512_BF16 inline void store16(__mmask16 mask, bf16_bits* p, __m512 x) {
+  _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(x));
+}
+
+FL_AVX512_BF16 void input2_patch_avx512(const bf16_bits* r0, const bf16_bits* r1, const bf16_bits* r2,
+                                        const bf16_bits* r3, int64_t sx, bf16_bits* v, int64_t vs, int64_t n) {
+  const bf16_bits* rows[4] = {r0, r1, r2, r3};
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 mask = n - c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - c)) - 1);
+    __m512 a[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {  // along x
+      const __m512 d0 = load16(mask, rows[i] + c), d1 = load16(mask, rows[i] + sx + c),
+                   d2 = load16(mask, rows[i] + 2 * sx + c), d3 = load16(mask, rows[i] + 3 * sx + c);
+      a[i][0] = _mm512_sub_ps(d0, d2), a[i][1] = _mm512_add_ps(d1, d2), a[i][2] = _mm512_sub_ps(d2, d1),
+      a[i][3] = _mm512_sub_ps(d1, d3);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {  // along y
+      store16(mask, v + j * vs + c, _mm512_sub_ps(a[0][j], a[2][j]));
+      store16(mask, v + (4 + j) * vs + c, _mm512_add_ps(a[1][j], a[2][j]));
+      store16(mask, v + (8 + j) * vs + c, _mm512_sub_ps(a[2][j], a[1][j]));
+      store16(mask, v + (12 + j) * vs + c, _mm512_sub_ps(a[1][j], a[3][j]));
+    }
+  }
+}
 #endif
 
 bool cpu_has_avx512_bf16() {
@@ -321,13 +355,31 @@ bool cpu_has_avx512_bf16() {
 
 std::atomic<bool> force_portable_bf16{false};
 
+bool use_avx512_bf16() { return cpu_has_avx512_bf16() && !force_portable_bf16.load(std::memory_order_relaxed); }
+
 void gemm_bf16(const bf16_bits* v, int64_t v_stride, const bf16_bits* u, float* m, int64_t rows, int64_t pairs,
                int64_t K) {
 #ifdef FL_HAVE_AVX512_BF16_KERNEL
-  if (cpu_has_avx512_bf16() && !force_portable_bf16.load(std::memory_order_relaxed)) return gemm_bf16_avx512(v, v_stride, u, m, rows, pairs, K);
+  if (use_avx512_bf16()) return gemm_bf16_avx512(v, v_stride, u, m, rows, pairs, K);
 #endif
   gemm_bf16_portable(v, v_stride, u, m, rows, pairs, K);
 }
+
+template <typename T>
+void input2_patch(const T* const* r, int64_t sx, T* v, int64_t vs, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    input2_patch_f32(r[0], r[1], r[2], r[3], sx, v, vs, n);
+  } else if constexpr (std::is_same_v<T, bf16_bits>) {
+#ifdef FL_HAVE_AVX512_BF16_KERNEL
+    if (use_avx512_bf16()) return input2_patch_avx512(r[0], r[1], r[2], r[3], sx, v, vs, n);
+#endif
+    input2_patch_bf16(r[0], r[1], r[2], r[3], sx, v, vs, n);
+  } else {
+    input2_patch_body(r[0], r[1], r[2], r[3], sx, v, vs, n);
+  }
+}
+
+
 
 // --- the convolution -----------------------------------------------------------------------------
 
@@ -336,6 +388,7 @@ void gemm_bf16(const bf16_bits* v, int64_t v_stride, const bf16_bits* u, float* 
 // leave the cache. F(2×2) covers a quarter of the pixels per tile, so its blocks hold more tiles.
 template <int64_t A>
 constexpr int64_t kBlockTiles = A == 6 ? 32 : 96;
+constexpr int64_t kLinePad = 64;  // bytes
 
 // scalar_t: x's and the output's element type (bf16_bits for bfloat16); the V and U elements are the
 // same; M is compute_t<scalar_t>.
@@ -370,41 +423,67 @@ void conv3x3_winograd_impl(const at::Tensor& x, const at::Tensor& weight, const 
   }
 
   at::parallel_for(0, s.batch * tiles_h * blocks_w, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> v(P * block * Cv, scalar_t(0));
-    std::vector<acc_t> m(P * block * K), rows(P * C), cols(A * T * K);
+    std::vector<scalar_t> v(P * (block * Cv + kLinePad), scalar_t(0));
+    std::vector<acc_t> m(P * (block * K + kLinePad)), rows(A == 6 ? P * C : 0), cols(A * T * K);
+    std::vector<scalar_t> patch(A == 4 ? P * C : 0);  // F(2×2): a border tile's zero-padded patch
     std::vector<scalar_t> spill(T * K);  // output rows below the image
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (tiles_h * blocks_w), ty = task / blocks_w % tiles_h, tx0 = task % blocks_w * block;
       const int64_t count = std::min(block, tiles_w - tx0);
+      // V [P, tiles, Cv] and M [P, tiles, K]. In bfloat16 their positions are a cache line further apart
+      // than the tiles fill: at a multiple of 4 kB (96 tiles of 128 channels: 24 kB) the 16 streams that
+      // the transforms write and read would share one set of the L1 cache and evict each other.
+      const int64_t v_tile = Cv, v_position = count * Cv + (kBf16 ? kLinePad / sizeof(scalar_t) : 0);
+      const int64_t m_position = count * K + (kBf16 ? kLinePad / sizeof(acc_t) : 0);
       // (1) V[(i, j), t, :] = (Bᵀ d B)[i, j] for each tile t of the block
       for (int64_t t = 0; t < count; ++t) {
-        const int64_t x0 = (tx0 + t) * T - s.pad_w;
-        for (int64_t i = 0; i < A; ++i) {  // along x, row by row: rows[i, j, :]
-          const int64_t y = ty * T - s.pad_h + i;
-          const scalar_t* a[A];
-          acc_t* o[A];
-          for (int64_t j = 0; j < A; ++j) {
-            const bool inside = y >= 0 && y < s.in_height && x0 + j >= 0 && x0 + j < s.in_width;
-            a[j] = inside ? xp + n * sn + y * sy + (x0 + j) * sx : zeros.data();
-            o[j] = rows.data() + (i * A + j) * C;
+        const int64_t x0 = (tx0 + t) * T - s.pad_w, y0 = ty * T - s.pad_h;
+        if constexpr (A == 4) {
+          // F(2×2): the whole patch in one pass, read in place, or from a zero-padded copy at the border
+          const scalar_t* r[A];
+          int64_t step = sx;
+          if (y0 >= 0 && y0 + A <= s.in_height && x0 >= 0 && x0 + A <= s.in_width) {
+            for (int64_t i = 0; i < A; ++i) r[i] = xp + n * sn + (y0 + i) * sy + x0 * sx;
+          } else {
+            for (int64_t i = 0; i < A; ++i) {
+              for (int64_t j = 0; j < A; ++j) {
+                const int64_t y = y0 + i, x = x0 + j;
+                const bool inside = y >= 0 && y < s.in_height && x >= 0 && x < s.in_width;
+                std::copy_n(inside ? xp + n * sn + y * sy + x * sx : zeros.data(), C, patch.data() + (i * A + j) * C);
+              }
+              r[i] = patch.data() + i * A * C;
+            }
+            step = C;
           }
-          input_transform<A>(a, o, C);
-        }
-        for (int64_t j = 0; j < A; ++j) {  // along y, column by column
-          const acc_t* a[A];
-          scalar_t* o[A];
-          for (int64_t i = 0; i < A; ++i) {
-            a[i] = rows.data() + (i * A + j) * C;
-            o[i] = v.data() + ((i * A + j) * count + t) * Cv;
+          input2_patch(r, step, v.data() + t * v_tile, v_position, C);
+        } else {
+          for (int64_t i = 0; i < A; ++i) {  // along x, row by row: rows[i, j, :]
+            const int64_t y = y0 + i;
+            const scalar_t* a[A];
+            acc_t* o[A];
+            for (int64_t j = 0; j < A; ++j) {
+              const bool inside = y >= 0 && y < s.in_height && x0 + j >= 0 && x0 + j < s.in_width;
+              a[j] = inside ? xp + n * sn + y * sy + (x0 + j) * sx : zeros.data();
+              o[j] = rows.data() + (i * A + j) * C;
+            }
+            input4_transform(a, o, C);
           }
-          input_transform<A>(a, o, C);
+          for (int64_t j = 0; j < A; ++j) {  // along y, column by column
+            const acc_t* a[A];
+            scalar_t* o[A];
+            for (int64_t i = 0; i < A; ++i) {
+              a[i] = rows.data() + (i * A + j) * C;
+              o[i] = v.data() + (i * A + j) * v_position + t * v_tile;
+            }
+            input4_transform(a, o, C);
+          }
         }
       }
       // (2) M[p] = V[p] @ U[p]
       if constexpr (kBf16) {
         for (int64_t p = 0; p < P; ++p) {
-          gemm_bf16(v.data() + p * count * Cv, Cv, packed.data() + p * Cv * K, m.data() + p * count * K, count,
-                    Cv / 2, K);
+          gemm_bf16(v.data() + p * v_position, v_tile, packed.data() + p * Cv * K, m.data() + p * m_position,
+                    count, Cv / 2, K);
         }
       } else {
         const auto options = weight.options();
@@ -416,7 +495,7 @@ void conv3x3_winograd_impl(const at::Tensor& x, const at::Tensor& weight, const 
         for (int64_t i = 0; i < A; ++i) {  // along x: cols[i, jo, :]
           const acc_t* a[A];
           acc_t* o[T];
-          for (int64_t j = 0; j < A; ++j) a[j] = m.data() + ((i * A + j) * count + t) * K;
+          for (int64_t j = 0; j < A; ++j) a[j] = m.data() + (i * A + j) * m_position + t * K;
           for (int64_t jo = 0; jo < T; ++jo) o[jo] = cols.data() + (i * T + jo) * K;
           output_transform<A>(a, o, nullptr, false, K);
         }
