@@ -78,8 +78,10 @@ BF16_SHAPES = [(1, 1, 3, 3), (5, 3, 7, 9), (6, 17, 4, 30), (7, 40, 13, 5), (128,
 @pytest.mark.parametrize("c_in,c_out,height,width", BF16_SHAPES)
 def test_bfloat16_f2x2(seed, portable, c_in, c_out, height, width):
     """bfloat16 F(2×2, 3×3): equal to the reference algorithm, which rounds the transformed tiles to
-    bfloat16 as the kernel does (up to the float32 sums' order), and about as close to the exact
-    convolution as oneDNN's direct bfloat16 one (measured: 0.7-1.3× its error)."""
+    bfloat16 as the kernel does (up to the float32 sums' order), and, from 6 input channels on, about as
+    close to the exact convolution as oneDNN's direct bfloat16 one (measured over 60 seeds: at most 1.73×
+    its error, 6e-3 of the largest output). With fewer channels nothing averages the transformed tiles'
+    rounding out: one input channel gave up to 3.9e-2."""
     x, weight, b = make(n=2, c_in=c_in, c_out=c_out, height=height, width=width)
     x = x.relu().bfloat16().contiguous(memory_format=torch.channels_last)
     u = ops.winograd_weight(weight, 2).bfloat16()
@@ -93,12 +95,14 @@ def test_bfloat16_f2x2(seed, portable, c_in, c_out, height, width):
                 # one bfloat16 rounding step of the result apart, at most
                 torch.testing.assert_close(actual.float(), expected.float(), rtol=2 ** -7, atol=1e-5,
                                            msg=lambda m: f"seed {seed} padding {padding}: {m}")
+                if c_in < 6:
+                    continue
                 exact = F.conv2d(x.double(), weight.double(), b.double(), padding=padding)
                 exact = exact.relu() if relu else exact
                 direct = F.conv2d(x, weight.bfloat16(), b.bfloat16(), padding=padding)
                 direct = direct.relu() if relu else direct
                 error, direct_error = relative_error(actual, exact), relative_error(direct, exact)
-                assert error < max(3 * direct_error, 2e-2), (
+                assert error < max(2.5 * direct_error, 1e-2), (
                     f"seed {seed} padding {padding}: relative error {error:.2e}, direct {direct_error:.2e}")
 
 

@@ -18,6 +18,13 @@
 #define FL_CPU_CLONES
 #endif
 
+// Kernels written for AVX512_BF16 (its dot product and conversion instructions) carry FL_AVX512_BF16 and
+// run only where cpu_has_avx512_bf16() says so; without GCC on x86-64 they are not compiled.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include <immintrin.h>
+#define FL_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
+#endif
+
 namespace fastladder {
 namespace ops {
 
@@ -36,6 +43,35 @@ FL_INLINE uint16_t float_to_bf16_bits(float value) {
   const uint16_t rounded = static_cast<uint16_t>((word + (((word >> 16) & 1u) + 0x7FFFu)) >> 16);
   return value != value ? static_cast<uint16_t>(0x7FC0) : rounded;
 }
+
+inline bool cpu_has_avx512_bf16() {
+#ifdef FL_AVX512_BF16
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+#ifdef FL_AVX512_BF16
+// 16 bfloat16 values (the lanes of mask; the others read as +0) as float32
+FL_AVX512_BF16 inline __m512 load_bf16x16(__mmask16 mask, const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
+}
+
+// 16 float32 values rounded to bfloat16 by the AVX512_BF16 conversion: to nearest even as
+// float_to_bf16_bits, but subnormal results flush to zero and NaNs keep sign and payload.
+FL_AVX512_BF16 inline void store_bf16x16(__mmask16 mask, uint16_t* p, __m512 x) {
+  _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(x));
+}
+
+// The lanes of mask where store_bf16x16 and float_to_bf16_bits may differ (subnormal or NaN).
+FL_AVX512_BF16 inline __mmask16 bf16x16_inexact_lanes(__mmask16 mask, __m512 x) {
+  return _mm512_mask_fpclass_ps_mask(mask, x, 0x01 | 0x20 | 0x80);  // QNaN, subnormal, SNaN
+}
+#endif
 
 }  // namespace ops
 }  // namespace fastladder

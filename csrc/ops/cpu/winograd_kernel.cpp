@@ -36,11 +36,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#include <immintrin.h>
-#define FL_HAVE_AVX512_BF16_KERNEL 1
-#endif
-
 #include "ops/bn_relu.h"
 #include "ops/cpu/vectorize.h"
 #include "ops/winograd.h"
@@ -251,8 +246,7 @@ FL_CPU_CLONES void gemm_bf16_portable(const bf16_bits* FL_R v, int64_t v_stride,
   }
 }
 
-#ifdef FL_HAVE_AVX512_BF16_KERNEL
-#define FL_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
+#ifdef FL_AVX512_BF16
 
 // R rows × 32 output channels (two vectors of 16, masked at the end of K) in registers, over all pairs.
 template <int R>
@@ -310,14 +304,6 @@ FL_AVX512_BF16 void gemm_bf16_avx512(const bf16_bits* v, int64_t v_stride, const
 
 // input2_patch_body for bfloat16, 16 channels a step, rounding V with the AVX512_BF16 conversion (to
 // nearest even; subnormal results flush to zero, which only V's rounding sees, never the output).
-FL_AVX512_BF16 inline __m512 load16(__mmask16 mask, const bf16_bits* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
-}
-
-FL_AVX512_BF16 inline void store16(__mmask16 mask, bf16_bits* p, __m512 x) {
-  _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(x));
-}
-
 FL_AVX512_BF16 void input2_patch_avx512(const bf16_bits* r0, const bf16_bits* r1, const bf16_bits* r2,
                                         const bf16_bits* r3, int64_t sx, bf16_bits* v, int64_t vs, int64_t n) {
   const bf16_bits* rows[4] = {r0, r1, r2, r3};
@@ -326,32 +312,21 @@ FL_AVX512_BF16 void input2_patch_avx512(const bf16_bits* r0, const bf16_bits* r1
     __m512 a[4][4];
 #pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) {  // along x
-      const __m512 d0 = load16(mask, rows[i] + c), d1 = load16(mask, rows[i] + sx + c),
-                   d2 = load16(mask, rows[i] + 2 * sx + c), d3 = load16(mask, rows[i] + 3 * sx + c);
+      const __m512 d0 = load_bf16x16(mask, rows[i] + c), d1 = load_bf16x16(mask, rows[i] + sx + c),
+                   d2 = load_bf16x16(mask, rows[i] + 2 * sx + c), d3 = load_bf16x16(mask, rows[i] + 3 * sx + c);
       a[i][0] = _mm512_sub_ps(d0, d2), a[i][1] = _mm512_add_ps(d1, d2), a[i][2] = _mm512_sub_ps(d2, d1),
       a[i][3] = _mm512_sub_ps(d1, d3);
     }
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {  // along y
-      store16(mask, v + j * vs + c, _mm512_sub_ps(a[0][j], a[2][j]));
-      store16(mask, v + (4 + j) * vs + c, _mm512_add_ps(a[1][j], a[2][j]));
-      store16(mask, v + (8 + j) * vs + c, _mm512_sub_ps(a[2][j], a[1][j]));
-      store16(mask, v + (12 + j) * vs + c, _mm512_sub_ps(a[1][j], a[3][j]));
+      store_bf16x16(mask, v + j * vs + c, _mm512_sub_ps(a[0][j], a[2][j]));
+      store_bf16x16(mask, v + (4 + j) * vs + c, _mm512_add_ps(a[1][j], a[2][j]));
+      store_bf16x16(mask, v + (8 + j) * vs + c, _mm512_sub_ps(a[2][j], a[1][j]));
+      store_bf16x16(mask, v + (12 + j) * vs + c, _mm512_sub_ps(a[1][j], a[3][j]));
     }
   }
 }
 #endif
-
-bool cpu_has_avx512_bf16() {
-#ifdef FL_HAVE_AVX512_BF16_KERNEL
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512bf16");
-  return has;
-#else
-  return false;
-#endif
-}
 
 std::atomic<bool> force_portable_bf16{false};
 
@@ -359,7 +334,7 @@ bool use_avx512_bf16() { return cpu_has_avx512_bf16() && !force_portable_bf16.lo
 
 void gemm_bf16(const bf16_bits* v, int64_t v_stride, const bf16_bits* u, float* m, int64_t rows, int64_t pairs,
                int64_t K) {
-#ifdef FL_HAVE_AVX512_BF16_KERNEL
+#ifdef FL_AVX512_BF16
   if (use_avx512_bf16()) return gemm_bf16_avx512(v, v_stride, u, m, rows, pairs, K);
 #endif
   gemm_bf16_portable(v, v_stride, u, m, rows, pairs, K);
@@ -370,7 +345,7 @@ void input2_patch(const T* const* r, int64_t sx, T* v, int64_t vs, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     input2_patch_f32(r[0], r[1], r[2], r[3], sx, v, vs, n);
   } else if constexpr (std::is_same_v<T, bf16_bits>) {
-#ifdef FL_HAVE_AVX512_BF16_KERNEL
+#ifdef FL_AVX512_BF16
     if (use_avx512_bf16()) return input2_patch_avx512(r[0], r[1], r[2], r[3], sx, v, vs, n);
 #endif
     input2_patch_bf16(r[0], r[1], r[2], r[3], sx, v, vs, n);
