@@ -230,6 +230,12 @@ void output_transform(const In* const* a, Out* const* o, const compute_t<In>* bi
 // packed in pairs of input channels, [pairs, K, 2] (u[c, k] at (c / 2, k, c % 2)), the layout of the
 // AVX512_BF16 dot product, which adds the two products of a pair to a float32 sum.
 
+// u's pair layout from two [K] rows of input channels c and c + 1: out[2k + i] = row_i[k]
+FL_CPU_CLONES void interleave_rows(const bf16_bits* FL_R row0, const bf16_bits* FL_R row1, bf16_bits* FL_R out,
+                                   int64_t K) {
+  for (int64_t k = 0; k < K; ++k) out[2 * k] = row0[k], out[2 * k + 1] = row1[k];
+}
+
 // Portable, for CPUs without AVX512_BF16: the same float32 sums, in another order of rounding.
 FL_CPU_CLONES void gemm_bf16_portable(const bf16_bits* FL_R v, int64_t v_stride, const bf16_bits* FL_R u,
                                       float* FL_R m, int64_t rows, int64_t pairs, int64_t K) {
@@ -388,14 +394,21 @@ void conv3x3_winograd_impl(const at::Tensor& x, const at::Tensor& weight, const 
   auto* op = static_cast<scalar_t*>(out.data_ptr());
   const int64_t sn = x.stride(0), sy = x.stride(2), sx = x.stride(3);
   const std::vector<scalar_t> zeros(std::max<int64_t>(C, 1), scalar_t(0));  // the zero padding (+0.0)
-  std::vector<bf16_bits> packed;  // bfloat16: U in pairs of input channels, [P, Cv / 2, K, 2]
+  // bfloat16: U in pairs of input channels, [P, Cv / 2, K, 2], repacked every call (a 256 → 128 filter:
+  // 1 MB) into a buffer the calling thread keeps, which spares the fresh memory's page faults.
+  static thread_local std::vector<bf16_bits> packed;
   if constexpr (kBf16) {
-    packed.assign(P * Cv * K, 0);
+    if (packed.size() < static_cast<size_t>(P * Cv * K)) packed.resize(P * Cv * K);
     const auto* u = static_cast<const bf16_bits*>(weight.const_data_ptr());
-    for (int64_t p = 0; p < P; ++p)
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t k = 0; k < K; ++k) packed[((p * Cv + c / 2 * 2) * K + k * 2) + c % 2] = u[(p * C + c) * K + k];
+    const std::vector<bf16_bits> zero_row(K, 0);  // the pad channel of an odd count
+    for (int64_t p = 0; p < P; ++p) {
+      for (int64_t c = 0; c < C; c += 2) {
+        const bf16_bits* first = u + (p * C + c) * K;
+        interleave_rows(first, c + 1 < C ? first + K : zero_row.data(), packed.data() + (p * Cv + c) * K, K);
+      }
+    }
   }
+  const bf16_bits* packed_u = packed.data();
 
   at::parallel_for(0, s.batch * tiles_h * blocks_w, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> v(P * (block * Cv + kLinePad), scalar_t(0));
@@ -457,7 +470,7 @@ void conv3x3_winograd_impl(const at::Tensor& x, const at::Tensor& weight, const 
       // (2) M[p] = V[p] @ U[p]
       if constexpr (kBf16) {
         for (int64_t p = 0; p < P; ++p) {
-          gemm_bf16(v.data() + p * v_position, v_tile, packed.data() + p * Cv * K, m.data() + p * m_position,
+          gemm_bf16(v.data() + p * v_position, v_tile, packed_u + p * Cv * K, m.data() + p * m_position,
                     count, Cv / 2, K);
         }
       } else {
