@@ -73,8 +73,9 @@ at::Tensor ladder_blend_bands(const at::Tensor& low, const at::Tensor& skip, con
                                                   const c10::optional<at::Tensor>&, at::IntArrayRef, bool)>();
   const bool has_winograd = winograd_weight.has_value() && winograd_weight->defined();
   if (has_winograd) {
-    TORCH_CHECK_VALUE(winograd_weight->dim() == 3 && (winograd_weight->size(0) == 36 || winograd_weight->size(0) == 16) &&
-                          winograd_weight->size(1) == weight.size(1) && winograd_weight->size(2) == weight.size(0),
+    const int64_t positions = winograd_weight->dim() == 3 ? winograd_weight->size(0) : 0;
+    TORCH_CHECK_VALUE((positions == 36 || positions == 16) && winograd_weight->size(1) == weight.size(1) &&
+                          winograd_weight->size(2) == weight.size(0),
                       "winograd_weight must be winograd_weight(weight), a [36 or 16, ", weight.size(1), ", ",
                       weight.size(0), "] tensor, got shape ", winograd_weight->sizes());
   }

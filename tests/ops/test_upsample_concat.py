@@ -229,3 +229,56 @@ def test_bad_input_is_a_clear_error(make, kwargs, error, match):
     low, skip = make()
     with pytest.raises(error, match=match):
         ops.upsample_concat(low, skip, **kwargs)
+
+
+# --- upsample_bilinear: upsample_concat with nothing to join ---------------------------------------
+
+@pytest.mark.parametrize("low_size,size", SIZES + [((112 // 8, 256 // 8), (448 // 8, 1024 // 8))])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("device", DEVICES)
+def test_upsample_bilinear_is_f_interpolate(seed, low_size, size, align_corners, channels_last, device):
+    """float64 to rounding, float32 within a few ulp (the sums in another order), bfloat16 as float32 then
+    rounded once: NCHW-contiguous whatever the input layout."""
+    x = torch.randn(2, 3, *low_size, dtype=torch.float64, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        actual = ops.upsample_bilinear(x.to(dtype), size, align_corners=align_corners)
+        expected = F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+        assert actual.shape == expected.shape and actual.dtype == dtype and actual.is_contiguous()
+        torch.testing.assert_close(actual.double(), expected, rtol=tolerance, atol=tolerance,
+                                   msg=lambda m: f"seed {seed} {dtype}: {m}")
+    low = x.to(torch.bfloat16)
+    actual = ops.upsample_bilinear(low, size, align_corners=align_corners)
+    expected = F.interpolate(low.float(), size=size, mode="bilinear", align_corners=align_corners)
+    # one bfloat16 rounding apart at most (float32 sums in another order can round the other way)
+    torch.testing.assert_close(actual.float(), expected.to(torch.bfloat16).float(), rtol=2 ** -7, atol=1e-6,
+                               msg=lambda m: f"seed {seed} bfloat16: {m}")
+
+
+def test_upsample_bilinear_gradcheck_and_empty(seed):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: ops.upsample_bilinear(x, (9, 7)), (x,))
+    assert ops.upsample_bilinear(x[:0].detach(), (9, 7)).shape == (0, 3, 9, 7)
+    assert ops.upsample_bilinear(x[:, :0].detach(), (9, 7)).shape == (2, 0, 9, 7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_nchw_rows_reuse_their_interpolated_sources(seed, dtype):
+    """The NCHW kernel interpolates each low row along x once and blends cached rows: with the skip term,
+    the affine and the ReLU on top, and windows of rows (upsample_concat_rows), it gives what the
+    per-pixel formula gives (the channels_last kernel, which does not cache)."""
+    for mode in ("add", "concat"):
+        low, skip, scale, shift = make_inputs(mode, (5, 7), (20, 27), dtype=dtype, batch=2)
+        expected = ops.upsample_concat(low.contiguous(memory_format=torch.channels_last),
+                                       skip.contiguous(memory_format=torch.channels_last), mode=mode,
+                                       scale=scale, shift=shift, relu=True)
+        actual = ops.upsample_concat(low, skip, mode=mode, scale=scale, shift=shift, relu=True)
+        assert actual.is_contiguous()
+        torch.testing.assert_close(actual, expected.contiguous(), rtol=0, atol=0,
+                                   msg=lambda m: f"seed {seed} {mode} {dtype}: {m}")
+        rows = torch.ops.fastladder.upsample_concat_rows(low, skip, mode, scale, shift, True, False, 3, 11,
+                                                         False)
+        torch.testing.assert_close(rows, expected.contiguous()[:, :, 3:14], rtol=0, atol=0,
+                                   msg=lambda m: f"seed {seed} rows {mode} {dtype}: {m}")

@@ -5,10 +5,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "ops/common/affine.h"
 #include "ops/common/bilinear.h"
+#include "ops/cpu/vectorize.h"
 #include "ops/upsample_concat.h"
 
 namespace fastladder {
@@ -17,6 +19,8 @@ namespace ops {
 namespace {
 
 using common::AxisTap;
+
+#define FL_ALWAYS_INLINE __attribute__((always_inline)) inline
 
 // Per-channel affine parameters as acc_t arrays; identity when the op has none.
 template <typename scalar_t, typename acc_t>
@@ -193,7 +197,54 @@ void forward_nchw_in_channels_last_out(const at::Tensor& low, const at::Tensor& 
   });
 }
 
-// NCHW output from NCHW inputs: one output row (n, c, y) at a time, x innermost.
+// One NCHW output row from two source rows already interpolated along x (h0, h1: bilinear_combine's
+// inner sums), then the optional skip term and the affine: contiguous, so it vectorizes (bfloat16 on its
+// raw bits, vectorize.h). The expression order is bilinear_combine's, so the bits are the same.
+template <typename T, typename acc_t>
+FL_ALWAYS_INLINE void blend_row_body(const acc_t* __restrict__ h0, const acc_t* __restrict__ h1, acc_t l0, acc_t l1,
+                                     const T* __restrict__ skip, acc_t a, acc_t b, T* __restrict__ out, int64_t n) {
+  if (skip) {
+    for (int64_t x = 0; x < n; ++x) {
+      const acc_t v = common::mul_rn(l0, h0[x]) + common::mul_rn(l1, h1[x]) + to_compute(skip[x]);
+      out[x] = from_compute<T>(common::affine_relu<acc_t>(v, a, b, false));
+    }
+  } else {
+    for (int64_t x = 0; x < n; ++x) {
+      const acc_t v = common::mul_rn(l0, h0[x]) + common::mul_rn(l1, h1[x]);
+      out[x] = from_compute<T>(common::affine_relu<acc_t>(v, a, b, false));
+    }
+  }
+}
+
+FL_CPU_CLONES void blend_row_f32(const float* h0, const float* h1, float l0, float l1, const float* skip, float a,
+                                 float b, float* out, int64_t n) {
+  blend_row_body(h0, h1, l0, l1, skip, a, b, out, n);
+}
+FL_CPU_CLONES void blend_row_bf16(const float* h0, const float* h1, float l0, float l1, const uint16_t* skip, float a,
+                                  float b, uint16_t* out, int64_t n) {
+  blend_row_body(h0, h1, l0, l1, skip, a, b, out, n);
+}
+
+template <typename scalar_t, typename acc_t>
+void blend_row(const acc_t* h0, const acc_t* h1, acc_t l0, acc_t l1, const scalar_t* skip, acc_t a, acc_t b,
+               scalar_t* out, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    blend_row_f32(h0, h1, l0, l1, skip, a, b, out, n);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    blend_row_bf16(h0, h1, l0, l1, reinterpret_cast<const uint16_t*>(skip), a, b, reinterpret_cast<uint16_t*>(out), n);
+  } else {
+    for (int64_t x = 0; x < n; ++x) {
+      acc_t v = common::mul_rn(l0, h0[x]) + common::mul_rn(l1, h1[x]);
+      if (skip) v += static_cast<acc_t>(skip[x]);
+      out[x] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, a, b, false));
+    }
+  }
+}
+
+// NCHW output from NCHW inputs: one output row (n, c, y) at a time, x innermost. A task's rows are
+// consecutive rows of one or a few (n, c) planes; each source row is interpolated along x once into one
+// of two cached rows, which every output row reading it blends (×4 upsampling: 4 output rows a source
+// row), instead of once per output row.
 template <typename scalar_t>
 void forward_nchw_out(const at::Tensor& low, const at::Tensor& skip, at::Tensor& out, const UpsampleConcatShape& s,
                       const std::vector<at::opmath_type<scalar_t>>& sc,
@@ -211,6 +262,24 @@ void forward_nchw_out(const at::Tensor& low, const at::Tensor& skip, at::Tensor&
   const bool concat = s.mode == JoinMode::kConcat;
   const int64_t Cl = s.low_channels, Cs = s.skip_channels, Co = s.out_channels, W = s.width;
   at::parallel_for(0, s.batch * Co * window.count, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> cached[2] = {std::vector<acc_t>(W), std::vector<acc_t>(W)};
+    int64_t cached_row[2] = {-1, -1};  // the low row (its offset) each holds
+    int64_t older = 0;
+    const auto along_x = [&](const scalar_t* row) -> const acc_t* {
+      const int64_t key = row - lp;
+      for (int64_t k = 0; k < 2; ++k) {
+        if (cached_row[k] == key) return cached[k].data();
+      }
+      acc_t* h = cached[older].data();
+      for (int64_t x = 0; x < W; ++x) {
+        const AxisTap<acc_t>& tw = wtaps[x];
+        h[x] = common::mul_rn(tw.l0, static_cast<acc_t>(row[tw.i0])) +
+               common::mul_rn(tw.l1, static_cast<acc_t>(row[tw.i1]));
+      }
+      cached_row[older] = key;
+      older = 1 - older;
+      return h;
+    };
     for (int64_t row = begin; row < end; ++row) {
       const int64_t y_out = row % window.count, c = (row / window.count) % Co, n = row / (window.count * Co);
       const int64_t y = window.begin + y_out;
@@ -229,14 +298,9 @@ void forward_nchw_out(const at::Tensor& low, const at::Tensor& skip, at::Tensor&
         continue;
       }
       const AxisTap<acc_t>& th = htaps[y];
-      const scalar_t* r0 = lp + in.offset(n, c, th.i0, 0, Cl);
-      const scalar_t* r1 = lp + in.offset(n, c, th.i1, 0, Cl);
-      for (int64_t x = 0; x < W; ++x) {
-        const AxisTap<acc_t>& tw = wtaps[x];
-        acc_t v = common::bilinear_combine<acc_t>(th, tw, r0[tw.i0], r0[tw.i1], r1[tw.i0], r1[tw.i1]);
-        if (from_skip) v += static_cast<acc_t>(ps[x]);
-        po[x] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, a, b, false));
-      }
+      const acc_t* h0 = along_x(lp + in.offset(n, c, th.i0, 0, Cl));
+      const acc_t* h1 = along_x(lp + in.offset(n, c, th.i1, 0, Cl));
+      blend_row<scalar_t, acc_t>(h0, h1, th.l0, th.l1, ps, a, b, po, W);
       if (relu) relu_run(po, W);
     }
   });

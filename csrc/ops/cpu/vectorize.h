@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "ops/common/macros.h"
 
@@ -42,6 +43,21 @@ FL_INLINE uint16_t float_to_bf16_bits(float value) {
   std::memcpy(&word, &value, sizeof(word));
   const uint16_t rounded = static_cast<uint16_t>((word + (((word >> 16) & 1u) + 0x7FFFu)) >> 16);
   return value != value ? static_cast<uint16_t>(0x7FC0) : rounded;
+}
+
+// A value of a vectorized loop in its compute type (float64 for float64, else float32; bfloat16 as raw
+// bits), and back.
+FL_INLINE float to_compute(float v) { return v; }
+FL_INLINE double to_compute(double v) { return v; }
+FL_INLINE float to_compute(uint16_t bf16_bits) { return bf16_bits_to_float(bf16_bits); }
+
+template <typename T, typename S>
+FL_INLINE T from_compute(S v) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    return float_to_bf16_bits(v);
+  } else {
+    return static_cast<T>(v);
+  }
 }
 
 inline bool cpu_has_avx512_bf16() {

@@ -58,19 +58,6 @@ using bf16_bits = uint16_t;
 template <typename T>
 using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-FL_ALWAYS_INLINE float load(float v) { return v; }
-FL_ALWAYS_INLINE double load(double v) { return v; }
-FL_ALWAYS_INLINE float load(bf16_bits v) { return bf16_bits_to_float(v); }
-
-template <typename T, typename S>
-FL_ALWAYS_INLINE T store(S v) {
-  if constexpr (std::is_same_v<T, bf16_bits>) {
-    return float_to_bf16_bits(v);
-  } else {
-    return static_cast<T>(v);
-  }
-}
-
 // --- F(4×4, 3×3) -----------------------------------------------------------------------------------
 
 // o = Bᵀ a, for n values of six streams
@@ -78,14 +65,14 @@ template <typename In, typename Out>
 FL_ALWAYS_INLINE void input4_body(FL_SIX(const In, a), FL_SIX(Out, o), int64_t n) {
   using T = compute_t<In>;
   for (int64_t c = 0; c < n; ++c) {
-    const T d0 = load(a0[c]), d1 = load(a1[c]), d2 = load(a2[c]), d3 = load(a3[c]), d4 = load(a4[c]),
-            d5 = load(a5[c]);
-    o0[c] = store<Out>(T(4) * d0 - T(5) * d2 + d4);
-    o1[c] = store<Out>(d3 + d4 - T(4) * (d1 + d2));
-    o2[c] = store<Out>(T(4) * (d1 - d2) + d4 - d3);
-    o3[c] = store<Out>(T(2) * (d3 - d1) + d4 - d2);
-    o4[c] = store<Out>(T(2) * (d1 - d3) + d4 - d2);
-    o5[c] = store<Out>(T(4) * d1 - T(5) * d3 + d5);
+    const T d0 = to_compute(a0[c]), d1 = to_compute(a1[c]), d2 = to_compute(a2[c]), d3 = to_compute(a3[c]),
+            d4 = to_compute(a4[c]), d5 = to_compute(a5[c]);
+    o0[c] = from_compute<Out>(T(4) * d0 - T(5) * d2 + d4);
+    o1[c] = from_compute<Out>(d3 + d4 - T(4) * (d1 + d2));
+    o2[c] = from_compute<Out>(T(4) * (d1 - d2) + d4 - d3);
+    o3[c] = from_compute<Out>(T(2) * (d3 - d1) + d4 - d2);
+    o4[c] = from_compute<Out>(T(2) * (d1 - d3) + d4 - d2);
+    o5[c] = from_compute<Out>(T(4) * d1 - T(5) * d3 + d5);
   }
 }
 
@@ -94,8 +81,8 @@ template <bool kBias, bool kRelu, typename In, typename Out>
 FL_ALWAYS_INLINE void output4_loop(FL_SIX(const In, a), FL_FOUR(Out, o), const compute_t<In>* FL_R bias, int64_t n) {
   using T = compute_t<In>;
   for (int64_t k = 0; k < n; ++k) {
-    const T d0 = load(a0[k]), d1 = load(a1[k]), d2 = load(a2[k]), d3 = load(a3[k]), d4 = load(a4[k]),
-            d5 = load(a5[k]);
+    const T d0 = to_compute(a0[k]), d1 = to_compute(a1[k]), d2 = to_compute(a2[k]), d3 = to_compute(a3[k]),
+            d4 = to_compute(a4[k]), d5 = to_compute(a5[k]);
     const T s12 = d1 + d2, m12 = d1 - d2, s34 = d3 + d4, m34 = d3 - d4;
     T y0 = d0 + s12 + s34, y1 = m12 + T(2) * m34, y2 = s12 + T(4) * s34, y3 = m12 + T(8) * m34 + d5;
     if constexpr (kBias) {
@@ -105,7 +92,8 @@ FL_ALWAYS_INLINE void output4_loop(FL_SIX(const In, a), FL_FOUR(Out, o), const c
     if constexpr (kRelu) {  // NaN passes, as in torch.relu
       y0 = y0 < 0 ? T(0) : y0, y1 = y1 < 0 ? T(0) : y1, y2 = y2 < 0 ? T(0) : y2, y3 = y3 < 0 ? T(0) : y3;
     }
-    o0[k] = store<Out>(y0), o1[k] = store<Out>(y1), o2[k] = store<Out>(y2), o3[k] = store<Out>(y3);
+    o0[k] = from_compute<Out>(y0), o1[k] = from_compute<Out>(y1);
+    o2[k] = from_compute<Out>(y2), o3[k] = from_compute<Out>(y3);
   }
 }
 
@@ -134,15 +122,15 @@ FL_ALWAYS_INLINE void input2_patch_body(const In* FL_R r0, const In* FL_R r1, co
     const In* rows[4] = {r0, r1, r2, r3};
     T a[4][4];
     for (int i = 0; i < 4; ++i) {  // along x
-      const T d0 = load(rows[i][c]), d1 = load(rows[i][sx + c]), d2 = load(rows[i][2 * sx + c]),
-              d3 = load(rows[i][3 * sx + c]);
+      const T d0 = to_compute(rows[i][c]), d1 = to_compute(rows[i][sx + c]), d2 = to_compute(rows[i][2 * sx + c]),
+              d3 = to_compute(rows[i][3 * sx + c]);
       a[i][0] = d0 - d2, a[i][1] = d1 + d2, a[i][2] = d2 - d1, a[i][3] = d1 - d3;
     }
     for (int j = 0; j < 4; ++j) {  // along y
-      v[j * vs + c] = store<Out>(a[0][j] - a[2][j]);
-      v[(4 + j) * vs + c] = store<Out>(a[1][j] + a[2][j]);
-      v[(8 + j) * vs + c] = store<Out>(a[2][j] - a[1][j]);
-      v[(12 + j) * vs + c] = store<Out>(a[1][j] - a[3][j]);
+      v[j * vs + c] = from_compute<Out>(a[0][j] - a[2][j]);
+      v[(4 + j) * vs + c] = from_compute<Out>(a[1][j] + a[2][j]);
+      v[(8 + j) * vs + c] = from_compute<Out>(a[2][j] - a[1][j]);
+      v[(12 + j) * vs + c] = from_compute<Out>(a[1][j] - a[3][j]);
     }
   }
 }
@@ -152,7 +140,7 @@ template <bool kBias, bool kRelu, typename In, typename Out>
 FL_ALWAYS_INLINE void output2_loop(FL_FOUR(const In, a), FL_TWO(Out, o), const compute_t<In>* FL_R bias, int64_t n) {
   using T = compute_t<In>;
   for (int64_t k = 0; k < n; ++k) {
-    const T d0 = load(a0[k]), d1 = load(a1[k]), d2 = load(a2[k]), d3 = load(a3[k]);
+    const T d0 = to_compute(a0[k]), d1 = to_compute(a1[k]), d2 = to_compute(a2[k]), d3 = to_compute(a3[k]);
     T y0 = d0 + d1 + d2, y1 = d1 - d2 - d3;
     if constexpr (kBias) {
       const T b = bias[k];
@@ -161,7 +149,7 @@ FL_ALWAYS_INLINE void output2_loop(FL_FOUR(const In, a), FL_TWO(Out, o), const c
     if constexpr (kRelu) {  // NaN passes, as in torch.relu
       y0 = y0 < 0 ? T(0) : y0, y1 = y1 < 0 ? T(0) : y1;
     }
-    o0[k] = store<Out>(y0), o1[k] = store<Out>(y1);
+    o0[k] = from_compute<Out>(y0), o1[k] = from_compute<Out>(y1);
   }
 }
 
@@ -243,7 +231,8 @@ FL_CPU_CLONES void gemm_bf16_portable(const bf16_bits* FL_R v, int64_t v_stride,
     float* FL_R out = m + r * K;
     for (int64_t k = 0; k < K; ++k) out[k] = 0;
     for (int64_t p = 0; p < pairs; ++p) {
-      const float a0 = bf16_bits_to_float(v[r * v_stride + 2 * p]), a1 = bf16_bits_to_float(v[r * v_stride + 2 * p + 1]);
+      const float a0 = bf16_bits_to_float(v[r * v_stride + 2 * p]);
+      const float a1 = bf16_bits_to_float(v[r * v_stride + 2 * p + 1]);
       const bf16_bits* FL_R up = u + p * K * 2;
       for (int64_t k = 0; k < K; ++k) {
         out[k] += a0 * bf16_bits_to_float(up[2 * k]) + a1 * bf16_bits_to_float(up[2 * k + 1]);
