@@ -4,6 +4,8 @@
 #include <torch/extension.h>
 
 #include "ops/cpu/arena.h"
+#include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/vectorize.h"
 #include "ops/winograd.h"
 
 #ifdef FASTLADDER_WITH_CUDA
@@ -45,10 +47,10 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "fastladder's compiled operators (registered under torch.ops.fastladder)";
   module.def("build_info", &build_info, "What this build of fastladder._C contains");
-  module.def("winograd_fast_bfloat16", &fastladder::ops::winograd_fast_bfloat16,
-             "Whether this CPU runs bfloat16 conv3x3_winograd at full speed (AVX512_BF16)");
-  module.def("_winograd_force_portable_bfloat16", &fastladder::ops::winograd_force_portable_bfloat16,
-             "Tests: run bfloat16 conv3x3_winograd on its portable loop, as CPUs without AVX512_BF16 do");
+  module.def("fast_bfloat16", &fastladder::ops::cpu_has_avx512_bf16,
+             "Whether this CPU runs the bfloat16 kernels (conv3x3_winograd, bn_relu_conv1x1) at full speed");
+  module.def("_force_portable_bfloat16", &fastladder::ops::force_portable_bfloat16,
+             "Tests: run the bfloat16 products on their portable loops, as CPUs without AVX512_BF16 do");
   // The CPU inference arenas (csrc/ops/cpu/arena.h); fastladder.models.InferenceModel owns one.
   using fastladder::arena::Arena;
   pybind11::class_<Arena, std::shared_ptr<Arena>>(module, "Arena", "A CPU inference arena (csrc/ops/cpu/arena.h)")

@@ -19,6 +19,7 @@ REQUIRED_OPS = (
     "winograd_weight",
     "conv3x3_winograd",
     "bn_relu",
+    "bn_relu_conv1x1",
     "bn_relu_backward",
     "box_iou",
     "nms",

@@ -20,10 +20,29 @@ void check_bn_relu(const at::Tensor& x, const at::Tensor& scale, const at::Tenso
   }
 }
 
+void check_bn_relu_conv1x1(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                           const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  check_bn_relu(x, scale, shift);
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == 1 && weight.size(3) == 1,
+                    "weight must be a [C_out, C = ", x.size(1), ", 1, 1] filter, got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.scalar_type() == x.scalar_type() && weight.device() == x.device(),
+                    "weight must have x's dtype and device (", x.scalar_type(), " on ", x.device(), "), got ",
+                    weight.scalar_type(), " on ", weight.device());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must be a [", weight.size(0),
+                      "] tensor, got shape ", bias->sizes());
+    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->device() == x.device(),
+                      "bias must be floating point on x's device, got ", bias->scalar_type(), " on ", bias->device());
+  }
+}
+
 }  // namespace ops
 }  // namespace fastladder
 
 TORCH_LIBRARY_FRAGMENT(fastladder, m) {
+  // Inference only (no autograd): conv2d(bn_relu(x, scale, shift), weight, bias) (then ReLU), the
+  // activation never stored. Output in bn_relu's layout.
+  m.def("bn_relu_conv1x1(Tensor x, Tensor scale, Tensor shift, Tensor weight, Tensor? bias, bool relu) -> Tensor");
   m.def("bn_relu(Tensor x, Tensor scale, Tensor shift) -> Tensor");
   m.def("bn_relu.out(Tensor x, Tensor scale, Tensor shift, *, Tensor(a!) out) -> Tensor(a!)");
   // Gradients to (x, scale, shift); scale/shift gradients are [C] when need_affine_grad, else [0].

@@ -3,6 +3,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+
 #include "ops/layout.h"
 
 namespace fastladder {
@@ -10,6 +12,16 @@ namespace ops {
 
 // Checks x (4-D [N, C, H, W], floating), scale and shift ([C], x's dtype and device).
 void check_bn_relu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift);
+
+// Checks bn_relu_conv1x1's arguments: bn_relu's, weight [C_out, C, 1, 1] in x's dtype and device, bias
+// [C_out] floating on x's device.
+void check_bn_relu_conv1x1(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                           const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+
+// bn_relu of one pixel's C adjacent bfloat16 channels (raw bits), bit for bit the op's result: the
+// CPU kernels' prologue of bn_relu_conv1x1.
+void affine_relu_pixel_bf16_bits(const uint16_t* x, const float* scale, const float* shift, uint16_t* y,
+                                 int64_t channels);
 
 // Whether every (n, c) plane of x is one contiguous H*W run (NCHW, or a channel slice of it such
 // as a DenseNet buffer prefix): the kernels then read x in place, without a copy.

@@ -39,13 +39,6 @@ struct WinogradShape {
   int64_t tile;  // output rows and columns per tile: 4 or 2
 };
 
-// Whether this CPU runs bfloat16 F(2×2, 3×3) at full speed (AVX512_BF16 dot products); without it the
-// kernel is exact but slow, and the inference modules use oneDNN's bfloat16 convolutions instead.
-bool winograd_fast_bfloat16();
-
-// Tests: run bfloat16 on the portable loop even where AVX512_BF16 is there (it is what other CPUs run).
-void winograd_force_portable_bfloat16(bool force);
-
 // Checks conv3x3_winograd's arguments and returns the output shape.
 WinogradShape check_conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight,
                                      const c10::optional<at::Tensor>& bias, at::IntArrayRef padding);

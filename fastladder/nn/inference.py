@@ -26,9 +26,10 @@ from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_h
 
 from fastladder.nn.densenet import BNReluConv, DenseBlock, DenseLayer, Transition
 from fastladder.nn.ladder_upsample import LadderUpsample
-from fastladder.ops.bn_relu import bn_relu, fold_batch_norm
+from fastladder.ops._cpu import fast_bfloat16
+from fastladder.ops.bn_relu import bn_relu, bn_relu_conv1x1 as fused_bn_relu_conv1x1, fold_batch_norm
 from fastladder.ops.upsample import ladder_blend
-from fastladder.ops.winograd import conv3x3_winograd, winograd_fast_bfloat16, winograd_weight
+from fastladder.ops.winograd import conv3x3_winograd, winograd_weight
 
 __all__ = ["fuse_for_inference", "is_fused", "FoldedConv2d", "FoldedBNReluConv", "FoldedDenseLayer",
            "FoldedDenseBlock", "FoldedTransition", "FoldedLadderUpsample"]
@@ -91,7 +92,7 @@ def _use_winograd(x: torch.Tensor, transformed: Optional[torch.Tensor]) -> bool:
     """Whether a 3×3 with this Winograd filter runs by conv3x3_winograd: CPU inference in float32, or in
     bfloat16 where the CPU has AVX512_BF16 (without it the bfloat16 kernel is slower than oneDNN's)."""
     return (transformed is not None and x.device.type == "cpu" and x.dtype == transformed.dtype
-            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and winograd_fast_bfloat16()))
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and fast_bfloat16()))
             and not torch.is_grad_enabled())
 
 
@@ -145,10 +146,15 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
 
 def bn_relu_conv1x1(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor,
                     bias: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
-    """``conv1x1(relu(x * scale + shift), weight, bias)`` (then ReLU), in row bands of at most BAND_BYTES.
+    """``conv1x1(relu(x * scale + shift), weight, bias)`` (then ReLU): fused in bfloat16 on CPUs with
+    AVX512_BF16 (:func:`fastladder.ops.bn_relu_conv1x1`), else bn_relu and the convolution in row bands of
+    at most BAND_BYTES.
 
     x (Tensor[N, C, H, W], may be a channel slice of a dense-block buffer), weight [C_out, C, 1, 1]
     → Tensor[N, C_out, H, W] in x's layout."""
+    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and fast_bfloat16()
+            and not torch.is_grad_enabled()):
+        return fused_bn_relu_conv1x1(x, scale, shift, weight, bias, relu=relu)
     row_bytes = x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
     rows = max(1, BAND_BYTES // max(1, row_bytes))
     height = x.shape[2]

@@ -19,10 +19,9 @@ from typing import Optional, Sequence
 import torch
 
 from fastladder import _extension  # noqa: F401  (loads the operators, or explains why not)
-from fastladder import _C
 from fastladder.ops._layout import channels_last_slice_format
 
-__all__ = ["winograd_weight", "conv3x3_winograd", "winograd_fast_bfloat16"]
+__all__ = ["winograd_weight", "conv3x3_winograd"]
 
 
 def winograd_weight(weight: torch.Tensor, output_tile: int = 4) -> torch.Tensor:
@@ -50,7 +49,7 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
             channel slice of a channels_last buffer.
         weight (Tensor[36 or 16, C_in, C_out]): :func:`winograd_weight` of the filter, x's dtype; its first
             dimension picks F(4×4, 3×3) or F(2×2, 3×3). bfloat16 takes only F(2×2, 3×3); it is fast on CPUs
-            with AVX512_BF16 (:func:`winograd_fast_bfloat16`), exact but slow elsewhere.
+            with AVX512_BF16 (:func:`~fastladder.ops.fast_bfloat16`), exact but slow elsewhere.
         bias (Tensor[C_out], optional).
         padding: zero rows and columns added on each side, each 0 or 1.
         relu: apply ReLU to the result.
@@ -60,11 +59,6 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         or a channel slice of it, NCHW otherwise. Inference only: not differentiable.
     """
     return torch.ops.fastladder.conv3x3_winograd(x, weight, bias, list(padding), relu)
-
-
-def winograd_fast_bfloat16() -> bool:
-    """Whether this CPU runs bfloat16 :func:`conv3x3_winograd` at full speed (it has AVX512_BF16)."""
-    return _C.winograd_fast_bfloat16()
 
 
 @torch.library.register_fake("fastladder::conv3x3_winograd")

@@ -9,10 +9,11 @@ from fastladder.reference.models import (BNReluConvReference, ContextBlockRefere
                                          DenseLayerReference, DenseNetReference, LadderDenseNetReference,
                                          SpatialPyramidPoolingReference, TransitionReference, reference_twin)
 from fastladder.reference.nn import LadderUpsampleReference
-from fastladder.reference.ops import (bn_relu, conv3x3_winograd, ladder_blend, upsample_concat,
-                                      winograd_weight)
+from fastladder.reference.ops import (bn_relu, bn_relu_conv1x1, conv3x3_winograd, ladder_blend,
+                                      upsample_concat, winograd_weight)
 
-__all__ = ["upsample_concat", "ladder_blend", "bn_relu", "winograd_weight", "conv3x3_winograd",
+__all__ = ["upsample_concat", "ladder_blend", "bn_relu", "bn_relu_conv1x1", "winograd_weight",
+           "conv3x3_winograd",
            "LadderUpsampleReference", "boxes", "multibox",
            "BNReluConvReference", "DenseLayerReference", "DenseBlockReference", "TransitionReference",
            "SpatialPyramidPoolingReference", "ContextBlockReference", "DenseNetReference",

@@ -39,6 +39,13 @@ def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.
     return F.relu(x * _per_channel(scale) + _per_channel(shift))
 
 
+def bn_relu_conv1x1(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor,
+                    bias: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
+    """conv2d(bn_relu(x), weight, bias) (then ReLU), the activation rounded to x's dtype first."""
+    y = F.conv2d(bn_relu(x, scale, shift), weight, None if bias is None else bias.to(x.dtype))
+    return F.relu(y) if relu else y
+
+
 # Winograd F(m×m, 3×3) (Lavin & Gray, 2016), keyed by the output tile m: the filter, input and output
 # transforms G, Bᵀ and Aᵀ. F(4×4) with the interpolation points 0, ±1, ±2, ∞; F(2×2) with 0, ±1, ∞.
 _WINOGRAD = {

@@ -212,7 +212,7 @@ def test_channels_last_and_banded_eval_match_reference(generator, monkeypatch):
 def test_cpu_inference_convolves_3x3_by_winograd(generator, monkeypatch):
     """The converted dense layers (whole and in row bands) and ladder blends run their 3×3s through
     conv3x3_winograd on CPU: F(4×4, 3×3) in float32, F(2×2, 3×3) after a cast to bfloat16 (on CPUs with
-    AVX512_BF16), and still give the eval model's logits."""
+    AVX512_BF16, which also fuse BN-ReLU-1×1), and still give the eval model's logits."""
     monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_BYTES", 1000)
     monkeypatch.setattr(fastladder.nn.inference, "LAYER_BAND_ROWS", 3)
     model = randomize_batch_norm(create_model("ladder_densenet121", num_classes=4, **TINY), generator).eval()
@@ -245,7 +245,9 @@ def test_cpu_inference_convolves_3x3_by_winograd(generator, monkeypatch):
     with torch.inference_mode(), torch.profiler.profile() as profile:
         actual = fused(x.to(torch.bfloat16))
     calls = [event.name for event in profile.events()]
-    assert ("fastladder::conv3x3_winograd" in calls) == ops.winograd_fast_bfloat16()
+    assert ("fastladder::conv3x3_winograd" in calls) == ops.fast_bfloat16()
+    # and the dense layers' BN-ReLU-1×1 fused
+    assert ("fastladder::bn_relu_conv1x1" in calls) == ops.fast_bfloat16()
     error = ((actual.float() - expected).abs().max() / expected.abs().max()).item()
     assert error < 5e-2, f"bfloat16 relative error {error:.2e}"
     fused.float()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fastladder import ops, reference
+from fastladder import _C, ops, reference
 from fastladder.testing import DEVICES, assert_close_to_reference
 
 
@@ -215,3 +215,91 @@ def test_cuda_out(seed, layout):
     result = ops.bn_relu(xl_cuda, scale.cuda(), shift.cuda(), out=out)
     assert result is out and out.shape == x.shape
     assert torch.equal(out.cpu(), ops.bn_relu(LAYOUTS[layout](x), scale, shift).contiguous()), seed
+
+
+# --- bn_relu_conv1x1 ---------------------------------------------------------------------------------
+
+def make_conv1x1(shape, out_channels, dtype=torch.float32, bias=True):
+    x, scale, shift = make(shape, dtype=torch.float32)
+    weight = torch.randn(out_channels, shape[1], 1, 1) / max(shape[1], 1) ** 0.5
+    b = torch.randn(out_channels) if bias else None
+    return (x.to(dtype), scale.to(dtype), shift.to(dtype), weight.to(dtype),
+            None if b is None else b.to(dtype))
+
+
+@pytest.fixture(params=[False, True], ids=["dispatched", "portable"])
+def bfloat16_loops(request):
+    """bfloat16 on the AVX512_BF16 kernels where the CPU has them, and on the portable loops that other
+    CPUs run."""
+    _C._force_portable_bfloat16(request.param)
+    yield
+    _C._force_portable_bfloat16(False)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape,out_channels", [((2, 5, 7, 9), 3), ((1, 64, 17, 3), 40), ((3, 7, 4, 6), 17),
+                                                ((1, 144, 5, 26), 128)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_bn_relu_conv1x1_bfloat16(seed, bfloat16_loops, layout, shape, out_channels, relu):
+    """Fused in bfloat16: the activation as bn_relu rounds it, the sums in float32 (as oneDNN's bfloat16
+    convolution), rounded once: within one bfloat16 rounding of conv2d(bn_relu(x)). Odd channel counts
+    (a zero channel pads the pairs), output channels cut inside a 16-lane vector and past 32, pixel counts
+    that are no multiple of the 12-pixel block, every layout bn_relu reads."""
+    x, scale, shift, weight, b = make_conv1x1(shape, out_channels, dtype=torch.bfloat16)
+    x = LAYOUTS[layout](x)
+    actual = ops.bn_relu_conv1x1(x, scale, shift, weight, b, relu=relu)
+    # the reference's activation in float32, rounded to bfloat16 as the kernel's is
+    activation = ops.bn_relu(x, scale, shift).float()
+    expected = torch.nn.functional.conv2d(activation, weight.float(), b.float())
+    expected = expected.relu() if relu else expected
+    assert actual.dtype == torch.bfloat16 and actual.shape == expected.shape
+    activation = ops.bn_relu(x, scale, shift)  # its layout is the op's
+    layout = torch.channels_last if activation.is_contiguous(memory_format=torch.channels_last) and \
+        not activation.is_contiguous() else torch.contiguous_format
+    assert actual.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(actual.float(), expected.to(torch.bfloat16).float(), rtol=2 ** -7, atol=1e-4,
+                               msg=lambda m: f"seed {seed}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bn_relu_conv1x1_other_dtypes(seed, dtype):
+    x, scale, shift, weight, b = make_conv1x1((2, 6, 5, 7), 4, dtype=dtype)
+    for view in (x, LAYOUTS["channels_last_prefix"](x)):
+        for relu in (False, True):
+            torch.testing.assert_close(ops.bn_relu_conv1x1(view, scale, shift, weight, b, relu=relu),
+                                       reference.bn_relu_conv1x1(view, scale, shift, weight, b, relu=relu),
+                                       msg=lambda m: f"seed {seed}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bn_relu_conv1x1_empty_inputs(seed, dtype):
+    x, scale, shift, weight, b = make_conv1x1((2, 6, 5, 7), 4, dtype=dtype)
+    assert ops.bn_relu_conv1x1(x[:0], scale, shift, weight, b).shape == (0, 4, 5, 7)
+    assert ops.bn_relu_conv1x1(x[:, :, :0], scale, shift, weight, b).shape == (2, 4, 0, 7)
+    # no input channels: the bias, then the ReLU
+    out = ops.bn_relu_conv1x1(x[:, :0], scale[:0], shift[:0], weight[:, :0], b, relu=True)
+    torch.testing.assert_close(out, b.relu().view(1, -1, 1, 1).expand(2, 4, 5, 7).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bn_relu_conv1x1_opcheck_and_compile(seed, dtype):
+    x, scale, shift, weight, b = make_conv1x1((2, 6, 5, 7), 4, dtype=dtype)
+    for view in (x, LAYOUTS["channels_last_prefix"](x)):
+        torch.library.opcheck(torch.ops.fastladder.bn_relu_conv1x1.default,
+                              (view, scale, shift, weight, b, True),
+                              test_utils=("test_schema", "test_faketensor"))
+    fn = lambda x: ops.bn_relu_conv1x1(x, scale, shift, weight, b, relu=True)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), fn(x))
+
+
+def test_bn_relu_conv1x1_checks_its_arguments():
+    x, scale, shift, weight, b = make_conv1x1((2, 6, 5, 7), 4)
+    with pytest.raises(ValueError, match=r"weight must be a \[C_out, C = 6, 1, 1\] filter"):
+        ops.bn_relu_conv1x1(x, scale, shift, weight[:, :5], b)
+    with pytest.raises(ValueError, match=r"weight must have x's dtype and device"):
+        ops.bn_relu_conv1x1(x, scale, shift, weight.double(), b)
+    with pytest.raises(ValueError, match=r"bias must be a \[4\] tensor"):
+        ops.bn_relu_conv1x1(x, scale, shift, weight, b[:3])
+    with pytest.raises(ValueError, match=r"scale must be a 1-D tensor of length C = 6"):
+        ops.bn_relu_conv1x1(x, scale[:5], shift, weight, b)

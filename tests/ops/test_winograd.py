@@ -25,11 +25,11 @@ def relative_error(actual, expected):
 @contextlib.contextmanager
 def portable_bfloat16():
     """bfloat16 on the portable loop, which CPUs without AVX512_BF16 run."""
-    _C._winograd_force_portable_bfloat16(True)
+    _C._force_portable_bfloat16(True)
     try:
         yield
     finally:
-        _C._winograd_force_portable_bfloat16(False)
+        _C._force_portable_bfloat16(False)
 
 
 @pytest.mark.parametrize("tile", TILES)

@@ -276,6 +276,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cpu(const at::Te
 
 }  // namespace
 
+void affine_relu_pixel_bf16_bits(const uint16_t* x, const float* scale, const float* shift, uint16_t* y,
+                                 int64_t channels) {
+  affine_relu_pixel_any(reinterpret_cast<const c10::BFloat16*>(x), scale, shift, reinterpret_cast<c10::BFloat16*>(y),
+                        channels);
+}
+
 TORCH_LIBRARY_IMPL(fastladder, CPU, m) {
   m.impl("bn_relu", &bn_relu_cpu);
   m.impl("bn_relu.out", &bn_relu_out_cpu);

@@ -8,7 +8,7 @@
 //
 // float32 and float64 multiply with ATen's bmm (single-threaded inside the parallel region). bfloat16
 // (F(2×2) only) keeps V and U in bfloat16 and M in float32: the products run on AVX512_BF16 dot
-// products (gemm_bf16_avx512 below) where the CPU has them, else on a portable loop that rounds alike.
+// products where the CPU has them (cpu/gemm_bf16.h), else on a portable loop with the same sums.
 // Its transforms compute in float32 and round once, on the way into V and into the output.
 //
 // F(4×4, 3×3)
@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "ops/bn_relu.h"
+#include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/vectorize.h"
 #include "ops/winograd.h"
 
@@ -213,90 +214,7 @@ void output_transform(const In* const* a, Out* const* o, const compute_t<In>* bi
   }
 }
 
-// --- bfloat16 products ---------------------------------------------------------------------------
-// m[r, k] = Σ_c v[r, c] u[c, k] in float32 for bfloat16 v [rows, 2·pairs] (row stride v_stride) and u
-// packed in pairs of input channels, [pairs, K, 2] (u[c, k] at (c / 2, k, c % 2)), the layout of the
-// AVX512_BF16 dot product, which adds the two products of a pair to a float32 sum.
-
-// u's pair layout from two [K] rows of input channels c and c + 1: out[2k + i] = row_i[k]
-FL_CPU_CLONES void interleave_rows(const bf16_bits* FL_R row0, const bf16_bits* FL_R row1, bf16_bits* FL_R out,
-                                   int64_t K) {
-  for (int64_t k = 0; k < K; ++k) out[2 * k] = row0[k], out[2 * k + 1] = row1[k];
-}
-
-// Portable, for CPUs without AVX512_BF16: the same float32 sums, in another order of rounding.
-FL_CPU_CLONES void gemm_bf16_portable(const bf16_bits* FL_R v, int64_t v_stride, const bf16_bits* FL_R u,
-                                      float* FL_R m, int64_t rows, int64_t pairs, int64_t K) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* FL_R out = m + r * K;
-    for (int64_t k = 0; k < K; ++k) out[k] = 0;
-    for (int64_t p = 0; p < pairs; ++p) {
-      const float a0 = bf16_bits_to_float(v[r * v_stride + 2 * p]);
-      const float a1 = bf16_bits_to_float(v[r * v_stride + 2 * p + 1]);
-      const bf16_bits* FL_R up = u + p * K * 2;
-      for (int64_t k = 0; k < K; ++k) {
-        out[k] += a0 * bf16_bits_to_float(up[2 * k]) + a1 * bf16_bits_to_float(up[2 * k + 1]);
-      }
-    }
-  }
-}
-
 #ifdef FL_AVX512_BF16
-
-// R rows × 32 output channels (two vectors of 16, masked at the end of K) in registers, over all pairs.
-template <int R>
-FL_AVX512_BF16 inline void dot_rows(const bf16_bits* v, int64_t v_stride, const bf16_bits* u, int64_t K,
-                                    int64_t pairs, float* m, __mmask16 mask0, __mmask16 mask1) {
-  __m512 acc0[R], acc1[R];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) acc0[r] = _mm512_setzero_ps(), acc1[r] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < pairs; ++p) {
-    const __m512bh b0 = (__m512bh)_mm512_maskz_loadu_epi32(mask0, u + p * K * 2);
-    const __m512bh b1 = (__m512bh)_mm512_maskz_loadu_epi32(mask1, u + p * K * 2 + 32);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, v + r * v_stride + 2 * p, sizeof(pair));
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
-      acc0[r] = _mm512_dpbf16_ps(acc0[r], a, b0);
-      acc1[r] = _mm512_dpbf16_ps(acc1[r], a, b1);
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-    _mm512_mask_storeu_ps(m + r * K, mask0, acc0[r]);
-    _mm512_mask_storeu_ps(m + r * K + 16, mask1, acc1[r]);
-  }
-}
-
-constexpr int kDotRows = 12;  // 24 accumulators, 2 filter vectors and a broadcast: 27 of 32 registers
-
-template <int R>
-FL_AVX512_BF16 inline void dot_rows_tail(int64_t rows, const bf16_bits* v, int64_t v_stride, const bf16_bits* u,
-                                         int64_t K, int64_t pairs, float* m, __mmask16 mask0, __mmask16 mask1) {
-  if constexpr (R > 0) {
-    if (rows == R) return dot_rows<R>(v, v_stride, u, K, pairs, m, mask0, mask1);
-    dot_rows_tail<R - 1>(rows, v, v_stride, u, K, pairs, m, mask0, mask1);
-  }
-}
-
-FL_AVX512_BF16 void gemm_bf16_avx512(const bf16_bits* v, int64_t v_stride, const bf16_bits* u, float* m,
-                                     int64_t rows, int64_t pairs, int64_t K) {
-  for (int64_t k0 = 0; k0 < K; k0 += 32) {
-    const int64_t left = K - k0;
-    const __mmask16 mask0 = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
-    const __mmask16 mask1 = left >= 32 ? 0xFFFF : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1) : 0;
-    int64_t r = 0;
-    for (; r + kDotRows <= rows; r += kDotRows) {
-      dot_rows<kDotRows>(v + r * v_stride, v_stride, u + k0 * 2, K, pairs, m + r * K + k0, mask0, mask1);
-    }
-    if (r < rows) {
-      dot_rows_tail<kDotRows - 1>(rows - r, v + r * v_stride, v_stride, u + k0 * 2, K, pairs, m + r * K + k0,
-                                  mask0, mask1);
-    }
-  }
-}
-
 // input2_patch_body for bfloat16, 16 channels a step, rounding V with the AVX512_BF16 conversion (to
 // nearest even; subnormal results flush to zero, which only V's rounding sees, never the output).
 FL_AVX512_BF16 void input2_patch_avx512(const bf16_bits* r0, const bf16_bits* r1, const bf16_bits* r2,
@@ -323,25 +241,13 @@ FL_AVX512_BF16 void input2_patch_avx512(const bf16_bits* r0, const bf16_bits* r1
 }
 #endif
 
-std::atomic<bool> force_portable_bf16{false};
-
-bool use_avx512_bf16() { return cpu_has_avx512_bf16() && !force_portable_bf16.load(std::memory_order_relaxed); }
-
-void gemm_bf16(const bf16_bits* v, int64_t v_stride, const bf16_bits* u, float* m, int64_t rows, int64_t pairs,
-               int64_t K) {
-#ifdef FL_AVX512_BF16
-  if (use_avx512_bf16()) return gemm_bf16_avx512(v, v_stride, u, m, rows, pairs, K);
-#endif
-  gemm_bf16_portable(v, v_stride, u, m, rows, pairs, K);
-}
-
 template <typename T>
 void input2_patch(const T* const* r, int64_t sx, T* v, int64_t vs, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     input2_patch_f32(r[0], r[1], r[2], r[3], sx, v, vs, n);
   } else if constexpr (std::is_same_v<T, bf16_bits>) {
 #ifdef FL_AVX512_BF16
-    if (use_avx512_bf16()) return input2_patch_avx512(r[0], r[1], r[2], r[3], sx, v, vs, n);
+    if (gemm_bf16_fast()) return input2_patch_avx512(r[0], r[1], r[2], r[3], sx, v, vs, n);
 #endif
     input2_patch_bf16(r[0], r[1], r[2], r[3], sx, v, vs, n);
   } else {
@@ -389,13 +295,7 @@ void conv3x3_winograd_impl(const at::Tensor& x, const at::Tensor& weight, const 
   if constexpr (kBf16) {
     if (packed.size() < static_cast<size_t>(P * Cv * K)) packed.resize(P * Cv * K);
     const auto* u = static_cast<const bf16_bits*>(weight.const_data_ptr());
-    const std::vector<bf16_bits> zero_row(K, 0);  // the pad channel of an odd count
-    for (int64_t p = 0; p < P; ++p) {
-      for (int64_t c = 0; c < C; c += 2) {
-        const bf16_bits* first = u + (p * C + c) * K;
-        interleave_rows(first, c + 1 < C ? first + K : zero_row.data(), packed.data() + (p * Cv + c) * K, K);
-      }
-    }
+    for (int64_t p = 0; p < P; ++p) pack_bf16_pairs(u + p * C * K, K, 1, C, K, packed.data() + p * Cv * K);
   }
   const bf16_bits* packed_u = packed.data();
 
@@ -459,8 +359,8 @@ void conv3x3_winograd_impl(const at::Tensor& x, const at::Tensor& weight, const 
       // (2) M[p] = V[p] @ U[p]
       if constexpr (kBf16) {
         for (int64_t p = 0; p < P; ++p) {
-          gemm_bf16(v.data() + p * v_position, v_tile, packed_u + p * Cv * K, m.data() + p * m_position,
-                    count, Cv / 2, K);
+          gemm_bf16(v.data() + p * v_position, v_tile, packed_u + p * Cv * K, count, Cv / 2, K,
+                    m.data() + p * m_position);
         }
       } else {
         const auto options = weight.options();
@@ -524,9 +424,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x_in, const at::Tensor& weight
 
 }  // namespace
 
-bool winograd_fast_bfloat16() { return cpu_has_avx512_bf16(); }
 
-void winograd_force_portable_bfloat16(bool force) { force_portable_bf16.store(force); }
 
 }  // namespace ops
 }  // namespace fastladder
