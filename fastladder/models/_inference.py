@@ -72,7 +72,8 @@ def optimize_for_inference(model: nn.Module, example_input: Optional[torch.Tenso
     BN-ReLU operators or into the neighbouring convolution, the wide BN-ReLU-1×1 steps banded to bound
     memory, the ladder blends fused, and on CPU the 3×3 convolutions run by Winograd's algorithm
     (:func:`fastladder.ops.conv3x3_winograd`: F(4×4, 3×3) in float32, F(2×2, 3×3) in bfloat16 on CPUs
-    with AVX512_BF16). ``model`` itself is not changed.
+    with AVX512_BF16, which also fuse each BN-ReLU-1×1, :func:`fastladder.ops.bn_relu_conv1x1`).
+    ``model`` itself is not changed.
 
     Args:
         model: a fastladder model (or any module; the blocks fastladder knows are converted).

@@ -11,7 +11,8 @@ recomputes them. They run the fused operators (:func:`fastladder.ops.bn_relu`,
 3×3 convolutions (stride and dilation 1) also hold the filter in Winograd form (``*_winograd`` buffers,
 not in the state_dict: F(4×4, 3×3), 4× the filter's size, in float32; F(2×2, 3×3), 16/9 of it, after a
 cast to bfloat16) and run by :func:`fastladder.ops.conv3x3_winograd` on CPU in float32, and in bfloat16
-on CPUs with AVX512_BF16.
+on CPUs with AVX512_BF16, where the BN-ReLU-1×1 steps also run fused
+(:func:`fastladder.ops.bn_relu_conv1x1`).
 
 The converted model is for inference only: its buffers are not trained, and it does not follow later
 changes to the original's weights. Its state_dict is not the training model's.
