@@ -45,7 +45,7 @@ def bn_relu_conv1x1(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, w
     in the core's cache and are multiplied with the filter on AVX512_BF16 dot products (float32 sums,
     bias and ReLU, one rounding), so the activation, as wide as a dense block's whole prefix, is never
     written out and read back. On the 2-core build machine, for LDN-121's dense layers (a channel slice
-    of the block's channels_last buffer, 128 output channels), it took 0.74–0.92× the time of bn_relu
+    of the block's channels_last buffer, 128 output channels), it took 0.74–0.94× the time of bn_relu
     followed by oneDNN's convolution, with the same bits. It is fast where
     :func:`~fastladder.ops.fast_bfloat16` (the CPU has AVX512_BF16), exact but slow elsewhere. Other dtypes
     run bn_relu, then ATen's convolution.
