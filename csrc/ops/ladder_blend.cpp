@@ -66,7 +66,7 @@ at::Tensor ladder_blend_bands(const at::Tensor& low, const at::Tensor& skip, con
                                                bool, bool, int64_t, int64_t, bool, at::Tensor&)>();
   // The band's 3×3: Winograd (ops/winograd.h) when the caller has the transformed filter for a CPU input
   // (F(4×4) in float32: 0.44× oneDNN's time for the 256→128 blend at 1/4 of 1024×2048; F(2×2) in
-  // bfloat16: 0.59×), else ATen's conv2d.
+  // bfloat16: 0.57×), else ATen's conv2d.
   static auto winograd_op = c10::Dispatcher::singleton()
                                 .findSchemaOrThrow("fastladder::conv3x3_winograd", "")
                                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&,

@@ -82,7 +82,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, transformed: Optional[torch.Tensor],
             bias: Optional[torch.Tensor] = None, padding=(1, 1), dilation: int = 1) -> torch.Tensor:
     """A 3×3 conv2d (stride 1): by Winograd when :func:`_use_winograd` says so (0.44–0.57× oneDNN's time
-    in float32, 0.59–0.79× in bfloat16, for the DenseNet and ladder shapes on the build machine), else
+    in float32, 0.57–0.70× in bfloat16, for the DenseNet and ladder shapes on the build machine), else
     :func:`conv2d`."""
     if _use_winograd(x, transformed):
         return conv3x3_winograd(x, transformed, bias, padding=padding)

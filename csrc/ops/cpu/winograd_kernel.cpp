@@ -31,8 +31,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -254,8 +252,6 @@ void input2_patch(const T* const* r, int64_t sx, T* v, int64_t vs, int64_t n) {
     input2_patch_body(r[0], r[1], r[2], r[3], sx, v, vs, n);
   }
 }
-
-
 
 // --- the convolution -----------------------------------------------------------------------------
 
