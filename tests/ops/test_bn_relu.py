@@ -303,3 +303,11 @@ def test_bn_relu_conv1x1_checks_its_arguments():
         ops.bn_relu_conv1x1(x, scale, shift, weight, b[:3])
     with pytest.raises(ValueError, match=r"scale must be a 1-D tensor of length C = 6"):
         ops.bn_relu_conv1x1(x, scale[:5], shift, weight, b)
+
+
+@pytest.mark.cuda
+def test_bn_relu_conv1x1_is_cpu_only(seed):
+    """The inference modules run bn_relu and cuDNN on CUDA; the fused op has no CUDA kernel and says so."""
+    x, scale, shift, weight, b = (t.cuda() for t in make_conv1x1((2, 6, 5, 7), 4))
+    with pytest.raises(NotImplementedError):
+        ops.bn_relu_conv1x1(x, scale, shift, weight, b)
