@@ -22,7 +22,7 @@ void gemm_bf16(const uint16_t* a, int64_t a_stride, const uint16_t* b_packed, in
                int64_t K, float* c);
 
 // out [rows, K] bfloat16 (row stride out_stride) = A @ B (+ bias[k]) (then ReLU), each sum rounded once
-// to nearest even.
+// to nearest even (on AVX512_BF16 a subnormal result flushes to zero).
 void gemm_bf16_bias_relu(const uint16_t* a, int64_t a_stride, const uint16_t* b_packed, int64_t rows,
                          int64_t pairs, int64_t K, const float* bias, bool relu, uint16_t* out, int64_t out_stride);
 
