@@ -193,9 +193,10 @@ class LadderDenseNet(nn.Module):
         # upsampling, so that the full-size result is written NCHW once (upsampling NHWC and then
         # transposing it took 26 + 32 ms instead of 13 ms at 448×1024 on CPU).
         logits = logits.contiguous()
-        if logits.device.type == "cpu":
+        if logits.device.type == "cpu" and not (torch.is_grad_enabled() and logits.requires_grad):
             # fastladder's kernel: 2.1 / 2.7 ms in float32 / bfloat16 where ATen took 6.5 / 10.4 ms
-            # (448×1024, 2 threads; bfloat16 through float32, ATen's own bfloat16 kernel is slower still)
+            # (448×1024, 2 threads; bfloat16 through float32, ATen's own bfloat16 kernel is slower still).
+            # Not in training: with its backward it took 1.7× ATen's time.
             logits = upsample_bilinear(logits, size)
         else:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
