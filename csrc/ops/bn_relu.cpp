@@ -28,12 +28,15 @@ void check_bn_relu_conv1x1(const at::Tensor& x, const at::Tensor& scale, const a
   TORCH_CHECK_VALUE(weight.scalar_type() == x.scalar_type() && weight.device() == x.device(),
                     "weight must have x's dtype and device (", x.scalar_type(), " on ", x.device(), "), got ",
                     weight.scalar_type(), " on ", weight.device());
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must be a [", weight.size(0),
-                      "] tensor, got shape ", bias->sizes());
-    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->device() == x.device(),
-                      "bias must be floating point on x's device, got ", bias->scalar_type(), " on ", bias->device());
-  }
+  check_conv_bias(bias, weight.size(0), x);
+}
+
+void check_conv_bias(const c10::optional<at::Tensor>& bias, int64_t out_channels, const at::Tensor& x) {
+  if (!bias.has_value() || !bias->defined()) return;
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_channels, "bias must be a [", out_channels,
+                    "] tensor, got shape ", bias->sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->device() == x.device(),
+                    "bias must be floating point on x's device, got ", bias->scalar_type(), " on ", bias->device());
 }
 
 }  // namespace ops

@@ -13,6 +13,10 @@ namespace ops {
 // Checks x (4-D [N, C, H, W], floating), scale and shift ([C], x's dtype and device).
 void check_bn_relu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift);
 
+// Checks the optional bias of a convolution a CPU kernel runs itself (bn_relu_conv1x1, conv3x3_winograd):
+// [out_channels], floating point, on x's device.
+void check_conv_bias(const c10::optional<at::Tensor>& bias, int64_t out_channels, const at::Tensor& x);
+
 // Checks bn_relu_conv1x1's arguments: bn_relu's, weight [C_out, C, 1, 1] in x's dtype and device, bias
 // [C_out] floating on x's device.
 void check_bn_relu_conv1x1(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,

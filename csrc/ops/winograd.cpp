@@ -7,6 +7,8 @@
 
 #include <vector>
 
+#include "ops/bn_relu.h"
+
 namespace fastladder {
 namespace ops {
 
@@ -35,13 +37,7 @@ WinogradShape check_conv3x3_winograd(const at::Tensor& x, const at::Tensor& weig
   TORCH_CHECK_VALUE(weight.device() == x.device(), "weight must be on x's device (", x.device(), "), got ",
                     weight.device());
   const int64_t out_channels = weight.size(2);
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_channels, "bias must be a [", out_channels,
-                      "] tensor, got shape ", bias->sizes());
-    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->device() == x.device(),
-                      "bias must be floating point on x's device, got ", bias->scalar_type(), " on ",
-                      bias->device());
-  }
+  check_conv_bias(bias, out_channels, x);
   const int64_t out_height = x.size(2) + 2 * padding[0] - 2, out_width = x.size(3) + 2 * padding[1] - 2;
   TORCH_CHECK_VALUE(out_height >= 0 && out_width >= 0, "x of shape ", x.sizes(), " is smaller than the 3x3 ",
                     "filter with padding ", padding);

@@ -233,11 +233,7 @@ void blend_row(const acc_t* h0, const acc_t* h1, acc_t l0, acc_t l1, const scala
   } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     blend_row_bf16(h0, h1, l0, l1, reinterpret_cast<const uint16_t*>(skip), a, b, reinterpret_cast<uint16_t*>(out), n);
   } else {
-    for (int64_t x = 0; x < n; ++x) {
-      acc_t v = common::mul_rn(l0, h0[x]) + common::mul_rn(l1, h1[x]);
-      if (skip) v += static_cast<acc_t>(skip[x]);
-      out[x] = static_cast<scalar_t>(common::affine_relu<acc_t>(v, a, b, false));
-    }
+    blend_row_body(h0, h1, l0, l1, skip, a, b, out, n);
   }
 }
 

@@ -50,6 +50,10 @@ FL_INLINE uint16_t float_to_bf16_bits(float value) {
 FL_INLINE float to_compute(float v) { return v; }
 FL_INLINE double to_compute(double v) { return v; }
 FL_INLINE float to_compute(uint16_t bf16_bits) { return bf16_bits_to_float(bf16_bits); }
+template <typename T>
+FL_INLINE float to_compute(T v) {  // other reduced-precision types (c10::Half, c10::BFloat16): float32
+  return static_cast<float>(v);
+}
 
 template <typename T, typename S>
 FL_INLINE T from_compute(S v) {
