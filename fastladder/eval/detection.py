@@ -68,12 +68,12 @@ class _Image:
         self.det_boxes, self.scores, self.gt_boxes, self.ignore = det_boxes, scores, gt_boxes, ignore
 
 
-
 def mean_ap(values: Sequence[float]) -> float:
     """The mean of the per-class APs that are defined (NaN for a class absent from both detections and
     ground truth is left out, as COCO does); NaN when none is."""
     defined = [v for v in values if not math.isnan(v)]
     return sum(defined) / len(defined) if defined else float("nan")
+
 
 def average_precision(detections: Sequence[Mapping[str, torch.Tensor]],
                       ground_truth: Sequence[Mapping[str, torch.Tensor]], iou_threshold: float = 0.5,

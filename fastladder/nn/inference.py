@@ -89,12 +89,18 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, transformed: Optional[torch.T
     return conv2d(x, weight, bias, padding=padding, dilation=(dilation, dilation))
 
 
+def _cpu_inference(x: torch.Tensor, *dtypes: torch.dtype) -> bool:
+    """CPU inference (no autograd) in one of ``dtypes``, bfloat16 only where the CPU has AVX512_BF16
+    (fastladder's bfloat16 kernels are slower than oneDNN's without it)."""
+    return (x.device.type == "cpu" and x.dtype in dtypes and not torch.is_grad_enabled()
+            and (x.dtype != torch.bfloat16 or fast_bfloat16()))
+
+
 def _use_winograd(x: torch.Tensor, transformed: Optional[torch.Tensor]) -> bool:
-    """Whether a 3×3 with this Winograd filter runs by conv3x3_winograd: CPU inference in float32, or in
-    bfloat16 where the CPU has AVX512_BF16 (without it the bfloat16 kernel is slower than oneDNN's)."""
-    return (transformed is not None and x.device.type == "cpu" and x.dtype == transformed.dtype
-            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and fast_bfloat16()))
-            and not torch.is_grad_enabled())
+    """Whether a 3×3 with this Winograd filter runs by conv3x3_winograd: CPU inference in float32 or
+    bfloat16 (:func:`_cpu_inference`)."""
+    return (transformed is not None and x.dtype == transformed.dtype
+            and _cpu_inference(x, torch.float32, torch.bfloat16))
 
 
 def _winograd_tile(dtype: torch.dtype) -> int:
@@ -153,8 +159,7 @@ def bn_relu_conv1x1(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, w
 
     x (Tensor[N, C, H, W], may be a channel slice of a dense-block buffer), weight [C_out, C, 1, 1]
     → Tensor[N, C_out, H, W] in x's layout."""
-    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and fast_bfloat16()
-            and not torch.is_grad_enabled()):
+    if x.dtype == weight.dtype and _cpu_inference(x, torch.bfloat16):
         return fused_bn_relu_conv1x1(x, scale, shift, weight, bias, relu=relu)
     row_bytes = x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
     rows = max(1, BAND_BYTES // max(1, row_bytes))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fastladder import _C, ops, reference
+from fastladder import ops, reference
 from fastladder.testing import DEVICES, assert_close_to_reference
 
 
@@ -225,15 +225,6 @@ def make_conv1x1(shape, out_channels, dtype=torch.float32, bias=True):
     b = torch.randn(out_channels) if bias else None
     return (x.to(dtype), scale.to(dtype), shift.to(dtype), weight.to(dtype),
             None if b is None else b.to(dtype))
-
-
-@pytest.fixture(params=[False, True], ids=["dispatched", "portable"])
-def bfloat16_loops(request):
-    """bfloat16 on the AVX512_BF16 kernels where the CPU has them, and on the portable loops that other
-    CPUs run."""
-    _C._force_portable_bfloat16(request.param)
-    yield
-    _C._force_portable_bfloat16(False)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

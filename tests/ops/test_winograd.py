@@ -1,11 +1,9 @@
 """fastladder.ops.conv3x3_winograd and winograd_weight against conv2d and the step-by-step reference."""
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fastladder import _C, ops, reference
+from fastladder import ops, reference
 
 TILES = [4, 2]  # F(4×4, 3×3) and F(2×2, 3×3)
 
@@ -20,16 +18,6 @@ def make(n=2, c_in=5, c_out=3, height=7, width=9, dtype=torch.float32, device="c
 def relative_error(actual, expected):
     expected = expected.double()
     return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
-
-
-@contextlib.contextmanager
-def portable_bfloat16():
-    """bfloat16 on the portable loop, which CPUs without AVX512_BF16 run."""
-    _C._force_portable_bfloat16(True)
-    try:
-        yield
-    finally:
-        _C._force_portable_bfloat16(False)
 
 
 @pytest.mark.parametrize("tile", TILES)
@@ -74,9 +62,8 @@ BF16_SHAPES = [(1, 1, 3, 3), (5, 3, 7, 9), (6, 17, 4, 30), (7, 40, 13, 5), (128,
                (256, 128, 5, 27)]
 
 
-@pytest.mark.parametrize("portable", [False, True], ids=["dispatched", "portable"])
 @pytest.mark.parametrize("c_in,c_out,height,width", BF16_SHAPES)
-def test_bfloat16_f2x2(seed, portable, c_in, c_out, height, width):
+def test_bfloat16_f2x2(seed, bfloat16_loops, c_in, c_out, height, width):
     """bfloat16 F(2×2, 3×3): equal to the reference algorithm, which rounds the transformed tiles to
     bfloat16 as the kernel does (up to the float32 sums' order), and, from 6 input channels on, about as
     close to the exact convolution as oneDNN's direct bfloat16 one (measured over 60 seeds: at most 1.73×
@@ -85,25 +72,24 @@ def test_bfloat16_f2x2(seed, portable, c_in, c_out, height, width):
     x, weight, b = make(n=2, c_in=c_in, c_out=c_out, height=height, width=width)
     x = x.relu().bfloat16().contiguous(memory_format=torch.channels_last)
     u = ops.winograd_weight(weight, 2).bfloat16()
-    with portable_bfloat16() if portable else contextlib.nullcontext():
-        for padding in ((1, 1), (0, 1), (1, 0)):
-            for relu in (False, True):
-                actual = ops.conv3x3_winograd(x, u, b, padding=padding, relu=relu)
-                assert actual.dtype == torch.bfloat16
-                assert actual.is_contiguous(memory_format=torch.channels_last)
-                expected = reference.conv3x3_winograd(x, u, b, padding, relu=relu)
-                # one bfloat16 rounding step of the result apart, at most
-                torch.testing.assert_close(actual.float(), expected.float(), rtol=2 ** -7, atol=1e-5,
-                                           msg=lambda m: f"seed {seed} padding {padding}: {m}")
-                if c_in < 6:
-                    continue
-                exact = F.conv2d(x.double(), weight.double(), b.double(), padding=padding)
-                exact = exact.relu() if relu else exact
-                direct = F.conv2d(x, weight.bfloat16(), b.bfloat16(), padding=padding)
-                direct = direct.relu() if relu else direct
-                error, direct_error = relative_error(actual, exact), relative_error(direct, exact)
-                assert error < max(2.5 * direct_error, 1e-2), (
-                    f"seed {seed} padding {padding}: relative error {error:.2e}, direct {direct_error:.2e}")
+    for padding in ((1, 1), (0, 1), (1, 0)):
+        for relu in (False, True):
+            actual = ops.conv3x3_winograd(x, u, b, padding=padding, relu=relu)
+            assert actual.dtype == torch.bfloat16
+            assert actual.is_contiguous(memory_format=torch.channels_last)
+            expected = reference.conv3x3_winograd(x, u, b, padding, relu=relu)
+            # one bfloat16 rounding step of the result apart, at most
+            torch.testing.assert_close(actual.float(), expected.float(), rtol=2 ** -7, atol=1e-5,
+                                       msg=lambda m: f"seed {seed} padding {padding}: {m}")
+            if c_in < 6:
+                continue
+            exact = F.conv2d(x.double(), weight.double(), b.double(), padding=padding)
+            exact = exact.relu() if relu else exact
+            direct = F.conv2d(x, weight.bfloat16(), b.bfloat16(), padding=padding)
+            direct = direct.relu() if relu else direct
+            error, direct_error = relative_error(actual, exact), relative_error(direct, exact)
+            assert error < max(2.5 * direct_error, 1e-2), (
+                f"seed {seed} padding {padding}: relative error {error:.2e}, direct {direct_error:.2e}")
 
 
 @pytest.mark.parametrize("tile", TILES)
